@@ -1,0 +1,279 @@
+"""Full-batch gradient descent: one step, and a training loop with recording.
+
+GD is DH eq. (2) / HXP eq. (3): W_i <- W_i - eta dl/dW_i with eta in the
+paper's W-space units. It runs on the reduced data in normalized storage
+(see ``engine.network`` and ``engine.kernels.numpy_backend``), which is the
+same trajectory exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels, theory
+from ._validate import nonneg_int, positive_float, positive_int
+from .network import Network
+from .problem import Problem
+
+__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate"]
+
+
+class DivergenceError(RuntimeError):
+    """GD diverged: the loss became non-finite or exploded.
+
+    Attributes
+    ----------
+    result : TrainResult   the history up to the last finite loss
+    net    : Network       the network at the last state whose loss was computed
+                           (the exploding step was not applied)
+    step   : int           the step index t at which divergence was detected
+    """
+
+    def __init__(self, message, result=None, net=None, step=None):
+        super().__init__(message)
+        self.result = result
+        self.net = net
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    """History of a training run (paper convention, float64).
+
+    t         (k,) step indices at which the loss was recorded (0 = init;
+              the last entry is the final state)
+    loss      (k,) l(t) = 1/2 ||alpha W_{L:1}(t) X - Y||_F^2
+    excess    (k,) l(t) - OPT, computed on reduced data (accurate when tiny)
+    steps     number of GD steps taken
+    net       the trained network (the object passed in, updated in place)
+    converged True when the excess reached ``tol``
+    rate      fitted per-step contraction factor of the excess over the tail
+              (see ``fit_rate``); nan when it cannot be fitted
+    predicted the theorem's guaranteed factor for this init and lr (nan if none)
+    lr        the learning rate used (W-space)
+    wall_time seconds spent in the loop
+    backend   name of the backend that ran
+    opt       OPT of the problem
+    """
+
+    t: np.ndarray
+    loss: np.ndarray
+    excess: np.ndarray
+    steps: int
+    net: Network
+    converged: bool
+    rate: float
+    predicted: float
+    lr: float
+    wall_time: float
+    backend: str
+    opt: float
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"TrainResult(steps={self.steps}, converged={self.converged}, "
+                f"excess={self.excess[-1]:.3e}, rate={self.rate:.6g}, predicted={self.predicted:.6g}, "
+                f"lr={self.lr:.4g}, backend={self.backend!r}, wall_time={self.wall_time:.3g}s)")
+
+
+# Growth of the loss, relative to max(l(0), ||Y||_F^2 / 2), treated as divergence.
+# GD below the stability bound never increases the loss by more than a small
+# factor; 1e8 is far outside that, yet far below float64 overflow, so the
+# state at detection still has finite weights.
+EXPLODE_FACTOR = 1e8
+
+
+def _check_net_prob(net, prob):
+    if not isinstance(net, Network):
+        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
+    if not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    if prob.d_in != net.widths[0]:
+        raise ValueError(f"widths: d_0 = {net.widths[0]} does not match the data's d_in = {prob.d_in}")
+    if prob.d_out != net.widths[-1]:
+        raise ValueError(f"widths: d_L = {net.widths[-1]} does not match the data's d_out = {prob.d_out}")
+
+
+class _Stepper:
+    """Binds (net, prob, backend) once and runs steps without re-validating."""
+
+    def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
+        _check_net_prob(net, prob)
+        self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
+        net._bind(prob)
+        self.net = net
+        red = prob.reduced(net.dtype)
+        self.xs, self.yred = red.s, red.targets
+        self.c = lr / np.exp(2.0 * net._log_s)        # A-space step per layer: eta / s_i^2
+        self.beta = net.beta
+        key = (self.backend.name, prob.token, form, net.dtype)
+        cached = getattr(net, "_ws", None)
+        if cached is not None and cached[0] == key:
+            self.ws = cached[1]
+        else:
+            self.ws = self.backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype, form)
+            net._ws = (key, self.ws)
+
+    def step(self, lo=-1.0, hi=math.inf):
+        return self.backend.step(self.net._layers, self.c, self.beta, self.xs, self.yred,
+                                 self.ws, lo, hi)
+
+    def excess(self) -> float:
+        return self.backend.excess(self.net._layers, self.beta, self.xs, self.yred, self.ws)
+
+
+def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
+    """One GD step in place (DH eq. 2, W-space learning rate ``lr``).
+
+    Returns l(t), the loss before the step. If that loss is not finite the
+    weights are left untouched and DivergenceError is raised.
+    """
+    lr = positive_float(lr, "lr")
+    st = _Stepper(net, prob, lr, backend)
+    ex, applied = st.step()
+    if not applied:
+        raise DivergenceError(f"loss is not finite ({ex}); the step was not applied", net=net)
+    return prob.opt + ex
+
+
+def fit_rate(t, excess, tail: float = 0.5) -> float:
+    """Per-step contraction factor q fitted to excess(t) ~ C q^t over the tail.
+
+    Least squares on ln(excess) against t over the last ``tail`` fraction of
+    the recorded points, ignoring points at the rounding floor (excess below
+    1e-28 times its maximum, where float64 residuals are pure rounding) and
+    non-positive ones. Returns nan with fewer than 3 usable points.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    e = np.asarray(excess, dtype=np.float64)
+    ok = np.isfinite(e) & (e > 0)
+    if ok.sum() < 3:
+        return float("nan")
+    ok &= e > 1e-28 * e[ok].max()
+    t, e = t[ok], e[ok]
+    k = max(3, int(math.ceil(tail * len(t))))
+    if len(t) < 3:
+        return float("nan")
+    t, e = t[-k:], e[-k:]
+    if np.ptp(t) == 0:
+        return float("nan")
+    slope = np.polyfit(t, np.log(e), 1)[0]
+    return float(np.exp(slope))
+
+
+def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
+          record_every: int = 1, backend: str = "auto", progress: bool = False,
+          callback=None) -> TrainResult:
+    """Run full-batch GD for up to ``steps`` steps.
+
+    Parameters
+    ----------
+    net : Network         trained in place
+    prob : Problem
+    lr : float or "theory"
+        W-space learning rate. "theory" takes the theorem's rate for the init:
+        d_out / (3 L ||X||^2) for Gaussian (DH Thm 4.1), d_out / (2 L ||X||^2)
+        for orthogonal (HXP Thm 3.1).
+    steps : int >= 0      maximum number of GD steps
+    tol : float, optional stop as soon as l(t) - OPT <= tol (that state is kept, not stepped)
+    record_every : int    record l(t) every this many steps (the final state always)
+    backend : str         "auto", "numpy", "numba" or "cblas"
+    progress : bool       show a progress bar (tqdm) on stderr
+    callback : callable, optional
+        ``callback(t, excess, net)`` at each recorded step; return True to stop.
+
+    Returns TrainResult. Raises DivergenceError (carrying the history and the
+    network at its last finite state) when the loss becomes non-finite or
+    exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2).
+    """
+    if isinstance(lr, str):
+        if lr != "theory":
+            raise ValueError(f"lr: must be a positive number or 'theory', got {lr!r}")
+        _check_net_prob(net, prob)
+        lr = theory.lr_bound(net.init, prob, net.depth)
+    lr = positive_float(lr, "lr")
+    steps = nonneg_int(steps, "steps")
+    record_every = positive_int(record_every, "record_every")
+    if tol is not None:
+        tol = float(tol)
+        if not (tol >= 0 and np.isfinite(tol)):
+            raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback: must be callable")
+
+    st = _Stepper(net, prob, lr, backend)
+    opt = prob.opt
+    ts, exs = [], []
+    lo = -1.0 if tol is None else tol
+    hi = math.inf
+    converged = False
+    bar = _progress(steps, progress)
+    t0 = time.perf_counter()
+    t = 0
+    limit = steps
+    try:
+        while True:
+            if t < limit:
+                ex, applied = st.step(lo, hi)
+            else:
+                ex, applied = st.excess(), False
+            if t == 0:
+                base = max(opt + ex, 0.5 * prob.y_norm_sq)
+                hi = EXPLODE_FACTOR * base if base > 0 else math.inf
+            if not np.isfinite(ex) or ex > hi:
+                res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
+                why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+                bound = _safe_bound(net, prob)
+                hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
+                raise DivergenceError(
+                    f"GD diverged at step {t}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
+                    "The history and the last finite network are attached (.result, .net).",
+                    result=res, net=net, step=t)
+            if tol is not None and ex <= tol:
+                converged = True
+            stop = converged or t >= limit
+            if t % record_every == 0 or stop:
+                ts.append(t)
+                exs.append(ex)
+                if callback is not None and not stop and callback(t, ex, net):
+                    limit = t + 1   # step t is already applied; record state t+1 and stop
+            if stop:
+                break
+            t += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
+
+
+def _safe_bound(net, prob):
+    try:
+        return theory.lr_bound(net.init, prob, net.depth)
+    except ValueError:
+        return None
+
+
+def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
+    t = np.asarray(ts, dtype=np.int64)
+    ex = np.asarray(exs, dtype=np.float64)
+    predicted = float("nan")
+    if prob is not None and net.init in ("gaussian", "orthogonal"):
+        predicted = theory.predicted_factor(net.init, prob, net.depth, lr)
+    return TrainResult(t=t, loss=opt + ex, excess=ex, steps=int(steps), net=net,
+                       converged=converged, rate=fit_rate(t, ex), predicted=predicted,
+                       lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, unit="step", leave=False)

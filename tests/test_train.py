@@ -1,0 +1,86 @@
+"""train(): recording, tolerance, theory learning rate, fitted rate, divergence."""
+import numpy as np
+import pytest
+
+import engine
+
+
+@pytest.fixture
+def prob():
+    return engine.Problem(*engine.synthetic(16, 8, 4, seed=0))
+
+
+def test_theory_lr(prob):
+    L = 5
+    assert engine.theory.lr_bound("gaussian", prob, L) == pytest.approx(4 / (3 * L * prob.x_norm ** 2))
+    assert engine.theory.lr_bound("orthogonal", prob, L) == pytest.approx(4 / (2 * L * prob.x_norm ** 2))
+    net = engine.init.orthogonal([16, 32, 32, 32, 32, 4], seed=0)
+    run = engine.train(net, prob, lr="theory", steps=5)
+    assert run.lr == engine.theory.lr_bound("orthogonal", prob, L)
+    assert run.predicted == pytest.approx(1 - run.lr * L * prob.lambda_r / (2 * 4))
+
+
+def test_record_every_and_final_state(prob):
+    net = engine.init.orthogonal([16, 20, 20, 4], seed=0)
+    run = engine.train(net, prob, lr="theory", steps=23, record_every=5)
+    assert list(run.t) == [0, 5, 10, 15, 20, 23]
+    assert run.steps == 23
+    assert run.excess[-1] == pytest.approx(prob.excess(net.end_to_end()), rel=1e-9)
+    assert run.loss.dtype == np.float64 and run.net is net
+
+
+def test_tol_stops_at_state_below_tol(prob):
+    net = engine.init.orthogonal([16, 32, 32, 4], seed=0)
+    tol = 1e-6 * prob.y_norm_sq
+    run = engine.train(net, prob, lr="theory", steps=10_000, tol=tol)
+    assert run.converged and run.steps < 10_000
+    assert run.excess[-1] <= tol and run.excess[-2] > tol
+    assert prob.excess(net.end_to_end()) == pytest.approx(run.excess[-1], rel=1e-6)
+
+
+def test_fitted_rate_matches_geometric_decay(prob):
+    net = engine.init.orthogonal([16, 64, 64, 4], seed=0)
+    run = engine.train(net, prob, lr="theory", steps=200)
+    q = run.excess[1:] / run.excess[:-1]
+    tail = q[len(q) // 2:]
+    assert run.rate == pytest.approx(np.exp(np.mean(np.log(tail))), rel=2e-2)
+    # HXP Thm 3.1's guarantee holds here (width 64 >= d_in, d_out)
+    assert run.rate <= run.predicted
+
+
+def test_fit_rate_exact_on_synthetic_sequence():
+    t = np.arange(50)
+    assert engine.fit_rate(t, 3.0 * 0.9 ** t) == pytest.approx(0.9, rel=1e-12)
+    assert np.isnan(engine.fit_rate([0, 1], [1.0, 0.5]))
+
+
+def test_divergence_raises_with_history_and_finite_net(prob):
+    net = engine.init.orthogonal([16, 20, 20, 4], seed=0)
+    lr = 50 * engine.theory.lr_bound("orthogonal", prob, 3)
+    with pytest.raises(engine.DivergenceError, match="diverged") as info:
+        engine.train(net, prob, lr=lr, steps=1000)
+    err = info.value
+    assert err.net is net and err.step > 0
+    assert len(err.result.loss) == err.step and np.isfinite(err.result.loss).all()
+    assert all(np.isfinite(W).all() for W in err.net.weights())
+    assert np.isfinite(err.net.end_to_end()).all()
+
+
+def test_callback_can_stop(prob):
+    net = engine.init.orthogonal([16, 20, 20, 4], seed=0)
+    seen = []
+
+    def cb(t, ex, n):
+        seen.append(t)
+        return t >= 4
+
+    run = engine.train(net, prob, lr="theory", steps=100, callback=cb)
+    assert seen == [0, 1, 2, 3, 4] and run.steps == 5 and list(run.t) == [0, 1, 2, 3, 4, 5]
+    assert run.excess[-1] == pytest.approx(prob.excess(net.end_to_end()), rel=1e-9)
+
+
+def test_steps_zero_records_initial_loss(prob):
+    net = engine.init.gaussian([16, 8, 4], seed=0)
+    run = engine.train(net, prob, lr=1e-3, steps=0)
+    assert run.steps == 0 and len(run.loss) == 1
+    assert run.loss[0] == pytest.approx(prob.loss(net.end_to_end()))
