@@ -143,14 +143,13 @@ class Network:
     def copy(self) -> "Network":
         """A deep copy (binding included)."""
         layers, stack = _alloc_layers(self.widths, self.dtype)
-        for dst, src in zip(layers, self._layers):
-            if dst.shape == src.shape:
+        for i, (dst, src) in enumerate(zip(layers, self._layers)):
+            if i > 0 or self._bound is None:
                 dst[...] = src
-        if self._bound is not None:
-            layers[0] = self._layers[0].copy()
         net = Network(layers, self._log_s, self._log_beta, init=self.init, seed=self.seed,
                       sigma=self.sigma, dtype=self.dtype, _stack=stack)
         if self._bound is not None:
+            net._layers[0] = self._layers[0].copy()
             net._bound = self._bound
             net._perp = self._perp.copy()
         return net

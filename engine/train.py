@@ -57,6 +57,8 @@ class TrainResult:
     wall_time seconds spent in the loop
     backend   name of the backend that ran
     opt       OPT of the problem
+    records   {name: {"t": steps, "values": list}} from ``record=``
+    record_time {name: seconds spent recording it}
     """
 
     t: np.ndarray
@@ -71,7 +73,8 @@ class TrainResult:
     wall_time: float
     backend: str
     opt: float
-    extra: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
+    record_time: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (f"TrainResult(steps={self.steps}, converged={self.converged}, "
@@ -166,7 +169,7 @@ def fit_rate(t, excess, tail: float = 0.5) -> float:
 
 def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
           record_every: int = 1, backend: str = "auto", progress: bool = False,
-          callback=None) -> TrainResult:
+          callback=None, record=None) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
@@ -183,7 +186,15 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
     backend : str         "auto", "numpy", "numba" or "cblas"
     progress : bool       show a progress bar (tqdm) on stderr
     callback : callable, optional
-        ``callback(t, excess, net)`` at each recorded step; return True to stop.
+        ``callback(t, excess, net)`` at each recorded step t < steps, called
+        after step t was applied: ``excess`` is l(t) - OPT and ``net`` already
+        holds W(t+1). Return True to stop (state t+1 is then recorded as final).
+    record : dict {name: stride}, optional
+        Diagnostics from ``engine.diagnostics.RECORDERS`` to record every
+        ``stride`` steps and at the final state, e.g. {"distance": 10}.
+        Results go to ``run.records[name] = {"t": (k,) int array, "values": [...]}``
+        and the seconds spent on each to ``run.record_time[name]`` (not counted
+        in ``wall_time``); steps in between are not slowed.
 
     Returns TrainResult. Raises DivergenceError (carrying the history and the
     network at its last finite state) when the loss becomes non-finite or
@@ -205,6 +216,7 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
         raise TypeError("callback: must be callable")
 
     st = _Stepper(net, prob, lr, backend)
+    recorders = _make_recorders(record, net, prob)
     opt = prob.opt
     ts, exs = [], []
     lo = -1.0 if tol is None else tol
@@ -216,6 +228,10 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
     limit = steps
     try:
         while True:
+            # diagnostics see state t, so they run before step t is applied
+            for rec in recorders:
+                if t % rec.stride == 0:
+                    rec(t, net)
             if t < limit:
                 ex, applied = st.step(lo, hi)
             else:
@@ -225,6 +241,7 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
                 hi = EXPLODE_FACTOR * base if base > 0 else math.inf
             if not np.isfinite(ex) or ex > hi:
                 res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
+                _attach_records(res, recorders)
                 why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
                 bound = _safe_bound(net, prob)
                 hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
@@ -235,6 +252,10 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
             if tol is not None and ex <= tol:
                 converged = True
             stop = converged or t >= limit
+            if stop:
+                for rec in recorders:
+                    if not rec.t or rec.t[-1] != t:
+                        rec(t, net)   # the final state (not stepped) is always recorded
             if t % record_every == 0 or stop:
                 ts.append(t)
                 exs.append(ex)
@@ -248,7 +269,43 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
     finally:
         if bar is not None:
             bar.close()
-    return _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
+    res = _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
+    _attach_records(res, recorders)
+    return res
+
+
+class _Recorder:
+    def __init__(self, name, stride, fn):
+        self.name, self.stride, self.fn = name, stride, fn
+        self.t, self.values, self.seconds = [], [], 0.0
+
+    def __call__(self, t, net):
+        t0 = time.perf_counter()
+        self.values.append(self.fn(net))
+        self.t.append(t)
+        self.seconds += time.perf_counter() - t0
+
+
+def _make_recorders(record, net, prob):
+    if record is None:
+        return []
+    from . import diagnostics
+    if not isinstance(record, dict):
+        raise TypeError("record: must be a dict {diagnostic name: stride}")
+    out = []
+    for name, stride in record.items():
+        if name not in diagnostics.RECORDERS:
+            raise ValueError(f"record: unknown diagnostic {name!r}; choose from {sorted(diagnostics.RECORDERS)}")
+        stride = positive_int(stride, f"record[{name!r}]")
+        out.append(_Recorder(name, stride, diagnostics.RECORDERS[name](net, prob)))
+    return out
+
+
+def _attach_records(res, recorders):
+    for rec in recorders:
+        res.records[rec.name] = {"t": np.asarray(rec.t, dtype=np.int64), "values": rec.values}
+        res.record_time[rec.name] = rec.seconds
+        res.wall_time -= rec.seconds
 
 
 def _safe_bound(net, prob):

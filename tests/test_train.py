@@ -84,3 +84,28 @@ def test_steps_zero_records_initial_loss(prob):
     run = engine.train(net, prob, lr=1e-3, steps=0)
     assert run.steps == 0 and len(run.loss) == 1
     assert run.loss[0] == pytest.approx(prob.loss(net.end_to_end()))
+
+
+def test_record_distance_matches_direct_computation(prob):
+    net = engine.init.gaussian([16, 24, 24, 4], seed=0)
+    W0 = net.weights()
+    run = engine.train(net, prob, lr=1e-3, steps=12, record={"distance": 5})
+    rec = run.records["distance"]
+    assert list(rec["t"]) == [0, 5, 10, 12]
+    assert np.all(rec["values"][0] == 0)
+    direct = [np.linalg.norm(W - V) for W, V in zip(net.weights(), W0)]
+    np.testing.assert_allclose(rec["values"][-1], direct, rtol=1e-10)
+    assert run.record_time["distance"] >= 0
+    # state t is what is recorded: replay 5 steps and compare
+    net2 = engine.init.gaussian([16, 24, 24, 4], seed=0)
+    engine.train(net2, prob, lr=1e-3, steps=5)
+    d5 = [np.linalg.norm(W - V) for W, V in zip(net2.weights(), W0)]
+    np.testing.assert_allclose(rec["values"][1], d5, rtol=1e-10)
+
+
+def test_record_rejects_unknown(prob):
+    net = engine.init.gaussian([16, 8, 4], seed=0)
+    with pytest.raises(ValueError, match="^record"):
+        engine.train(net, prob, lr=1e-3, steps=2, record={"nope": 1})
+    with pytest.raises(ValueError, match="^record"):
+        engine.train(net, prob, lr=1e-3, steps=2, record={"distance": 0})
