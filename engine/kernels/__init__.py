@@ -20,12 +20,33 @@ BACKEND_NAMES = ("auto", "numpy", "numba", "cblas")
 
 _REGISTRY = {"numpy": numpy_backend}
 
-# Not yet implemented backends report themselves unavailable with a reason, so
-# that asking for them by name fails clearly instead of silently falling back.
-_MISSING = {
-    "numba": "the numba backend is not implemented in this version of engine",
-    "cblas": "the cblas backend is not implemented in this version of engine",
-}
+# Optional backends live in their own modules (``numba_backend``,
+# ``cblas_backend``), each exposing ``name, available, reason, workspace,
+# step, excess``. A module that is absent or fails to import is reported
+# unavailable with the reason, so asking for it by name fails clearly instead
+# of silently falling back.
+_MISSING = {}
+
+
+def _load_optional(name):
+    import importlib
+    try:
+        mod = importlib.import_module(f"{__name__}.{name}_backend")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{name}_backend":
+            _MISSING[name] = f"the {name} backend is not implemented in this version of engine"
+        else:
+            _MISSING[name] = f"importing it failed: {exc}"
+        return
+    except Exception as exc:  # a broken optional backend must not break `import engine`
+        _MISSING[name] = f"importing it failed: {type(exc).__name__}: {exc}"
+        return
+    _REGISTRY[name] = mod
+
+
+for _nm in ("numba", "cblas"):
+    _load_optional(_nm)
+del _nm
 
 # Order in which ``auto`` prefers available backends.
 _AUTO_ORDER = ("numba", "cblas", "numpy")
