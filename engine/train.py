@@ -119,6 +119,12 @@ class _Stepper:
         else:
             self.ws = self.backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype, form)
             net._ws = (key, self.ws)
+        # A backend that carries state between steps (the single-pass
+        # schedule keeps the chain of the next step) must forget it here:
+        # between two calls anything may have changed the weights.
+        reset = getattr(self.backend, "reset", None)
+        if reset is not None:
+            reset(self.ws)
 
     def step(self, lo=-1.0, hi=math.inf):
         return self.backend.step(self.net._layers, self.c, self.beta, self.xs, self.yred,

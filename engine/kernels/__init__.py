@@ -8,6 +8,8 @@ Each backend is a module (or object) with
     workspace(layers, r, d_out, dtype, form=None) -> ws
     step(layers, c, beta, xs, yred, ws, lo, hi) -> (excess_before, applied)
     excess(layers, beta, xs, yred, ws) -> float
+    reset(ws)            optional: forget state carried between steps;
+                         called whenever a stepper is (re)bound
 
 with the arguments described in ``numpy_backend``. ``numpy`` is the
 reference and the oracle for every faster path.
