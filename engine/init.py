@@ -7,11 +7,16 @@
 ``widths = [d_0, ..., d_L]``; every init is reproducible from its seed. Layers
 are drawn in order W_1, W_2, ..., W_L from one ``numpy.random.default_rng(seed)``
 in float64 and then cast, so a float32 network is the float64 one rounded.
+
+Before allocating, every init calls ``engine.memory.check(widths, dtype)`` and
+raises ``engine.memory.InsufficientMemory`` (a MemoryError) when the network
+would not fit in the available memory (override: ENGINE_MEMORY_LIMIT).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import memory
 from ._validate import as_real_matrix, float_dtype, positive_float, seed_value, widths_list
 from .network import Network, _alloc_layers
 
@@ -43,6 +48,7 @@ def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64) -> Net
     log_s = np.array([0.5 * np.log(widths[i + 1]) + np.log(sig[i]) for i in range(L)])
     log_beta = 0.0 if alpha is None else np.log(positive_float(alpha, "alpha")) + float(np.sum(log_s))
     rng = np.random.default_rng(seed_value(seed))
+    memory.check(widths, dtype)
     layers, stack = _alloc_layers(widths, dtype)
     for i, a in enumerate(layers):
         g = rng.standard_normal(a.shape)
@@ -74,6 +80,7 @@ def orthogonal(widths, seed=0, *, dtype=np.float64) -> Network:
     L = len(widths) - 1
     log_s = np.array([0.5 * np.log(widths[i + 1]) for i in range(L)])
     rng = np.random.default_rng(seed_value(seed))
+    memory.check(widths, dtype)
     layers, stack = _alloc_layers(widths, dtype)
     for i, a in enumerate(layers):
         rows, cols = a.shape
@@ -109,6 +116,7 @@ def from_weights(Ws, alpha, *, dtype=np.float64) -> Network:
     for i, W in enumerate(mats):
         fro = float(np.linalg.norm(W))
         log_s[i] = np.log(fro / np.sqrt(W.shape[1])) if fro > 0 else 0.0
+    memory.check(widths, dtype)
     layers, stack = _alloc_layers(widths, dtype)
     for i, (a, W) in enumerate(zip(layers, mats)):
         a[...] = W * np.exp(-log_s[i])

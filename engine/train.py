@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,21 @@ from ._validate import nonneg_int, positive_float, positive_int
 from .network import Network
 from .problem import Problem
 
-__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate"]
+__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate",
+           "EngineWarning", "LearningRateWarning"]
+
+
+class EngineWarning(UserWarning):
+    """Base class of the warnings the engine issues."""
+
+
+class LearningRateWarning(EngineWarning):
+    """The learning rate exceeds the theorem's bound for the network's init.
+
+    GD may still converge (the bounds are sufficient, not necessary), but the
+    theorem's guarantee and ``TrainResult.predicted`` no longer apply, and
+    far above the bound training diverges (DivergenceError).
+    """
 
 
 class DivergenceError(RuntimeError):
@@ -204,7 +219,9 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
 
     Returns TrainResult. Raises DivergenceError (carrying the history and the
     network at its last finite state) when the loss becomes non-finite or
-    exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2).
+    exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2). Warns with
+    LearningRateWarning when a numeric lr exceeds the theorem's bound for a
+    Gaussian or orthogonal init (``theory.lr_bound``); "theory" never does.
     """
     if isinstance(lr, str):
         if lr != "theory":
@@ -222,6 +239,7 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
         raise TypeError("callback: must be callable")
 
     st = _Stepper(net, prob, lr, backend)
+    _warn_above_bound(net, prob, lr)
     recorders = _make_recorders(record, net, prob)
     opt = prob.opt
     ts, exs = [], []
@@ -314,7 +332,25 @@ def _attach_records(res, recorders):
         res.wall_time -= rec.seconds
 
 
+# lr above (1 + LR_WARN_RTOL) x the bound is warned about; the slack keeps
+# lr = "theory" and rates computed from it in another order from warning.
+LR_WARN_RTOL = 1e-9
+
+
+def _warn_above_bound(net, prob, lr):
+    bound = _safe_bound(net, prob)
+    if bound is not None and lr > bound * (1.0 + LR_WARN_RTOL):
+        thm = "DH Thm 4.1" if net.init == "gaussian" else "HXP Thm 3.1"
+        warnings.warn(
+            f"lr: {lr:.4g} exceeds the theorem's bound {bound:.4g} for {net.init} init "
+            f"({thm}: d_out / ({'3' if net.init == 'gaussian' else '2'} L ||X||^2)) by a factor "
+            f"{lr / bound:.3g}; the convergence guarantee does not apply and GD may diverge",
+            LearningRateWarning, stacklevel=3)
+
+
 def _safe_bound(net, prob):
+    if net.init not in ("gaussian", "orthogonal"):
+        return None
     try:
         return theory.lr_bound(net.init, prob, net.depth)
     except ValueError:
