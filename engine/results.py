@@ -1,0 +1,344 @@
+"""The results database: one SQLite file per sweep, one row per run.
+
+Only the sweep driver writes (``engine.sweep``); workers return plain dicts.
+Every finished run is committed at once in its own transaction (WAL
+journal), so a killed driver or worker loses at most the runs in flight.
+
+Schema (``SCHEMA_VERSION``)
+
+    meta(key, value)         schema_version, engine_version, created_utc
+    runs(key PRIMARY KEY,    the run key: a hash of the config (``run_key``)
+         experiment, config  (JSON, the full config incl. seeds), init, depth, width, seed,
+         status              "ok", "diverged" or "failed",
+         excess0, final_excess, rel_excess, log10_rel_excess,
+         steps, steps_to_tol, escape_steps, converged, rate, predicted, lr,
+         wall_time, backend, engine_version, error, finished_utc)
+    curves(key, t, excess)   the loss curve l(t) - OPT, subsampled (<= ~200 points)
+
+A database written by another engine version can be read (plots, export)
+with a warning, but a sweep refuses to add runs to it: results of two
+versions would be mixed under the same run keys.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import warnings
+
+SCHEMA_VERSION = 1
+
+__all__ = ["ResultsDB", "ResultsDBError", "DatabaseLocked", "DatabaseReadOnly",
+           "VersionMismatch", "run_key", "canonical_config", "SCHEMA_VERSION", "METRICS"]
+
+
+class ResultsDBError(RuntimeError):
+    """The results database cannot be used; the message says why and what to do."""
+
+
+class DatabaseLocked(ResultsDBError):
+    """Another process holds a write lock on the database for longer than the timeout."""
+
+
+class DatabaseReadOnly(ResultsDBError):
+    """The database file (or its directory) cannot be written."""
+
+
+class VersionMismatch(ResultsDBError):
+    """The database was written by a different engine version (or schema)."""
+
+
+# Result columns of ``runs`` (besides key, experiment, config), in order, with SQL types.
+METRICS = [
+    ("init", "TEXT"), ("depth", "INTEGER"), ("width", "INTEGER"), ("seed", "INTEGER"),
+    ("status", "TEXT NOT NULL"), ("excess0", "REAL"), ("final_excess", "REAL"),
+    ("rel_excess", "REAL"), ("log10_rel_excess", "REAL"), ("steps", "INTEGER"),
+    ("steps_to_tol", "INTEGER"), ("escape_steps", "INTEGER"), ("converged", "INTEGER"),
+    ("rate", "REAL"), ("predicted", "REAL"), ("lr", "REAL"), ("wall_time", "REAL"),
+    ("backend", "TEXT"), ("engine_version", "TEXT"), ("error", "TEXT"), ("finished_utc", "TEXT"),
+]
+_METRIC_NAMES = [n for n, _ in METRICS]
+
+
+def _jsonable(v):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if hasattr(v, "item") and callable(v.item):   # numpy scalars
+        v = v.item()
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2 ** 53:
+        return v   # keep floats as floats: 1.0 and 1 are different configs on purpose
+    return v
+
+
+def canonical_config(config: dict) -> str:
+    """The config as canonical JSON (sorted keys, no whitespace): what ``run_key`` hashes."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config: must be a dict, got {type(config).__name__}")
+    return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def run_key(config: dict) -> str:
+    """Stable key of a run: the first 20 hex digits of SHA-256 of its canonical JSON.
+
+    The same config (same numbers, any key order) gives the same key in any
+    process or session, which is what lets a re-run sweep skip finished runs.
+    """
+    return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:20]
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _engine_version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _explain(exc: sqlite3.Error, path: str, what: str) -> ResultsDBError:
+    """Turn an sqlite3 error into a one-line ResultsDBError saying what to do."""
+    msg = str(exc).lower()
+    if "locked" in msg or "busy" in msg:
+        return DatabaseLocked(
+            f"results database {path!r} is locked by another process (another sweep writing to it?) "
+            f"while {what}; wait for it to finish, or use another --db")
+    if "readonly" in msg or "read-only" in msg or "read only" in msg:
+        return DatabaseReadOnly(
+            f"results database {path!r} is read-only (file or directory not writable) while {what}; "
+            "make it writable, or copy it and sweep into the copy")
+    if "unable to open" in msg:
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            return ResultsDBError(f"results database {path!r}: directory {d!r} does not exist")
+        if os.path.exists(path) and not os.access(d, os.W_OK):
+            return DatabaseReadOnly(
+                f"results database {path!r}: its directory is not writable (SQLite needs to create "
+                f"-wal/-shm files next to it) while {what}")
+        return ResultsDBError(f"results database {path!r} cannot be opened ({exc}) while {what}")
+    if "not a database" in msg or "malformed" in msg or "encrypted" in msg:
+        return ResultsDBError(f"{path!r} is not an engine results database (or it is corrupt): {exc}")
+    return ResultsDBError(f"results database {path!r}: {exc} (while {what})")
+
+
+class ResultsDB:
+    """An engine results database (SQLite, WAL).
+
+    ResultsDB(path)                       open for writing, creating it if absent
+    ResultsDB(path, readonly=True)        open an existing database for reading
+
+    Raises ResultsDBError subclasses with a one-line message: DatabaseLocked,
+    DatabaseReadOnly, VersionMismatch (writing into a database of another
+    engine version or schema; pass ``allow_version_mismatch=True`` to
+    override), or ResultsDBError (missing file, not a database).
+    """
+
+    def __init__(self, path, *, readonly: bool = False, lock_timeout: float = 10.0,
+                 allow_version_mismatch: bool = False):
+        self.path = os.fspath(path)
+        self.readonly = bool(readonly)
+        self.version_warning = None
+        if self.readonly and not os.path.exists(self.path):
+            raise ResultsDBError(f"results database {self.path!r} does not exist")
+        try:
+            if self.readonly:
+                uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
+                self.con = sqlite3.connect(uri, uri=True, timeout=lock_timeout)
+            else:
+                self.con = sqlite3.connect(self.path, timeout=lock_timeout)
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "opening it") from None
+        self.con.row_factory = sqlite3.Row
+        try:
+            self._setup(allow_version_mismatch)
+        except sqlite3.Error as exc:
+            self.con.close()
+            raise _explain(exc, self.path, "opening it" if self.readonly else "opening it for writing") from None
+        except ResultsDBError:
+            self.con.close()
+            raise
+
+    # -- setup and version checks -------------------------------------------------
+    def _setup(self, allow_version_mismatch):
+        con = self.con
+        have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if self.readonly:
+            if "meta" not in have or "runs" not in have:
+                raise ResultsDBError(f"{self.path!r} is not an engine results database (no runs/meta tables)")
+            self._check_version(allow=True)
+            return
+        # take the write lock now, so a locked or read-only database fails at once
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if not have:
+                con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+                con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                cols = ", ".join(f"{n} {t}" for n, t in METRICS)
+                con.execute(f"CREATE TABLE runs (key TEXT PRIMARY KEY, experiment TEXT, "
+                            f"config TEXT NOT NULL, {cols})")
+                con.execute("CREATE TABLE curves (key TEXT NOT NULL, t INTEGER NOT NULL, excess REAL, "
+                            "PRIMARY KEY (key, t))")
+                con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("schema_version", str(SCHEMA_VERSION)), ("engine_version", _engine_version()),
+                    ("created_utc", _utcnow())])
+            elif "meta" not in have or "runs" not in have:
+                raise ResultsDBError(f"{self.path!r} is an SQLite database but not an engine results "
+                                     "database (no runs/meta tables); use another --db")
+            else:
+                self._check_version(allow=allow_version_mismatch)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a filesystem without shared memory
+            warnings.warn(f"results database {self.path!r}: WAL journal unavailable, using {mode}")
+        con.execute("PRAGMA synchronous=FULL")
+
+    def meta(self) -> dict:
+        return {r["key"]: r["value"] for r in self.con.execute("SELECT key, value FROM meta")}
+
+    def _check_version(self, allow):
+        meta = self.meta()
+        schema = meta.get("schema_version")
+        if schema != str(SCHEMA_VERSION):
+            raise VersionMismatch(
+                f"results database {self.path!r} has schema version {schema}, this engine reads "
+                f"version {SCHEMA_VERSION}; export it with the engine that wrote it, or use another --db")
+        theirs, ours = meta.get("engine_version"), _engine_version()
+        if theirs != ours:
+            msg = (f"results database {self.path!r} was written by engine {theirs}, this is engine {ours}")
+            if not allow:
+                raise VersionMismatch(
+                    msg + "; a sweep will not mix results of two versions under the same run keys. "
+                    "Use another --db (or --allow-version-mismatch to add to it anyway)")
+            self.version_warning = msg
+            if self.readonly:
+                warnings.warn(msg, stacklevel=3)
+
+    # -- writing ------------------------------------------------------------------
+    def put(self, key: str, config: dict, result: dict, curve=None, experiment=None) -> None:
+        """Insert (or replace) one run and its curve, committed at once."""
+        if self.readonly:
+            raise DatabaseReadOnly(f"results database {self.path!r} was opened read-only")
+        vals = [_sql_value(result.get(n)) for n in _METRIC_NAMES]
+        row = [key, experiment, canonical_config(config)] + vals
+        ph = ", ".join("?" * len(row))
+        try:
+            with self.con:
+                self.con.execute(f"INSERT OR REPLACE INTO runs (key, experiment, config, "
+                                 f"{', '.join(_METRIC_NAMES)}) VALUES ({ph})", row)
+                self.con.execute("DELETE FROM curves WHERE key = ?", (key,))
+                if curve is not None:
+                    t, ex = curve
+                    self.con.executemany("INSERT INTO curves VALUES (?, ?, ?)",
+                                         [(key, int(a), _sql_value(float(b))) for a, b in zip(t, ex)])
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, f"writing run {key}") from None
+
+    # -- reading ------------------------------------------------------------------
+    def statuses(self) -> dict:
+        """{key: status} of every stored run."""
+        return {r[0]: r[1] for r in self.con.execute("SELECT key, status FROM runs")}
+
+    def rows(self, experiment=None, keys=None, status=None) -> list[dict]:
+        """Tidy rows: the config's fields merged with the result columns (plus key, experiment)."""
+        q, args = "SELECT * FROM runs", []
+        cond = []
+        if experiment is not None:
+            cond.append("experiment = ?")
+            args.append(experiment)
+        if status is not None:
+            cond.append("status = ?")
+            args.append(status)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY key"
+        want = None if keys is None else set(keys)
+        out = []
+        for r in self.con.execute(q, args):
+            if want is not None and r["key"] not in want:
+                continue
+            d = dict(json.loads(r["config"]))
+            for n in _METRIC_NAMES:
+                d[n] = r[n]
+            d["key"], d["experiment"] = r["key"], r["experiment"]
+            out.append(d)
+        return out
+
+    def curve(self, key: str):
+        """(t, excess) of one run, as lists (empty when none was stored)."""
+        rs = self.con.execute("SELECT t, excess FROM curves WHERE key = ? ORDER BY t", (key,)).fetchall()
+        return [r[0] for r in rs], [r[1] for r in rs]
+
+    def experiments(self) -> list:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT experiment FROM runs ORDER BY 1")]
+
+    def export_csv(self, path, experiment=None) -> int:
+        """Write the tidy rows to CSV; returns the number of rows."""
+        rows = self.rows(experiment)
+        cols = _columns(rows)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: _csv_value(r.get(c)) for c in cols})
+        return len(rows)
+
+    def export_parquet(self, path, experiment=None) -> int:
+        """Write the tidy rows to Parquet (needs pyarrow); returns the number of rows."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ResultsDBError("Parquet export needs pyarrow (pip install pyarrow); CSV export works without it") from None
+        rows = self.rows(experiment)
+        cols = _columns(rows)
+        table = pa.table({c: [_csv_value(r.get(c)) if isinstance(r.get(c), (list, dict)) else r.get(c)
+                              for r in rows] for c in cols})
+        pq.write_table(table, path)
+        return len(rows)
+
+    def close(self):
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _columns(rows):
+    cols = ["key", "experiment"]
+    seen = set(cols) | set(_METRIC_NAMES)
+    for r in rows:
+        for c in r:
+            if c not in seen:
+                seen.add(c)
+                cols.append(c)
+    return cols + _METRIC_NAMES
+
+
+def _sql_value(v):
+    if v is None:
+        return None
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None   # SQLite stores NaN as NULL anyway; +-inf are kept
+    return v
+
+
+def _csv_value(v):
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return "" if v is None else v

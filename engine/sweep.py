@@ -1,0 +1,369 @@
+"""Grids of runs on dask.distributed (or serially), every result in SQLite.
+
+    from engine.sweep import grid, run_sweep
+    cfgs = grid(init=["gaussian", "orthogonal"], width=[16, 64], depth=[4, 16], seed=[0, 1], steps=500)
+    summary = run_sweep(cfgs, "results.db")                  # LocalCluster on this machine
+    summary = run_sweep(cfgs, "results.db", workers=0)       # serial, in this process
+    summary = run_sweep(cfgs, "results.db", scheduler="tcp://host:8786")   # an existing cluster
+
+A run is described by a *config*: a flat dict of JSON values (see
+``DEFAULT_CONFIG``: data, network, learning rate, budget). Its key is a hash
+of the config (``engine.results.run_key``), so re-running a sweep skips the
+runs already in the database; a failed run is retried. Only this driver
+process writes the database, one committed transaction per finished run, so
+killing the driver or a worker (even with SIGKILL) loses at most the runs in
+flight. A run that raises, or whose worker dies, is stored with
+status "failed" and the error, and the sweep goes on.
+
+Each run executes with BLAS limited to ``threads_per_run`` threads
+(threadpoolctl) in the serial and the distributed mode alike, so both modes
+give identical numbers on the same backend.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .results import ResultsDB, run_key
+
+__all__ = ["DEFAULT_CONFIG", "grid", "normalize_config", "run_config", "run_sweep", "SweepSummary",
+           "subsample_curve"]
+
+# Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
+# rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
+# seed ``seed``. Training: lr ("theory" = the init's theorem rate, times lr_scale),
+# at most ``steps`` GD steps, stopping when l - OPT <= tol * ||Y||_F^2 (tol=0: never).
+# ``escape``: also record the first step t with l(t) <= escape * ||Y||_F^2
+# (HXP Thm 4.1's band is [0.4, 0.6] ||Y||_F^2) and stop there if stop_at_escape.
+DEFAULT_CONFIG = {
+    "d_in": 1024, "n": 16, "d_out": 10, "data_seed": 0, "rank": None, "kappa": None,
+    "init": "gaussian", "width": 64, "depth": 10, "seed": 0,
+    "lr": "theory", "lr_scale": 1.0, "steps": 1000, "tol": 1e-12,
+    "escape": None, "stop_at_escape": False,
+}
+
+# Points kept of each loss curve in the database.
+CURVE_POINTS = 200
+
+
+def normalize_config(config: dict) -> dict:
+    """The config with defaults filled in and unknown fields rejected (ValueError naming them)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config: must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(DEFAULT_CONFIG)}")
+    out = dict(DEFAULT_CONFIG)
+    out.update(config)
+    for k in ("d_in", "n", "d_out", "width", "depth", "steps"):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "steps" else 1):
+            raise ValueError(f"config: {k} must be a positive integer, got {v!r}")
+        out[k] = int(v)
+    if out["depth"] == 1:
+        out["width"] = 1   # no hidden layer: width is meaningless, keep the key unique
+    return out
+
+
+def grid(**axes) -> list[dict]:
+    """Cartesian product of the list-valued fields; scalar fields are fixed.
+
+    ``grid(init=["gaussian", "orthogonal"], width=[16, 32], depth=[2, 8], steps=300)``
+    gives 8 configs (defaults filled in from DEFAULT_CONFIG). Duplicates (for
+    instance all widths at depth 1) are removed, order kept.
+    """
+    names = list(axes)
+    values = [v if isinstance(v, (list, tuple)) else [v] for v in axes.values()]
+    out, seen = [], set()
+    for combo in itertools.product(*values):
+        cfg = normalize_config(dict(zip(names, combo)))
+        k = run_key(cfg)
+        if k not in seen:
+            seen.add(k)
+            out.append(cfg)
+    return out
+
+
+def widths_of(cfg: dict) -> list:
+    return [cfg["d_in"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["d_out"]]
+
+
+_PROBLEMS = {}
+
+
+def _problem(cfg):
+    """engine.Problem for the config's data, cached per process (workers reuse it)."""
+    import engine
+    key = (cfg["d_in"], cfg["n"], cfg["d_out"], cfg["data_seed"], cfg["rank"], cfg["kappa"])
+    prob = _PROBLEMS.get(key)
+    if prob is None:
+        X, Y = engine.synthetic(cfg["d_in"], cfg["n"], cfg["d_out"], seed=cfg["data_seed"],
+                                rank=cfg["rank"], kappa=cfg["kappa"])
+        prob = engine.Problem(X, Y)
+        if len(_PROBLEMS) > 16:
+            _PROBLEMS.clear()
+        _PROBLEMS[key] = prob
+    return prob
+
+
+def subsample_curve(t, excess, points: int = CURVE_POINTS):
+    """At most ~``points`` (t, excess) pairs: log- and linearly spaced indices, first and last kept."""
+    t = np.asarray(t)
+    e = np.asarray(excess)
+    n = len(t)
+    if n <= points:
+        return t.tolist(), e.tolist()
+    half = points // 2
+    idx = np.unique(np.concatenate([
+        np.geomspace(1, n, half).astype(np.int64) - 1,
+        np.linspace(0, n - 1, points - half).astype(np.int64), [0, n - 1]]))
+    return t[idx].tolist(), e[idx].tolist()
+
+
+def run_config(config: dict, backend: str = "auto") -> dict:
+    """Train one config; returns {"result": {metric: value}, "curve": (t, excess)}.
+
+    Never raises for a diverging run (status "diverged", metrics of the last
+    finite state); raises for anything else (bad config, out of memory...).
+    """
+    import engine
+    from . import __version__
+
+    cfg = normalize_config(config)
+    prob = _problem(cfg)
+    net = engine.init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"])
+    lr = cfg["lr"]
+    if lr == "theory":
+        lr = engine.theory.lr_bound(cfg["init"], prob, cfg["depth"])
+    lr = float(lr) * float(cfg["lr_scale"])
+    ysq = prob.y_norm_sq
+    tol = float(cfg["tol"]) * ysq if cfg["tol"] else None
+    escape = cfg["escape"]
+    state = {"escape": None}
+
+    def callback(t, ex, _net):
+        if escape is not None and state["escape"] is None and prob.opt + ex <= escape * ysq:
+            state["escape"] = t
+            return bool(cfg["stop_at_escape"])
+        return False
+
+    status, error = "ok", None
+    try:
+        run = engine.train(net, prob, lr=lr, steps=cfg["steps"], tol=tol, backend=backend,
+                           callback=callback if escape is not None else None)
+    except engine.DivergenceError as exc:
+        run, status, error = exc.result, "diverged", str(exc)
+    ex = np.asarray(run.excess, dtype=np.float64)
+    t = np.asarray(run.t)
+    if escape is not None and state["escape"] is None and len(ex) and prob.opt + ex[-1] <= escape * ysq:
+        state["escape"] = int(t[-1])   # the final state (not passed to the callback)
+    ex0, exf = float(ex[0]), float(ex[-1])
+    rel = exf / ex0 if ex0 > 0 else float("nan")
+    result = {
+        "init": cfg["init"], "depth": cfg["depth"], "width": cfg["width"], "seed": cfg["seed"],
+        "status": status, "excess0": ex0, "final_excess": exf, "rel_excess": rel,
+        "log10_rel_excess": math.log10(rel) if rel > 0 else float("-inf"),
+        "steps": int(run.steps), "steps_to_tol": int(run.steps) if run.converged else None,
+        "escape_steps": state["escape"], "converged": bool(run.converged), "rate": float(run.rate),
+        "predicted": float(run.predicted), "lr": float(lr), "wall_time": float(run.wall_time),
+        "backend": run.backend, "engine_version": __version__, "error": error,
+    }
+    return {"result": result, "curve": subsample_curve(t, ex)}
+
+
+def _failed(config, error, backend) -> dict:
+    from . import __version__
+    cfg = dict(config)
+    return {"result": {"init": cfg.get("init"), "depth": cfg.get("depth"), "width": cfg.get("width"),
+                       "seed": cfg.get("seed"), "status": "failed", "error": error,
+                       "backend": backend, "engine_version": __version__}, "curve": None}
+
+
+def _error_text(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _execute(func, config, backend, threads):
+    """Run one config with BLAS threads limited; exceptions become a failed payload."""
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+            limits = threadpool_limits(limits=threads) if threads else None
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            limits = None
+        try:
+            out = func(config, backend)
+        finally:
+            if limits is not None:
+                limits.restore_original_limits()
+        if not isinstance(out, dict) or "result" not in out:
+            raise TypeError(f"run function returned {type(out).__name__}, expected a dict with 'result'")
+        return out
+    except Exception as exc:
+        return _failed(config, _error_text(exc), backend)
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did. ``keys`` are the run keys of the whole grid, in grid order."""
+    total: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    diverged: int = 0
+    wall_time: float = 0.0
+    keys: list = field(default_factory=list)
+    mode: str = "serial"
+
+    def __str__(self):
+        return (f"{self.total} runs: {self.skipped} already in the database, {self.done} done "
+                f"({self.diverged} diverged), {self.failed} failed; {self.wall_time:.1f} s ({self.mode})")
+
+
+def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, backend="auto",
+              threads_per_run=1, progress=True, retry_failed=True, func=None, lock_timeout=10.0,
+              allow_version_mismatch=False) -> SweepSummary:
+    """Run every config not yet in the database ``db`` (a path or a ResultsDB).
+
+    workers : None -> a dask LocalCluster with one single-threaded worker
+              process per core (cpu count); an int > 0 -> that many workers;
+              0 -> serial, in this process.
+    scheduler : "tcp://host:port" of a running dask scheduler (overrides workers).
+    backend : engine backend for every run ("auto" picks the fastest available).
+    threads_per_run : BLAS threads per run (threadpoolctl); 0 leaves them alone.
+    retry_failed : re-run configs stored with status "failed" (default True).
+    func : the run function, ``func(config, backend) -> {"result", "curve"}``
+           (default ``run_config``); must be importable by the workers.
+
+    Returns SweepSummary. Database problems raise engine.results.ResultsDBError
+    subclasses with a one-line message (locked, read-only, other version).
+    """
+    func = run_config if func is None else func
+    own = not isinstance(db, ResultsDB)
+    store = ResultsDB(db, lock_timeout=lock_timeout, allow_version_mismatch=allow_version_mismatch) if own else db
+    try:
+        cfgs, keys, seen = [], [], set()
+        for c in configs:
+            c = normalize_config(c)
+            k = run_key(c)
+            keys.append(k)
+            if k not in seen:
+                seen.add(k)
+                cfgs.append((k, c))
+        have = store.statuses()
+        finished = {"ok", "diverged"} if retry_failed else {"ok", "diverged", "failed"}
+        pending = [(k, c) for k, c in cfgs if have.get(k) not in finished]
+        summary = SweepSummary(total=len(cfgs), skipped=len(cfgs) - len(pending), keys=keys)
+        t0 = time.perf_counter()
+        bar = _bar(len(pending), progress)
+
+        def record(k, c, out):
+            res = out["result"]
+            res.setdefault("finished_utc", _utcnow())
+            store.put(k, c, res, out.get("curve"), experiment=experiment)
+            st = res.get("status")
+            if st == "failed":
+                summary.failed += 1
+            else:
+                summary.done += 1
+                summary.diverged += st == "diverged"
+            if bar is not None:
+                bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
+                bar.update(1)
+
+        try:
+            if pending:
+                if scheduler is None and workers == 0:
+                    summary.mode = "serial"
+                    for k, c in pending:
+                        record(k, c, _execute(func, c, backend, threads_per_run))
+                else:
+                    summary.mode = _run_dask(pending, record, func, backend, threads_per_run, workers, scheduler)
+        finally:
+            if bar is not None:
+                bar.close()
+        summary.wall_time = time.perf_counter() - t0
+        return summary
+    finally:
+        if own:
+            store.close()
+
+
+def _utcnow():
+    from .results import _utcnow as f
+    return f()
+
+
+def _bar(total, enabled):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+    b = tqdm(total=total, unit="run", desc="sweep", file=sys.stderr, dynamic_ncols=True)
+    b.set_postfix(done=0, failed=0)
+    return b
+
+
+def _run_dask(pending, record, func, backend, threads, workers, scheduler) -> str:
+    try:
+        import dask
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        if scheduler is not None:
+            raise RuntimeError("scheduler: dask.distributed is not installed "
+                               "(pip install 'engine[dist]'), cannot reach a cluster") from None
+        warnings.warn("dask.distributed is not installed (pip install 'engine[dist]'): running the sweep serially")
+        for k, c in pending:
+            record(k, c, _execute(func, c, backend, threads))
+        return "serial (no dask)"
+
+    import logging
+    cluster = None
+    # A task whose worker dies is retried once on another worker; if that one dies too
+    # the task is reported as KilledWorker and stored as failed.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, timeout="10s")
+            except OSError as exc:
+                raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
+            mode = f"dask scheduler {scheduler}"
+        else:
+            n = workers if workers else (os.cpu_count() or 1)
+            cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+            mode = f"dask LocalCluster, {n} worker processes"
+        try:
+            futs = {}
+            for k, c in pending:
+                f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
+                futs[f] = (k, c)
+            for f in as_completed(list(futs)):
+                k, c = futs.pop(f)
+                if f.status == "finished":
+                    out = f.result()
+                else:
+                    exc = f.exception()
+                    name = type(exc).__name__
+                    if name == "KilledWorker":
+                        msg = f"worker died while running this config (KilledWorker: {exc})"
+                    else:
+                        msg = f"{name}: {exc}"
+                    out = _failed(c, msg, backend)
+                record(k, c, out)
+                f.release()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return mode
