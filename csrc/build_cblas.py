@@ -1,0 +1,44 @@
+"""cffi build script for the C kernel of the ``cblas`` backend.
+
+API mode, out of line: ``setup.py`` builds it through
+``cffi_modules=["csrc/build_cblas.py:ffibuilder"]`` into the extension module
+``engine.kernels._cblas``. To rebuild in place by hand after editing the C
+code: ``python setup.py build_ext --inplace`` (or reinstall with
+``pip install -e .``).
+
+The kernel links no BLAS: engine/kernels/cblas_backend.py passes it the
+address of the ?gemm that SciPy already ships (scipy.linalg.cython_blas).
+"""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+#define DLN_FORM_P 0
+#define DLN_FORM_T 1
+long long dln_work_size(int L, const int *widths, int form);
+int dln_step_f64(void *dgemm, int L, const int *widths, double **layers,
+                 const double *c, double beta, const double *xs,
+                 const double *yred, int form, long long block_bytes,
+                 double *work, double lo, double hi, int do_update,
+                 double *excess);
+int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
+                 const double *c, double beta, const float *xs,
+                 const float *yred, int form, long long block_bytes,
+                 float *work, double lo, double hi, int do_update,
+                 double *excess);
+""")
+
+# Paths relative to the repository root, where setup.py runs (setuptools
+# wants relative source paths).
+ffibuilder.set_source(
+    "engine.kernels._cblas",
+    '#include "dln_step.h"',
+    sources=["csrc/dln_step.c"],
+    include_dirs=["csrc"],
+    depends=["csrc/dln_step.h", "csrc/dln_step_impl.h"],
+    extra_compile_args=["-O3", "-std=c99"],
+)

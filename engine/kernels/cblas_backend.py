@@ -1,0 +1,239 @@
+"""The ``cblas`` backend: the whole GD step in one call of a C kernel (csrc/).
+
+Same semantics as ``numpy_backend`` (the oracle; see its docstring for the
+notation): P form for r < d_out, T form otherwise; every layer in one C call;
+the update is written only if the excess before the step is finite and
+``lo < excess <= hi``, otherwise no weight is touched; the excess before the
+step is returned.
+
+The kernel (csrc/dln_step_impl.h) runs the two-pass schedule of DESIGN.md
+("The step schedule, and the physical limit"): a read-only pass computes one
+chain and the residual, then a fused read-write pass walks each layer in row
+blocks of ``BLOCK_BYTES`` (sized for L2), advancing the other chain from the
+OLD block and applying the rank-d_out (T form) or rank-r (P form) update to
+that block while it is still in cache.
+
+Its products call the ?gemm that SciPy already ships: the function pointers
+are taken at import time from ``scipy.linalg.cython_blas.__pyx_capi__`` and
+passed into the C code, so the extension links no BLAS. It is built by
+``setup.py`` through cffi; when that build failed (or was skipped) the
+backend reports ``available = False`` and ``reason`` says why, distinguishing
+"not built" from "built but failed to load".
+
+float64 (dgemm) and float32 (sgemm). The wrapper checks dtype,
+C-contiguity, writability and shapes of every array before any pointer goes
+to C, and raises TypeError / ValueError naming the argument otherwise.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+
+import numpy as np
+
+from .numpy_backend import choose_form
+
+name = "cblas"
+
+# Target size of one row block of a layer in the fused pass. The machines we
+# measure on have 512 KiB - 2 MiB of L2 per core; a 256 KiB block leaves room
+# for the chain slices the block is multiplied with, and is large enough that
+# each ?gemm call does thousands of flops per call overhead.
+BLOCK_BYTES = 256 * 1024
+
+_MODULE = f"{__package__}._cblas"
+_BUILD_ERROR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cblas_build_error.txt")
+
+_FORM_CODE = {"P": 0, "T": 1}
+
+
+def _not_built_reason() -> str:
+    why = "no C compiler or Python headers at install time, or installed without building extensions"
+    try:
+        with open(_BUILD_ERROR_FILE) as fh:
+            why = "the build failed: " + fh.read().strip()
+    except OSError:
+        pass
+    return (f"the C extension {_MODULE} was not built ({why}); install a C compiler and "
+            "reinstall engine (pip install -e .) to enable it")
+
+
+def _capsule_pointer(capsule) -> int:
+    """Address held by a PyCapsule (as exported by Cython's __pyx_capi__)."""
+    get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", ctypes.pythonapi))
+    get_ptr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+        ("PyCapsule_GetPointer", ctypes.pythonapi))
+    addr = get_ptr(capsule, get_name(capsule))
+    if not addr:
+        raise RuntimeError("PyCapsule_GetPointer returned NULL")
+    return addr
+
+
+def _load():
+    """(ffi, lib, {dtype: gemm pointer}, reason); reason is "" on success."""
+    try:
+        from . import _cblas
+    except ModuleNotFoundError as exc:
+        if exc.name == _MODULE:
+            return None, None, None, _not_built_reason()
+        return None, None, None, f"the C extension {_MODULE} was built but failed to load: {exc}"
+    except Exception as exc:  # ImportError from the loader, wrong ABI, missing symbol ...
+        return None, None, None, (f"the C extension {_MODULE} was built but failed to load: "
+                                  f"{type(exc).__name__}: {exc}")
+    try:
+        from scipy.linalg import cython_blas
+        capi = cython_blas.__pyx_capi__
+        ptrs = {np.dtype(np.float64): _cblas.ffi.cast("void *", _capsule_pointer(capi["dgemm"])),
+                np.dtype(np.float32): _cblas.ffi.cast("void *", _capsule_pointer(capi["sgemm"]))}
+    except Exception as exc:
+        return None, None, None, (f"the C extension is built, but SciPy's BLAS could not be reached "
+                                  f"through scipy.linalg.cython_blas: {type(exc).__name__}: {exc}")
+    return _cblas.ffi, _cblas.lib, ptrs, ""
+
+
+ffi, lib, _GEMM, reason = _load()
+available = not reason
+
+_CTYPE = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
+
+
+class Workspace:
+    """Scratch for one (layer shapes, r, d_out, dtype, form), plus cached pointers.
+
+    The C kernel never allocates: its scratch (one chain, the residual, and
+    the ping-pong buffers of the fused pass; ``dln_work_size`` in csrc) is
+    one array allocated here. Pointers to the layers, ``c``, ``xs`` and
+    ``yred`` are built (after checking each array) the first time they are
+    seen and reused while the same array objects are passed, so a step costs
+    O(1) Python work plus one ``map(id, layers)``.
+    """
+
+    def __init__(self, shapes, r, d_out, dtype, form):
+        dtype = np.dtype(dtype)
+        if dtype not in _CTYPE:
+            raise TypeError(f"dtype: the cblas backend supports float64 and float32, got {dtype}")
+        if form not in _FORM_CODE:
+            raise ValueError(f"form: must be 'P', 'T' or None, got {form!r}")
+        r, d_out = int(r), int(d_out)
+        L = len(shapes)
+        if L < 1:
+            raise ValueError("layers: a network needs at least one layer")
+        widths = [r] + [int(s[0]) for s in shapes]
+        for i, shp in enumerate(shapes):
+            if tuple(shp) != (widths[i + 1], widths[i]):
+                raise ValueError(f"layers: layer {i} has shape {tuple(shp)}, expected "
+                                 f"({widths[i + 1]}, {widths[i]}) (layer 0 is B_1 = A_1 U_r, d_1 x r)")
+        if widths[-1] != d_out:
+            raise ValueError(f"layers: the last layer has {widths[-1]} rows, expected d_out = {d_out}")
+        if min(widths) < 1:
+            raise ValueError(f"layers: every width must be >= 1, got {widths}")
+        self.form = form
+        self.dtype = dtype
+        self.shapes = [tuple(int(v) for v in s) for s in shapes]
+        self.r, self.d_out, self.L = r, d_out, L
+        self.block_bytes = BLOCK_BYTES
+        self._ctype = _CTYPE[dtype]
+        self._fn = lib.dln_step_f64 if dtype == np.float64 else lib.dln_step_f32
+        self._gemm = _GEMM[dtype]
+        self._form_code = _FORM_CODE[form]
+        self._widths = ffi.new("int[]", widths)
+        self.work = np.empty(int(lib.dln_work_size(L, self._widths, self._form_code)), dtype=dtype)
+        self._work_ptr = ffi.from_buffer(self._ctype + "[]", self.work, require_writable=True)
+        self._layer_ptrs = ffi.new(self._ctype + " *[]", L)
+        self._layer_ids = None
+        self._layer_keep = None          # the arrays and buffers the pointers point into
+        self._vec = {}                   # "c"/"xs"/"yred" -> (array, pointer)
+        self._ex = ffi.new("double *")
+
+    def _bind_layers(self, layers):
+        # Forget the old binding first: a refusal half-way must not leave a
+        # pointer table that a later call with the old arrays would trust.
+        self._layer_ids = None
+        self._layer_keep = None
+        if len(layers) != self.L:
+            raise ValueError(f"layers: expected {self.L} layers for this workspace, got {len(layers)}")
+        keep = []
+        for i, a in enumerate(layers):
+            self._check(a, self.shapes[i], f"layers[{i}]", writable=True)
+            buf = ffi.from_buffer(self._ctype + "[]", a, require_writable=True)
+            self._layer_ptrs[i] = buf
+            keep.append((a, buf))
+        self._layer_keep = keep
+        self._layer_ids = tuple(map(id, layers))
+
+    def _check(self, a, shape, what, writable=False, dtype=None):
+        dtype = self.dtype if dtype is None else dtype
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what}: must be a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{what}: must have dtype {dtype}, got {a.dtype}")
+        if a.shape != tuple(shape):
+            raise ValueError(f"{what}: must have shape {tuple(shape)}, got {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what}: must be C-contiguous (pass np.ascontiguousarray(...))")
+        if not a.flags.aligned:
+            raise ValueError(f"{what}: must be aligned")
+        if writable and not a.flags.writeable:
+            raise ValueError(f"{what}: must be writeable (the step updates it in place)")
+
+    def _vector(self, key, a, shape, dtype, ctype):
+        hit = self._vec.get(key)
+        if hit is not None and hit[0] is a:
+            return hit[1]
+        self._check(a, shape, key, dtype=dtype)
+        ptr = ffi.from_buffer(ctype + "[]", a)
+        self._vec[key] = (a, ptr)
+        return ptr
+
+    def call(self, layers, c, beta, xs, yred, lo, hi, do_update):
+        if tuple(map(id, layers)) != self._layer_ids:
+            self._bind_layers(layers)
+        if not isinstance(c, np.ndarray) or c.dtype != np.float64:
+            c = np.ascontiguousarray(c, dtype=np.float64)   # a copy of L step sizes is harmless
+        cp = self._vector("c", c, (self.L,), np.dtype(np.float64), "double")
+        xp = self._vector("xs", xs, (self.r,), self.dtype, self._ctype)
+        yp = self._vector("yred", yred, (self.d_out, self.r), self.dtype, self._ctype)
+        applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, float(beta),
+                           xp, yp, self._form_code, self.block_bytes, self._work_ptr,
+                           float(lo), float(hi), do_update, self._ex)
+        return float(self._ex[0]), bool(applied)
+
+
+def workspace(layers, r, d_out, dtype, form=None):
+    """Workspace for these layers (B_1 first, shapes (d_{i+1}, d_i), d_0 = r)."""
+    if not available:
+        raise RuntimeError(f"the cblas backend is unavailable: {reason}")
+    form = form or choose_form(r, d_out)
+    shapes = [np.shape(a) for a in layers]
+    for i, s in enumerate(shapes):
+        if len(s) != 2:
+            raise ValueError(f"layers[{i}]: must be a 2-D array, got shape {s}")
+    return Workspace(shapes, r, d_out, dtype, form)
+
+
+def _ws(ws):
+    if not isinstance(ws, Workspace):
+        raise TypeError(f"ws: must be a cblas_backend.Workspace, got {type(ws).__name__}")
+    return ws
+
+
+def step(layers, c, beta, xs, yred, ws, lo=-1.0, hi=math.inf):
+    """One GD step in place on ``layers``; returns ``(excess_before, applied)``.
+
+    Arguments as in ``numpy_backend.step``: layers[0] is B_1 (d_1 x r),
+    ``c`` (L,) the per-layer A-space steps eta / s_i^2, ``beta`` the output
+    scale, ``xs`` (r,), ``yred`` (d_out, r). Every array must have the
+    workspace's dtype (``c`` is float64), be C-contiguous and have the
+    workspace's shapes; the layers must be writeable.
+    """
+    return _ws(ws).call(layers, c, beta, xs, yred, lo, hi, 1)
+
+
+def excess(layers, beta, xs, yred, ws) -> float:
+    """1/2 ||R||_F^2 for the current weights (the read-only pass only)."""
+    ws = _ws(ws)
+    c = ws._vec.get("c", (None,))[0]
+    if c is None:
+        c = np.zeros(ws.L)
+    return ws.call(layers, c, beta, xs, yred, -1.0, math.inf, 0)[0]
