@@ -1,0 +1,830 @@
+"""Ensembles: K same-shape networks on the same data, trained in one call.
+
+The papers' statements are probabilistic (DH Thm 4.1 and HXP Thm 3.1 hold
+with high probability over the init; near the trainable/untrainable
+transition single runs depend strongly on the seed), so experiments need many
+seeds per (depth, width) cell. An ``Ensemble`` holds K networks with the same
+widths and dtype in stacked storage and trains them together:
+
+    ens = engine.ensemble.Ensemble.orthogonal([1024] + [32] * 31 + [10], seeds=range(16))
+    res = engine.ensemble.train(ens, prob, lr="theory", steps=500, tol=1e-20)
+    res.excess            # (K, k) l(t) - OPT at the common record grid res.t
+    res.converged         # (K,) bool
+    res.diverged          # (K,) bool: that member blew up; the others are unaffected
+    res.member(3)         # a TrainResult for member 3 (its network is a copy)
+
+Storage (normalized, see ``engine.network``): layer i of every member in one
+array of shape (K, d_i, d_{i-1}); when the hidden widths are uniform the
+hidden layers of all members are one C-contiguous (K, L-2, m, m) array
+(``ens.hidden``), so member k's hidden stack ``hidden[k]`` is itself a
+contiguous (L-2, m, m) block. While bound to a Problem, layer 1 is held as
+B_1 = A_1 U_r (K, d_1, r) plus the frozen component, exactly as for a single
+Network.
+
+Results are those of K separate ``engine.train`` runs:
+
+* ``backend="numpy"`` (or "cblas", or "numba" for shapes the member-parallel
+  kernel does not cover) steps the members one after another with that
+  single-network backend, on views of the stacked storage: bitwise identical
+  to K separate runs with the same backend.
+* ``backend="numba"`` with uniform hidden widths runs the member-parallel
+  kernel below: one compiled call per GD step for all members, ``prange``
+  over members, each member's whole two-pass step (numpy_backend's P or T
+  form) inside. Equal to the numpy backend up to rounding (summation order).
+* ``backend="auto"`` uses the member-parallel kernel when Numba is available,
+  the hidden widths are uniform and each member is small
+  (<= ``MEMBER_KERNEL_MAX_BYTES``, latency-bound networks, where running
+  members in parallel pays); otherwise it steps the members one after
+  another with the single-network ``auto`` backend, which parallelizes
+  inside each (memory-bound) step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels, theory
+from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list
+from .network import Network, _alloc_layers
+from .problem import Problem
+from .train import EXPLODE_FACTOR, TrainResult, fit_rate
+
+__all__ = ["Ensemble", "EnsembleResult", "train", "MEMBER_KERNEL_MAX_BYTES", "member_kernel_available"]
+
+# Per-member weight bytes up to which ``auto`` runs members in parallel with
+# the member-parallel kernel. 4 MiB (m = 128, L = 32 in float64) is about the
+# L2 + share of L3 per core: below it a single-network step is latency-bound
+# and splitting one step across cores does not pay; above it the
+# single-network backends parallelize inside the step.
+MEMBER_KERNEL_MAX_BYTES = 4 << 20
+
+
+# --------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------
+class Ensemble:
+    """K deep linear networks with the same widths and dtype, stacked.
+
+    Build with ``Ensemble.gaussian``, ``Ensemble.orthogonal`` or
+    ``Ensemble.from_networks``. Member k is exactly the network the
+    corresponding ``engine.init`` call (or the k-th given network) gives.
+
+    Attributes
+    ----------
+    widths : tuple[int, ...]   [d_0, ..., d_L]
+    depth  : int               L
+    size   : int               K, the number of members (also ``len(ens)``)
+    dtype  : numpy.dtype
+    inits  : tuple[str, ...]   init name of each member
+    seeds  : tuple             seed of each member (None where unknown)
+    hidden : ndarray or None   (K, L-2, m, m) C-contiguous hidden layers A_2..A_{L-1}
+                               when the hidden widths are uniform and L >= 3
+    """
+
+    def __init__(self, widths, layers, log_s, log_beta, *, inits, seeds, sigmas, dtype, hidden):
+        self.widths = tuple(widths)
+        self.depth = len(self.widths) - 1
+        self.dtype = np.dtype(dtype)
+        self._layers = layers                 # list of L arrays (K, d_i, d_{i-1}); layer 1 is B_1 while bound
+        self.hidden = hidden
+        self._log_s = np.ascontiguousarray(log_s, dtype=np.float64)        # (K, L)
+        self._log_beta = np.ascontiguousarray(log_beta, dtype=np.float64)  # (K,)
+        self.size = int(self._log_beta.shape[0])
+        self.inits = tuple(inits)
+        self.seeds = tuple(seeds)
+        self._sigmas = list(sigmas)
+        self._bound = None                    # (problem token, basis U_r)
+        self._perp = None                     # (K, d_1, d_0): A_1 (I - U_r U_r^T) while bound
+        self._ws = None                       # cached workspace (key, ws)
+
+    # -- construction ----------------------------------------------------------
+    @classmethod
+    def gaussian(cls, widths, seeds=range(8), sigma=None, alpha=None, *, dtype=np.float64) -> "Ensemble":
+        """Members ``engine.init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha)`` for s in ``seeds``."""
+        from . import init, memory
+        seeds = _seed_list(seeds)
+        memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
+        return cls.from_networks([init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha, dtype=dtype)
+                                  for s in seeds])
+
+    @classmethod
+    def orthogonal(cls, widths, seeds=range(8), *, dtype=np.float64) -> "Ensemble":
+        """Members ``engine.init.orthogonal(widths, seed=s)`` for s in ``seeds``."""
+        from . import init, memory
+        seeds = _seed_list(seeds)
+        memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
+        return cls.from_networks([init.orthogonal(widths, seed=s, dtype=dtype) for s in seeds])
+
+    @classmethod
+    def from_networks(cls, nets) -> "Ensemble":
+        """An ensemble holding copies of ``nets`` (same widths and dtype).
+
+        If every network is bound to the same Problem (as after
+        ``engine.train``), the bound state is copied as is, so that training
+        the ensemble continues each run exactly as training that network
+        would.
+        """
+        try:
+            nets = list(nets)
+        except TypeError:
+            raise TypeError("nets: must be a sequence of engine Networks") from None
+        if not nets:
+            raise ValueError("nets: needs at least one network")
+        for k, n in enumerate(nets):
+            if not isinstance(n, Network):
+                raise TypeError(f"nets[{k}]: must be an engine Network, got {type(n).__name__}")
+            if n.widths != nets[0].widths:
+                raise ValueError(f"nets[{k}]: widths {list(n.widths)} differ from nets[0]'s {list(nets[0].widths)}")
+            if n.dtype != nets[0].dtype:
+                raise ValueError(f"nets[{k}]: dtype {n.dtype} differs from nets[0]'s {nets[0].dtype}")
+        widths, dtype, K = nets[0].widths, nets[0].dtype, len(nets)
+        layers, hidden = _alloc_stacked(widths, K, dtype)
+        tokens = {None if n._bound is None else n._bound[0] for n in nets}
+        keep_bound = len(tokens) == 1 and None not in tokens
+        ens = cls(widths, layers, np.stack([n._log_s for n in nets]),
+                  np.array([n._log_beta for n in nets]), inits=[n.init for n in nets],
+                  seeds=[n.seed for n in nets], sigmas=[n.sigma for n in nets], dtype=dtype, hidden=hidden)
+        if keep_bound:
+            basis = nets[0]._bound[1]
+            ens._layers[0] = np.empty((K,) + nets[0]._layers[0].shape, dtype=dtype)
+            ens._perp = np.empty((K,) + nets[0]._perp.shape, dtype=dtype)
+            ens._bound = (nets[0]._bound[0], basis)
+            for k, n in enumerate(nets):
+                ens._perp[k] = n._perp
+        for k, n in enumerate(nets):
+            for i in range(len(widths) - 1):
+                if i == 0 and not keep_bound:
+                    ens._layers[0][k] = n._first_normalized()
+                else:
+                    ens._layers[i][k] = n._layers[i]
+        return ens
+
+    # -- members -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.size
+
+    def member(self, k: int) -> Network:
+        """Member k as an independent Network (a copy; binding included).
+
+        The copy is bitwise what a separate ``engine.train`` run would hold:
+        if the ensemble is bound to a problem, so is the copy.
+        """
+        k = _index(k, self.size)
+        layers, stack = _alloc_layers(self.widths, self.dtype)
+        for i in range(self.depth):
+            if i > 0 or self._bound is None:
+                layers[i][...] = self._layers[i][k]
+        sigma = self._sigmas[k]
+        net = Network(layers, self._log_s[k], float(self._log_beta[k]), init=self.inits[k],
+                      seed=self.seeds[k], sigma=sigma, dtype=self.dtype, _stack=stack)
+        if self._bound is not None:
+            net._layers[0] = self._layers[0][k].copy()
+            net._perp = self._perp[k].copy()
+            net._bound = self._bound
+        return net
+
+    def members(self) -> list[Network]:
+        """All members as independent Networks (copies, see ``member``)."""
+        return [self.member(k) for k in range(self.size)]
+
+    def _member_layers(self, k: int) -> list[np.ndarray]:
+        """Views of member k's layers (M_1 = B_1 while bound), each C-contiguous."""
+        return [a[k] for a in self._layers]
+
+    @property
+    def hidden_uniform(self) -> bool:
+        return self.hidden is not None
+
+    @property
+    def scales(self) -> np.ndarray:
+        """(K, L) scales s_i of every member (W_i = s_i A_i)."""
+        return np.exp(self._log_s)
+
+    @property
+    def log_alpha(self) -> np.ndarray:
+        """(K,) ln(alpha) of every member."""
+        return self._log_beta - self._log_s.sum(axis=1)
+
+    def nbytes(self) -> int:
+        """Bytes of weight storage (all members)."""
+        total = sum(a.nbytes for a in self._layers)
+        return total + (self._perp.nbytes if self._perp is not None else 0)
+
+    def member_nbytes(self) -> int:
+        """Bytes of one member's trained weights (bound first layer if bound)."""
+        return sum(a[0].nbytes for a in self._layers)
+
+    # -- binding ---------------------------------------------------------------
+    def _bind(self, prob) -> None:
+        """Hold layer 1 of every member as B_1 = A_1 U_r (as Network._bind does, member by member)."""
+        if self._bound is not None and self._bound[0] == prob.token:
+            return
+        self._unbind()
+        if prob.d_in != self.widths[0]:
+            raise ValueError(f"widths: d_0 = {self.widths[0]} does not match the data's d_in = {prob.d_in}")
+        if prob.d_out != self.widths[-1]:
+            raise ValueError(f"widths: d_L = {self.widths[-1]} does not match the data's d_out = {prob.d_out}")
+        basis = prob.reduced(self.dtype).basis
+        A1 = self._layers[0]
+        K, d1 = A1.shape[0], A1.shape[1]
+        B = np.empty((K, d1, basis.shape[1]), dtype=self.dtype)
+        perp = np.empty_like(A1)
+        for k in range(K):          # 2-D products member by member: bitwise as Network._bind
+            Bk = A1[k] @ basis
+            perp[k] = A1[k] - Bk @ basis.T
+            B[k] = Bk
+        self._layers[0] = B
+        self._perp = perp
+        self._bound = (prob.token, basis)
+        self._ws = None
+
+    def _unbind(self) -> None:
+        if self._bound is None:
+            return
+        basis = self._bound[1]
+        A1 = np.empty_like(self._perp)
+        for k in range(self.size):
+            A1[k] = self._perp[k] + self._layers[0][k] @ basis.T
+        self._layers[0] = A1
+        self._perp = None
+        self._bound = None
+        self._ws = None
+
+    def __repr__(self) -> str:
+        w = self.widths
+        shown = str(list(w)) if len(w) <= 6 else f"[{w[0]}, {w[1]}, ..., {w[-2]}, {w[-1]}]"
+        inits = sorted(set(self.inits))
+        return (f"Ensemble(size={self.size}, widths={shown}, depth={self.depth}, "
+                f"init={inits[0] if len(inits) == 1 else inits}, dtype={self.dtype})")
+
+
+def _alloc_stacked(widths, K, dtype):
+    L = len(widths) - 1
+    layers = [None] * L
+    hidden = None
+    hid = widths[1:-1]
+    if L >= 3 and all(h == hid[0] for h in hid):
+        m = hid[0]
+        hidden = np.empty((K, L - 2, m, m), dtype=dtype)
+        for i in range(1, L - 1):
+            layers[i] = hidden[:, i - 1]
+    for i in range(L):
+        if layers[i] is None:
+            layers[i] = np.empty((K, widths[i + 1], widths[i]), dtype=dtype)
+    return layers, hidden
+
+
+def _seed_list(seeds):
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        raise TypeError(f"seeds: must be a sequence of seeds (e.g. range({seeds})), got the integer {seeds!r}")
+    try:
+        seeds = list(seeds)
+    except TypeError:
+        raise TypeError(f"seeds: must be a sequence of seeds, got {seeds!r}") from None
+    if not seeds:
+        raise ValueError("seeds: needs at least one seed")
+    return seeds
+
+
+def _index(k, K):
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k: must be an integer, got {k!r}")
+    k = int(k)
+    if not -K <= k < K:
+        raise IndexError(f"k: member index {k} out of range for an ensemble of {K}")
+    return k % K
+
+
+# --------------------------------------------------------------------------
+# The member-parallel Numba kernel
+# --------------------------------------------------------------------------
+try:  # Numba is optional for this module: without it the members run one by one.
+    import numba as _nb
+    _HAVE_NUMBA = True
+    _NUMBA_REASON = ""
+except Exception as _exc:  # pragma: no cover - numba is a dependency
+    _nb = None
+    _HAVE_NUMBA = False
+    _NUMBA_REASON = f"numba cannot be imported: {_exc}"
+
+
+def member_kernel_available() -> tuple[bool, str]:
+    """(available, reason) for the member-parallel Numba kernel."""
+    return _HAVE_NUMBA, _NUMBA_REASON
+
+
+if _HAVE_NUMBA:
+    # fastmath off: the kernel must reproduce the numpy reference to rounding,
+    # and NaN/Inf must propagate so divergence is detected.
+    _jit = _nb.njit(cache=True, fastmath=False, nogil=True)
+    _pjit = _nb.njit(cache=True, fastmath=False, parallel=True, nogil=True)
+    prange = _nb.prange
+
+    @_jit
+    def _mm(A, B, out):
+        """out = A @ B, row-major loop order (out row += A[i,k] * B row k)."""
+        n, kk = A.shape
+        p = B.shape[1]
+        for i in range(n):
+            for j in range(p):
+                out[i, j] = 0.0
+            for k in range(kk):
+                a = A[i, k]
+                for j in range(p):
+                    out[i, j] += a * B[k, j]
+
+    @_jit
+    def _layer(B1, H, Lw, i, L):
+        """M_{i+1} (0-based i): B1, H[i-1] or Lw."""
+        if i == 0:
+            return B1
+        if i == L - 1:
+            return Lw
+        return H[i - 1]
+
+    @_jit
+    def _member_T(B1, H, Lw, c, beta, xs, yred, lo, hi, Sch, s0, R, Ta, Tb, Tt, g):
+        """One GD step of one member, T form (numpy_backend._step, ws.form == "T")."""
+        L = H.shape[0] + 2
+        d_out, r = R.shape
+        # pass 1, top-down: S_{L-1} = beta M_L, S_i = S_{i+1} M_{i+1}, S_0 = S_1 B_1
+        S = Sch[L - 2]
+        for o in range(d_out):
+            for j in range(Lw.shape[1]):
+                S[o, j] = Lw[o, j] * beta
+        for i in range(L - 2, 0, -1):
+            _mm(Sch[i], H[i - 1], Sch[i - 1])
+        _mm(Sch[0], B1, s0)
+        ex = 0.0
+        for o in range(d_out):
+            for j in range(r):
+                v = s0[o, j] * xs[j] - yred[o, j]
+                R[o, j] = v
+                ex += v * v
+        ex *= 0.5
+        if not (math.isfinite(ex) and lo < ex <= hi):
+            return ex, False
+        # pass 2, bottom-up: T_0 = X_red R^T; update M_i with c_i S_i^T T_{i-1}^T,
+        # advancing T_i = M_i T_{i-1} from the old M_i first
+        T = Ta[:r]
+        for j in range(r):
+            for o in range(d_out):
+                T[j, o] = R[o, j] * xs[j]
+        for i in range(L):
+            M = _layer(B1, H, Lw, i, L)
+            rows, cols = M.shape
+            if i < L - 1:
+                Tn = Tb[:rows] if (i % 2 == 0) else Ta[:rows]
+                _mm(M, T, Tn)
+            if i == L - 1:
+                f = beta * c[i]
+                for a in range(rows):
+                    for b in range(cols):
+                        M[a, b] -= T[b, a] * f
+            else:
+                # G = (c_i S_{i+1})^T T^T, row by row as outer-product sums over
+                # the d_out rank-one terms (contiguous inner loops)
+                Sc = Sch[i]
+                ci = c[i]
+                for o in range(d_out):
+                    for b in range(cols):
+                        Tt[o, b] = T[b, o]
+                for a in range(rows):
+                    for b in range(cols):
+                        g[b] = 0.0
+                    for o in range(d_out):
+                        s = Sc[o, a] * ci
+                        for b in range(cols):
+                            g[b] += s * Tt[o, b]
+                    for b in range(cols):
+                        M[a, b] -= g[b]
+            if i < L - 1:
+                T = Tn
+        return ex, True
+
+    @_jit
+    def _member_P(B1, H, Lw, c, beta, xs, yred, lo, hi, Pch, Pout, R, Sa, Sb, Q):
+        """One GD step of one member, P form (numpy_backend._step, ws.form == "P")."""
+        L = H.shape[0] + 2
+        d_out, r = R.shape
+        # pass 1, bottom-up: P_1 = B_1 diag(xs), P_{i+1} = M_{i+1} P_i
+        P1 = Pch[0]
+        for a in range(B1.shape[0]):
+            for j in range(r):
+                P1[a, j] = B1[a, j] * xs[j]
+        for i in range(1, L - 1):
+            _mm(H[i - 1], Pch[i - 1], Pch[i])
+        _mm(Lw, Pch[L - 2], Pout)
+        ex = 0.0
+        for o in range(d_out):
+            for j in range(r):
+                v = Pout[o, j] * beta - yred[o, j]
+                R[o, j] = v
+                ex += v * v
+        ex *= 0.5
+        if not (math.isfinite(ex) and lo < ex <= hi):
+            return ex, False
+        # pass 2, top-down: Q = c_i S_i^T R; S_{i-1} = S_i M_i from the old M_i;
+        # M_i -= Q P_{i-1}^T
+        S = Sa
+        use_b = True                      # S_{i-1} goes to Sb on odd turns, Sa on even
+        for i in range(L - 1, -1, -1):
+            M = _layer(B1, H, Lw, i, L)
+            rows, cols = M.shape
+            Qi = Q[:rows]
+            ci = c[i]
+            if i == L - 1:
+                for a in range(rows):
+                    for j in range(r):
+                        Qi[a, j] = (R[a, j] * beta) * ci
+            else:
+                for a in range(rows):
+                    for j in range(r):
+                        Qi[a, j] = 0.0
+                for o in range(d_out):
+                    for a in range(rows):
+                        s = S[o, a]
+                        for j in range(r):
+                            Qi[a, j] += s * R[o, j]
+                for a in range(rows):
+                    for j in range(r):
+                        Qi[a, j] *= ci
+            if i > 0:
+                Sn = Sb if use_b else Sa          # (d_out, m): cols == m for every i > 0
+                use_b = not use_b
+                if i == L - 1:
+                    for o in range(d_out):
+                        for b in range(cols):
+                            Sn[o, b] = M[o, b] * beta
+                else:
+                    _mm(S, M, Sn)
+                Pp = Pch[i - 1]
+                for a in range(rows):
+                    for b in range(cols):
+                        g = 0.0
+                        for j in range(r):
+                            g += Qi[a, j] * Pp[b, j]
+                        M[a, b] -= g
+                S = Sn
+            else:
+                for a in range(rows):
+                    for b in range(cols):
+                        M[a, b] -= Qi[a, b] * xs[b]
+        return ex, True
+
+    @_pjit
+    def _ens_step_T(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Sch, s0, R, Ta, Tb, Tt, g, ex_out, applied_out):
+        for k in prange(B1.shape[0]):
+            if active[k]:
+                ex, ok = _member_T(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
+                                   Sch[k], s0[k], R[k], Ta[k], Tb[k], Tt[k], g[k])
+                ex_out[k] = ex
+                applied_out[k] = ok
+            else:
+                ex_out[k] = np.nan
+                applied_out[k] = False
+
+    @_pjit
+    def _ens_step_P(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Pch, Pout, R, Sa, Sb, Q, ex_out, applied_out):
+        for k in prange(B1.shape[0]):
+            if active[k]:
+                ex, ok = _member_P(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
+                                   Pch[k], Pout[k], R[k], Sa[k], Sb[k], Q[k])
+                ex_out[k] = ex
+                applied_out[k] = ok
+            else:
+                ex_out[k] = np.nan
+                applied_out[k] = False
+
+
+class _MemberKernelWS:
+    """Buffers of the member-parallel kernel for one (ensemble shape, r, form)."""
+
+    def __init__(self, ens, r, d_out, form):
+        K, L, dt = ens.size, ens.depth, ens.dtype
+        m = ens.widths[1]
+        self.form = form
+        self.R = np.empty((K, d_out, r), dtype=dt)
+        if form == "T":
+            self.bufs = (np.empty((K, L - 1, d_out, m), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
+                         np.empty((K, max(m, r), d_out), dtype=dt), np.empty((K, max(m, r), d_out), dtype=dt),
+                         np.empty((K, d_out, max(m, r)), dtype=dt), np.empty((K, max(m, r)), dtype=dt))
+        else:
+            self.bufs = (np.empty((K, L - 1, m, r), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
+                         np.empty((K, d_out, m), dtype=dt), np.empty((K, d_out, m), dtype=dt),
+                         np.empty((K, max(m, d_out), r), dtype=dt))
+        self.ex = np.empty(K, dtype=np.float64)
+        self.applied = np.empty(K, dtype=np.bool_)
+
+
+def _member_kernel_shape_ok(ens) -> bool:
+    """The kernel covers d_1 = ... = d_{L-1} (= m) with L >= 2."""
+    if ens.depth < 2:
+        return False
+    return all(h == ens.widths[1] for h in ens.widths[1:-1])
+
+
+# --------------------------------------------------------------------------
+# Steppers: the member-parallel kernel, or members one by one
+# --------------------------------------------------------------------------
+class _KernelStepper:
+    name = "numba"
+    schedule = "members-parallel"
+
+    def __init__(self, ens, prob, c, beta):
+        self.ens = ens
+        red = prob.reduced(ens.dtype)
+        dt = ens.dtype
+        self.xs, self.yred = red.s, red.targets
+        self.c = np.ascontiguousarray(c, dtype=dt)
+        self.beta = np.ascontiguousarray(beta, dtype=dt)
+        form = kernels.numpy_backend.choose_form(prob.rank, prob.d_out)
+        key = ("member-kernel", prob.token, form)
+        if ens._ws is not None and ens._ws[0] == key:
+            self.ws = ens._ws[1]
+        else:
+            self.ws = _MemberKernelWS(ens, prob.rank, prob.d_out, form)
+            ens._ws = (key, self.ws)
+        L, K, m = ens.depth, ens.size, ens.widths[1]
+        lay = ens._layers
+        self.B1 = lay[0]
+        self.H = ens.hidden if ens.hidden is not None else np.empty((K, 0, m, m), dtype=dt)
+        self.Lw = lay[L - 1]
+        self.kern = _ens_step_T if form == "T" else _ens_step_P
+
+    def step(self, lo, hi, active):
+        ws = self.ws
+        self.kern(self.B1, self.H, self.Lw, self.c, self.beta, self.xs, self.yred, float(lo),
+                  np.ascontiguousarray(hi, dtype=np.float64), active, *ws.bufs, ws.ex, ws.applied)
+        return ws.ex.copy(), ws.applied.copy()
+
+
+class _LoopStepper:
+    schedule = "sequential"
+
+    def __init__(self, ens, prob, c, beta, backend):
+        self.backend = kernels.get(backend, shape=(ens.widths, prob.rank))
+        self.name = self.backend.name
+        red = prob.reduced(ens.dtype)
+        self.xs, self.yred = red.s, red.targets
+        self.layers = [ens._member_layers(k) for k in range(ens.size)]
+        self.c = [np.array(ck) for ck in c]
+        self.beta = [float(b) for b in beta]
+        key = ("loop", self.name, prob.token)
+        if ens._ws is not None and ens._ws[0] == key:
+            self.ws = ens._ws[1]
+        else:
+            self.ws = [self.backend.workspace(lay, prob.rank, prob.d_out, ens.dtype, None) for lay in self.layers]
+            ens._ws = (key, self.ws)
+        reset = getattr(self.backend, "reset", None)
+        if reset is not None:
+            for w in self.ws:
+                reset(w)
+
+    def step(self, lo, hi, active):
+        K = len(self.layers)
+        ex = np.full(K, np.nan)
+        applied = np.zeros(K, dtype=bool)
+        for k in range(K):
+            if active[k]:
+                ex[k], applied[k] = self.backend.step(self.layers[k], self.c[k], self.beta[k], self.xs,
+                                                      self.yred, self.ws[k], lo, hi[k])
+        return ex, applied
+
+
+def _make_stepper(ens, prob, c, beta, backend):
+    if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
+    shape_ok = _member_kernel_shape_ok(ens)
+    if backend == "numba" and shape_ok:
+        if not _HAVE_NUMBA:
+            raise kernels.BackendUnavailable(f"backend: 'numba' is unavailable: {_NUMBA_REASON}")
+        return _KernelStepper(ens, prob, c, beta)
+    if backend == "auto" and shape_ok and _HAVE_NUMBA and ens.member_nbytes() <= MEMBER_KERNEL_MAX_BYTES:
+        return _KernelStepper(ens, prob, c, beta)
+    return _LoopStepper(ens, prob, c, beta, backend)
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+@dataclass
+class EnsembleResult:
+    """Histories of an ensemble run; member k's run is ``member(k)``.
+
+    t          (k,) the common record grid: every step index at which some
+               member recorded its loss (multiples of record_every and each
+               member's final state)
+    loss       (K, k) l(t) per member; nan where that member recorded nothing
+               (after it stopped, or at another member's final step)
+    excess     (K, k) l(t) - OPT, same layout
+    steps      (K,) GD steps each member took
+    converged  (K,) bool, excess reached ``tol``
+    diverged   (K,) bool, the loss became non-finite or exploded; that member
+               keeps its last finite state and history, the others are unaffected
+    rate       (K,) fitted per-step contraction factor (``engine.fit_rate``)
+    predicted  (K,) the theorem's factor for the member's init and lr (nan if none)
+    lr         (K,) learning rates (W-space)
+    messages   {k: str} why diverged members stopped
+    wall_time  seconds for the whole ensemble
+    backend    backend that ran; ``schedule`` is "members-parallel" or "sequential"
+    opt        OPT of the problem
+    ensemble   the trained Ensemble (the object passed in, updated in place)
+    """
+
+    t: np.ndarray
+    loss: np.ndarray
+    excess: np.ndarray
+    steps: np.ndarray
+    converged: np.ndarray
+    diverged: np.ndarray
+    rate: np.ndarray
+    predicted: np.ndarray
+    lr: np.ndarray
+    messages: dict
+    wall_time: float
+    backend: str
+    schedule: str
+    opt: float
+    ensemble: Ensemble
+    _hist: list = field(default_factory=list, repr=False)
+
+    def member(self, k: int) -> TrainResult:
+        """Member k's run as a TrainResult, identical to a separate ``engine.train``
+        run's (for a diverged member: the history DivergenceError.result carries).
+        Its ``net`` is a copy of member k now (``Ensemble.member``)."""
+        k = _index(k, len(self._hist))
+        t, ex = self._hist[k]
+        return TrainResult(t=t.copy(), loss=self.opt + ex, excess=ex.copy(), steps=int(self.steps[k]),
+                           net=self.ensemble.member(k), converged=bool(self.converged[k]),
+                           rate=float(self.rate[k]), predicted=float(self.predicted[k]),
+                           lr=float(self.lr[k]), wall_time=self.wall_time, backend=self.backend,
+                           opt=self.opt)
+
+    @property
+    def results(self) -> list[TrainResult]:
+        """``[member(k) for k in range(K)]``."""
+        return [self.member(k) for k in range(len(self._hist))]
+
+    def __len__(self) -> int:
+        return len(self._hist)
+
+    def __repr__(self) -> str:
+        fin = self.excess[:, -1] if self.excess.size else np.array([])
+        return (f"EnsembleResult(size={len(self)}, converged={int(self.converged.sum())}, "
+                f"diverged={int(self.diverged.sum())}, max steps={int(self.steps.max(initial=0))}, "
+                f"median final excess={np.nanmedian(fin) if np.isfinite(fin).any() else float('nan'):.3e}, "
+                f"backend={self.backend!r} ({self.schedule}), wall_time={self.wall_time:.3g}s)")
+
+
+def _lr_per_member(ens, prob, lr):
+    K = ens.size
+    if isinstance(lr, str):
+        if lr != "theory":
+            raise ValueError(f"lr: must be a positive number, a sequence of K of them, or 'theory', got {lr!r}")
+        return np.array([theory.lr_bound(init, prob, ens.depth) for init in ens.inits])
+    if np.ndim(lr) == 0:
+        lrs = np.full(K, positive_float(lr, "lr"))
+    else:
+        vals = list(lr)
+        if len(vals) != K:
+            raise ValueError(f"lr: a sequence of learning rates needs one per member (K = {K}), got {len(vals)}")
+        lrs = np.array([positive_float(v, f"lr[{k}]") for k, v in enumerate(vals)])
+    _warn_above_bound(ens, prob, lrs)
+    return lrs
+
+
+def _warn_above_bound(ens, prob, lrs):
+    """One LearningRateWarning (as engine.train gives) naming the members whose lr exceeds their bound."""
+    import warnings
+    from .train import LR_WARN_RTOL, LearningRateWarning
+    over = []
+    for k, init in enumerate(ens.inits):
+        if init in ("gaussian", "orthogonal"):
+            bound = theory.lr_bound(init, prob, ens.depth)
+            if lrs[k] > bound * (1.0 + LR_WARN_RTOL):
+                over.append((k, lrs[k] / bound))
+    if over:
+        shown = ", ".join(f"{k} (x{f:.3g})" for k, f in over[:8]) + (", ..." if len(over) > 8 else "")
+        warnings.warn(f"lr: exceeds the theorem's bound (theory.lr_bound) for members {shown}; "
+                      "the convergence guarantee does not apply to them and GD may diverge",
+                      LearningRateWarning, stacklevel=4)
+
+
+def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None,
+          record_every: int = 1, backend: str = "auto", progress: bool = False) -> EnsembleResult:
+    """Run full-batch GD on every member of ``ens`` for up to ``steps`` steps.
+
+    The same contract as ``engine.train``, member by member: each member
+    stops on its own (``tol`` reached; the state is kept, not stepped), and a
+    member whose loss becomes non-finite or exceeds EXPLODE_FACTOR times its
+    initial scale is marked ``diverged`` and frozen at its last finite state
+    instead of raising, so one bad seed does not cost the others' results.
+
+    Parameters
+    ----------
+    ens : Ensemble        trained in place
+    prob : Problem
+    lr : float, sequence of K floats, or "theory"
+        W-space learning rate(s); "theory" takes each member's theorem rate
+        (``engine.theory.lr_bound``; DH Thm 4.1 / HXP Thm 3.1).
+    steps, tol, record_every, progress : as in ``engine.train``
+    backend : "auto", "numpy", "numba" or "cblas" (see the module docstring)
+
+    Returns EnsembleResult.
+    """
+    if not isinstance(ens, Ensemble):
+        raise TypeError(f"ens: must be an engine Ensemble, got {type(ens).__name__}")
+    if not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    if prob.d_in != ens.widths[0]:
+        raise ValueError(f"widths: d_0 = {ens.widths[0]} does not match the data's d_in = {prob.d_in}")
+    if prob.d_out != ens.widths[-1]:
+        raise ValueError(f"widths: d_L = {ens.widths[-1]} does not match the data's d_out = {prob.d_out}")
+    lrs = _lr_per_member(ens, prob, lr)
+    steps = nonneg_int(steps, "steps")
+    record_every = positive_int(record_every, "record_every")
+    if tol is not None:
+        tol = float(tol)
+        if not (tol >= 0 and np.isfinite(tol)):
+            raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
+
+    K = ens.size
+    ens._bind(prob)
+    c = lrs[:, None] / np.exp(2.0 * ens._log_s)          # (K, L): eta / s_i^2, as engine.train
+    beta = np.array([float(np.exp(b)) for b in ens._log_beta])
+    st = _make_stepper(ens, prob, c, beta, backend)
+
+    opt = prob.opt
+    lo = -1.0 if tol is None else tol
+    hi = np.full(K, math.inf)
+    never = np.full(K, -math.inf)                          # "compute the excess, apply nothing"
+    active = np.ones(K, dtype=bool)
+    converged = np.zeros(K, dtype=bool)
+    diverged = np.zeros(K, dtype=bool)
+    stop_t = np.zeros(K, dtype=np.int64)
+    hist = [([], []) for _ in range(K)]
+    messages = {}
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps, unit="step", leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    t0 = time.perf_counter()
+    t = 0
+    try:
+        while True:
+            ex, _ = st.step(lo, hi if t < steps else never, active)
+            if t == 0:
+                base = np.maximum(opt + ex, 0.5 * prob.y_norm_sq)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    hi = np.where(base > 0, EXPLODE_FACTOR * base, math.inf)
+            with np.errstate(invalid="ignore"):
+                bad = active & (~np.isfinite(ex) | (ex > hi))
+            for k in np.flatnonzero(bad):
+                diverged[k] = True
+                stop_t[k] = t
+                why = "is not finite" if not np.isfinite(ex[k]) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+                messages[int(k)] = (f"GD diverged at step {t}: loss {opt + ex[k]:.4g} {why}; "
+                                    f"lr = {lrs[k]:.4g} is too large")
+            good = active & ~bad
+            if tol is not None:
+                converged |= good & (ex <= tol)
+            stop = good & (converged | (t >= steps))
+            rec = good & (stop | (t % record_every == 0))
+            for k in np.flatnonzero(rec):
+                hist[k][0].append(t)
+                hist[k][1].append(ex[k])
+            stop_t[stop] = t
+            active &= ~(stop | bad)
+            if not active.any():
+                break
+            t += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+
+    hist = [(np.asarray(ts, dtype=np.int64), np.asarray(es, dtype=np.float64)) for ts, es in hist]
+    grid = np.unique(np.concatenate([h[0] for h in hist])) if K else np.zeros(0, np.int64)
+    excess = np.full((K, grid.size), np.nan)
+    for k, (ts, es) in enumerate(hist):
+        excess[k, np.searchsorted(grid, ts)] = es
+    rate = np.array([fit_rate(ts, es) for ts, es in hist])
+    predicted = np.full(K, np.nan)
+    for k in range(K):
+        if not diverged[k] and ens.inits[k] in ("gaussian", "orthogonal"):
+            predicted[k] = theory.predicted_factor(ens.inits[k], prob, ens.depth, lrs[k])
+    return EnsembleResult(t=grid, loss=opt + excess, excess=excess, steps=stop_t, converged=converged,
+                          diverged=diverged, rate=rate, predicted=predicted, lr=lrs, messages=messages,
+                          wall_time=wall, backend=st.name, schedule=st.schedule, opt=opt, ensemble=ens,
+                          _hist=hist)
