@@ -1,18 +1,473 @@
 """Quantities the proofs reason with, computable at any state (paper convention).
 
+    gram_eigs(net, prob)        lambda_min, lambda_max of P(t) (DH eq. 7, HXP eq. 9)
+                                and the per-state bounds of DH eq. (10)
+    gram_matrix(net, prob)      P(t) itself, (r d_out) x (r d_out)
+    gram_operator(net, prob)    P(t) as a matrix-free scipy LinearOperator
+    partial_spectra(net, prob)  sigma_max/min of W_{L:i} and W_{i:1} X, normalized
+                                (DH Props 6.2-6.3, B(t); HXP Lemma B.1)
+    interior_norms(net, pairs)  ||W_{j:i}|| / m^((j-i+1)/2)  (DH Prop 6.4)
+    distance_from_init(net, net0)  ||W_i(t) - W_i(0)||_F  (DH C(t), HXP C(t))
+
+Everything is computed on the reduced data of DESIGN.md (X_red = diag(S_r),
+first layer B_1 = A_1 U_r) in normalized storage (W_i = s_i A_i), with chain
+products renormalized as they are built and every paper-scale factor
+(prod s_i, m^(q/2), alpha) carried as a logarithm, so nothing overflows at
+L = 1000. Reduced data change nothing the papers bound: for X = U_r S_r V_r^T,
+P on the full data is (V_r (x) I) P_red (V_r (x) I)^T, with the same non-zero
+eigenvalues (n > r only adds zero eigenvalues, along directions the residual
+never has), and W_{i:1} X has the singular values of W_{i:1} U_r S_r.
+
 ``RECORDERS`` maps a name to a factory ``make(net, prob) -> rec`` where
 ``rec(net)`` returns the quantity for the current state; ``engine.train(...,
 record={name: stride})`` calls it every ``stride`` steps (and at the final
-state) and stores the results in ``run.records[name]``.
+state) and stores the results in ``run.records[name]``. Names: "gram",
+"spectra", "interior", "distance".
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import numpy as np
 
+from ._validate import positive_int
 from .network import Network
 
-__all__ = ["distance_from_init", "RECORDERS"]
+__all__ = [
+    "gram_eigs", "gram_matrix", "gram_operator", "GramEigs",
+    "partial_spectra", "PartialSpectra",
+    "interior_norms", "InteriorNorms", "default_pairs",
+    "distance_from_init", "RECORDERS",
+]
 
+# Above this many entries of P (= (r d_out)^2) gram_eigs(method="auto") goes
+# matrix-free: 2000^2 doubles = 32 MB and an O(n^3) eigh of ~1 s.
+EXACT_MAX_DIM = 2000
+
+
+def _check(net, prob):
+    from .problem import Problem
+    if not isinstance(net, Network):
+        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
+    if not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    if prob.d_in != net.widths[0]:
+        raise ValueError(f"widths: d_0 = {net.widths[0]} does not match the data's d_in = {prob.d_in}")
+    if prob.d_out != net.widths[-1]:
+        raise ValueError(f"widths: d_L = {net.widths[-1]} does not match the data's d_out = {prob.d_out}")
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _first_reduced(net, prob) -> np.ndarray:
+    """B_1 = A_1 U_r (d_1 x r), float64."""
+    if net._bound is not None and net._bound[0] == prob.token:
+        return _f64(net._layers[0])
+    return _f64(net._first_normalized()) @ prob.reduced().basis
+
+
+def _renorm(M):
+    """M / ||M||_F and ln ||M||_F (0 for an all-zero M)."""
+    nrm = float(np.linalg.norm(M))
+    if nrm == 0.0 or not np.isfinite(nrm):
+        return M, 0.0
+    M /= nrm
+    return M, math.log(nrm)
+
+
+def _svd_factor(M, rows_side: bool):
+    """Singular values of M (descending) and a factor G with G^T G = M M^T
+    (rows_side) or M^T M (otherwise), G having min(M.shape) rows."""
+    U, sv, Vt = np.linalg.svd(M, full_matrices=False)
+    G = (sv[:, None] * U.T) if rows_side else (sv[:, None] * Vt)
+    return sv, G
+
+
+@dataclass
+class _Chains:
+    """Renormalized suffix and prefix chains on reduced data, in small factors.
+
+    For k = 2..L+1 (index k-2): A_{L:k} = exp(ls) Q with sv = sigma(Q) and
+    H^T H = Q Q^T (k = L+1 is the identity). For i = 0..L-1 (index i):
+    A_{i:1} U_r diag(s) = exp(lp) P with svp = sigma(P), F^T F = P^T P.
+    """
+
+    ls: list
+    sv: list
+    H: list
+    lp: list
+    svp: list
+    F: list
+
+
+def _chains(net, prob, need_factors=True) -> _Chains:
+    layers = net._layers
+    L = net.depth
+    d_out = net.widths[-1]
+    red = prob.reduced()
+    # suffix, top-down: A_{L:k} for k = L+1 (identity), L, ..., 2
+    ls, sv, H = [0.0], [np.ones(d_out)], [np.eye(d_out)]
+    Q, lq = None, 0.0
+    for k in range(L, 1, -1):
+        A = _f64(layers[k - 1])
+        Q = A.copy() if Q is None else Q @ A
+        Q, dl = _renorm(Q)
+        lq += dl
+        s, G = _svd_factor(Q, rows_side=True)
+        ls.append(lq)
+        sv.append(s)
+        H.append(G)
+    ls.reverse(); sv.reverse(); H.reverse()          # index k-2 for k = 2..L+1
+    # prefix, bottom-up: A_{i:1} X_red for i = 0 (X_red), 1, ..., L-1
+    xs = np.asarray(red.s, dtype=np.float64)
+    P = np.diag(xs)
+    P, l0 = _renorm(P)
+    s, G = _svd_factor(P, rows_side=False)
+    lp, svp, F = [l0], [s], [G]
+    lcur = l0
+    for i in range(1, L):
+        A = _first_reduced(net, prob) if i == 1 else _f64(layers[i - 1])
+        P = A @ P
+        P, dl = _renorm(P)
+        lcur += dl
+        s, G = _svd_factor(P, rows_side=False)
+        lp.append(lcur)
+        svp.append(s)
+        F.append(G)
+    return _Chains(ls, sv, H, lp, svp, F)
+
+
+def _gram_terms(net, prob, ch: _Chains):
+    """Per-layer weights w_i (i = 1..L) with P = sum_i w_i (F^T F) (x) (H^T H).
+
+    P (DH eq. 7, HXP eq. 9) = alpha^2 sum_i (W_{i-1:1}X)^T(W_{i-1:1}X) (x) W_{L:i+1}W_{L:i+1}^T;
+    in normalized storage alpha W_{L:i+1} (.) W_{i-1:1} = (beta / s_i) A_{L:i+1} (.) A_{i-1:1},
+    so term i carries (beta / s_i)^2 times the two renormalized chains' scales.
+    """
+    log_s = net._log_s
+    L = net.depth
+    logw = np.array([2.0 * (net._log_beta + ch.ls[i - 1] + ch.lp[i - 1] - log_s[i - 1])
+                     for i in range(1, L + 1)])
+    return logw
+
+
+class GramEigs(NamedTuple):
+    """Extreme eigenvalues of P(t) and DH eq. (10)'s bounds for the same state.
+
+    lower = alpha^2 sum_i sigma_min^2(W_{i-1:1} X) sigma_min^2(W_{L:i+1}) <= lambda_min
+    upper = alpha^2 sum_i sigma_max^2(W_{i-1:1} X) sigma_max^2(W_{L:i+1}) >= lambda_max
+    (sigma_min^2 here is lambda_min of the Gram, 0 when the factor is rank-deficient).
+    ``np.asarray(list_of_GramEigs)`` is a (k, 4) array.
+    """
+
+    lambda_min: float
+    lambda_max: float
+    lower: float
+    upper: float
+
+
+def _eq10(net, prob, ch, logw):
+    r, d_out = prob.rank, prob.d_out
+    lo = hi = 0.0
+    for i in range(1, net.depth + 1):
+        sp, ss = ch.svp[i - 1], ch.sv[i - 1]
+        w = math.exp(logw[i - 1])
+        hi += w * sp[0] ** 2 * ss[0] ** 2
+        pmin = sp[r - 1] ** 2 if len(sp) >= r else 0.0
+        smin = ss[d_out - 1] ** 2 if len(ss) >= d_out else 0.0
+        lo += w * pmin * smin
+    return lo, hi
+
+
+def gram_matrix(net: Network, prob) -> np.ndarray:
+    """P(t) of DH eq. (7) / HXP eq. (9) on reduced data, (r d_out) x (r d_out), float64.
+
+    Acts on vec(R) of the reduced residual R (d_out x r) in column-major order:
+    to first order in eta one GD step changes vec(R) by -eta P vec(R) (DH eq. 6).
+    Formed from its Kronecker terms; O(L (r d_out)^2) memory traffic.
+    """
+    _check(net, prob)
+    ch = _chains(net, prob)
+    logw = _gram_terms(net, prob, ch)
+    n = prob.rank * prob.d_out
+    P = np.zeros((n, n))
+    for i in range(1, net.depth + 1):
+        F, H = ch.F[i - 1], ch.H[i - 1]
+        P += math.exp(logw[i - 1]) * np.kron(F.T @ F, H.T @ H)
+    return 0.5 * (P + P.T)
+
+
+def _operator(net, prob, ch, logw):
+    from scipy.sparse.linalg import LinearOperator
+    r, d_out = prob.rank, prob.d_out
+    terms = [(math.exp(logw[i - 1]), ch.F[i - 1], ch.H[i - 1]) for i in range(1, net.depth + 1)]
+
+    def matvec(v):
+        V = np.reshape(np.asarray(v, dtype=np.float64), (d_out, r), order="F")
+        out = np.zeros((d_out, r))
+        for w, F, H in terms:
+            out += w * (H.T @ ((H @ V) @ F.T) @ F)
+        return out.reshape(-1, order="F")
+
+    return LinearOperator((r * d_out, r * d_out), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def gram_operator(net: Network, prob):
+    """P(t) as a scipy LinearOperator on vec(R) (column-major, length r d_out), never formed.
+
+    Each matvec is sum_i w_i H_i^T H_i V F_i^T F_i with the small factors
+    H_i^T H_i = W_{L:i+1} W_{L:i+1}^T and F_i^T F_i = (W_{i-1:1}X)^T (W_{i-1:1}X)
+    (up to the scale w_i): O(L (d_out^2 r + d_out r^2)) per matvec after one
+    O(L m^2 (d_out + r)) pass that builds the factors.
+    """
+    _check(net, prob)
+    ch = _chains(net, prob)
+    return _operator(net, prob, ch, _gram_terms(net, prob, ch))
+
+
+def _extreme_eigs_matrix_free(op, n, tol):
+    from scipy.sparse.linalg import eigsh
+    if n <= 2:
+        M = op @ np.eye(n)
+        ev = np.linalg.eigvalsh(0.5 * (M + M.T))
+        return float(ev[0]), float(ev[-1])
+    v0 = np.random.default_rng(12345).standard_normal(n)
+    lmax = float(eigsh(op, k=1, which="LA", v0=v0, tol=tol, return_eigenvectors=False)[0])
+    lmin = float(eigsh(op, k=1, which="SA", v0=v0, tol=tol, maxiter=max(1000, 20 * n),
+                       return_eigenvectors=False)[0])
+    return lmin, lmax
+
+
+def gram_eigs(net: Network, prob, method: str = "auto", tol: float = 1e-13) -> GramEigs:
+    """lambda_min and lambda_max of P(t) (DH eq. 7 / HXP eq. 9) with DH eq. (10)'s bounds.
+
+    Parameters
+    ----------
+    method : "exact" (form P from its Kronecker terms, numpy.linalg.eigvalsh),
+             "matrix-free" (``gram_operator`` + scipy.sparse.linalg.eigsh, Lanczos),
+             or "auto" (exact while r d_out <= EXACT_MAX_DIM).
+    tol : relative tolerance passed to eigsh (matrix-free only).
+
+    Returns GramEigs(lambda_min, lambda_max, lower, upper) in paper units
+    (compare with ``engine.theory.gram_bounds``: DH eq. 9, HXP Claim B.4).
+    P is taken on reduced data (r d_out square); see the module docstring.
+    """
+    _check(net, prob)
+    if method not in ("auto", "exact", "matrix-free"):
+        raise ValueError(f"method: must be 'auto', 'exact' or 'matrix-free', got {method!r}")
+    n = prob.rank * prob.d_out
+    if method == "auto":
+        method = "exact" if n <= EXACT_MAX_DIM else "matrix-free"
+    ch = _chains(net, prob)
+    logw = _gram_terms(net, prob, ch)
+    lo, hi = _eq10(net, prob, ch, logw)
+    if method == "exact":
+        P = np.zeros((n, n))
+        for i in range(1, net.depth + 1):
+            F, H = ch.F[i - 1], ch.H[i - 1]
+            P += math.exp(logw[i - 1]) * np.kron(F.T @ F, H.T @ H)
+        ev = np.linalg.eigvalsh(0.5 * (P + P.T))
+        lmin, lmax = float(ev[0]), float(ev[-1])
+    else:
+        lmin, lmax = _extreme_eigs_matrix_free(_operator(net, prob, ch, logw), n, tol)
+    return GramEigs(lmin, lmax, lo, hi)
+
+
+# -- partial products ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PartialSpectra:
+    """Normalized extreme singular values of the partial products (paper convention).
+
+    suffix_max[k], suffix_min[k] for i = suffix_i[k] = 2..L:
+        sigma(W_{L:i}) / m^((L-i+1)/2)                        (DH Prop 6.2, B(t))
+    prefix_max[k], prefix_min[k] for i = prefix_i[k] = 1..L-1:
+        sigma_max(W_{i:1} X) / (m^(i/2) sigma_max(X)),
+        sigma_min(W_{i:1} X) / (m^(i/2) sigma_min(X))         (DH Prop 6.3, B(t))
+    With non-uniform widths m^(q/2) is the square root of the product of the
+    widths the chain expands into: d_{i-1}...d_{L-1} for W_{L:i}, d_1...d_i for
+    W_{i:1}. sigma_min is sigma_{min(rows, cols)} (HXP's notation), taken on
+    the reduced data (W_{i:1} U_r S_r, r columns); sigma_min(X) = sqrt(lambda_r).
+    DH: within [0.8, 1.2] at init (Gaussian, m >> L), [3/4, 5/4] along the
+    trajectory; HXP Lemma B.1: exactly 1 at orthogonal init (m >= d_in, d_out).
+    The log_* arrays hold the natural logs (exact where the ratio under- or
+    overflows float64).
+    """
+
+    suffix_i: np.ndarray
+    log_suffix_max: np.ndarray
+    log_suffix_min: np.ndarray
+    prefix_i: np.ndarray
+    log_prefix_max: np.ndarray
+    log_prefix_min: np.ndarray
+
+    @property
+    def suffix_max(self):
+        return np.exp(self.log_suffix_max)
+
+    @property
+    def suffix_min(self):
+        return np.exp(self.log_suffix_min)
+
+    @property
+    def prefix_max(self):
+        return np.exp(self.log_prefix_max)
+
+    @property
+    def prefix_min(self):
+        return np.exp(self.log_prefix_min)
+
+
+def _log(x):
+    with np.errstate(divide="ignore"):
+        return float(np.log(x))
+
+
+def _spectra_from_chains(net, prob, ch) -> PartialSpectra:
+    L = net.depth
+    w = np.log(np.asarray(net.widths, dtype=np.float64))   # ln d_0..d_L
+    log_s = net._log_s                                       # ln s_1..s_L
+    cs = np.concatenate([[0.0], np.cumsum(log_s)])           # cs[k] = sum_{j<=k} ln s_j
+    cw = np.concatenate([[0.0], np.cumsum(w)])               # cw[k] = sum_{j<k} ln d_j
+    suf_i = np.arange(2, L + 1)
+    smax, smin = np.empty(L - 1), np.empty(L - 1)
+    for k, i in enumerate(suf_i):
+        sv = ch.sv[i - 2]
+        scale = ch.ls[i - 2] + (cs[L] - cs[i - 1]) - 0.5 * (cw[L] - cw[i - 1])  # d_{i-1}..d_{L-1}
+        smax[k] = scale + _log(sv[0])
+        smin[k] = scale + _log(sv[-1])
+    pre_i = np.arange(1, L)
+    pmax, pmin = np.empty(L - 1), np.empty(L - 1)
+    lx_max = math.log(prob.x_norm)
+    lx_min = 0.5 * math.log(prob.lambda_r)
+    for k, i in enumerate(pre_i):
+        sv = ch.svp[i]
+        scale = ch.lp[i] + cs[i] - 0.5 * (cw[i + 1] - cw[1])                   # d_1..d_i
+        pmax[k] = scale + _log(sv[0]) - lx_max
+        pmin[k] = scale + _log(sv[-1]) - lx_min
+    return PartialSpectra(suf_i, smax, smin, pre_i, pmax, pmin)
+
+
+def partial_spectra(net: Network, prob) -> PartialSpectra:
+    """sigma_max, sigma_min of W_{L:i} (i = 2..L) and W_{i:1} X (i = 1..L-1), normalized.
+
+    See ``PartialSpectra``. Two passes over the weights (top-down, bottom-up)
+    plus one thin SVD per layer of a d_out x d_i and a d_i x r matrix.
+    """
+    _check(net, prob)
+    return _spectra_from_chains(net, prob, _chains(net, prob))
+
+
+# -- interior products (DH Prop 6.4) ------------------------------------------------
+
+@dataclass(frozen=True)
+class InteriorNorms:
+    """||W_{j:i}|| / m^((j-i+1)/2) for the pairs (i[k], j[k]), 1 < i <= j < L (DH Prop 6.4).
+
+    m^((j-i+1)/2) is sqrt(d_i ... d_j) for non-uniform widths. ``log_norm`` is
+    the natural log (exact where the ratio under- or overflows).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    log_norm: np.ndarray
+
+    @property
+    def norm(self):
+        return np.exp(self.log_norm)
+
+
+def default_pairs(depth: int, max_pairs: int = 64, seed=0) -> np.ndarray:
+    """Pairs (i, j), 1 < i <= j < L: all of them when there are <= max_pairs,
+    else (2, L-1) plus a seeded uniform sample without replacement. Shape (k, 2)."""
+    L = positive_int(depth, "depth")
+    max_pairs = positive_int(max_pairs, "max_pairs")
+    allp = [(i, j) for i in range(2, L) for j in range(i, L)]
+    if len(allp) <= max_pairs:
+        return np.array(allp, dtype=np.int64).reshape(-1, 2)
+    rng = np.random.default_rng(seed)
+    longest = (2, L - 1)
+    rest = [p for p in allp if p != longest]
+    pick = rng.choice(len(rest), size=max_pairs - 1, replace=False)
+    out = [longest] + [rest[k] for k in sorted(pick)]
+    return np.array(out, dtype=np.int64)
+
+
+def _apply(layers, i, j, V, transpose):
+    """A_{j:i} V (or A_{j:i}^T V), renormalizing; returns (matrix, ln scale)."""
+    lg = 0.0
+    rng_ = range(i, j + 1) if not transpose else range(j, i - 1, -1)
+    for k in rng_:
+        A = layers[k - 1]
+        V = (A.T @ V) if transpose else (A @ V)
+        V, dl = _renorm(V)
+        lg += dl
+    return V, lg
+
+
+def _top_singular_log(layers, i, j, d_in, tol, max_iter, rng, block=4):
+    """ln ||A_{j:i}|| by block power (subspace) iteration on A^T A with Rayleigh-Ritz."""
+    b = min(block, d_in)
+    V = np.linalg.qr(rng.standard_normal((d_in, b)))[0]
+    prev = -np.inf
+    est = -np.inf
+    for _ in range(max_iter):
+        W, lw = _apply(layers, i, j, V, False)            # A V = e^lw W
+        sv = np.linalg.svd(W, compute_uv=False)
+        est = lw + _log(sv[0])                            # ||A V|| with orthonormal V: lower bound
+        if abs(est - prev) <= tol:
+            break
+        prev = est
+        Z, _ = _apply(layers, i, j, W, True)              # direction of A^T A V
+        V = np.linalg.qr(Z)[0]
+    return est
+
+
+def interior_norms(net: Network, pairs=None, *, max_pairs: int = 64, tol: float = 1e-7,
+                   max_iter: int = 300, seed=0) -> InteriorNorms:
+    """||W_{j:i}|| / m^((j-i+1)/2) for 1 < i <= j < L (DH Prop 6.4: O(sqrt(L)) at init).
+
+    Parameters
+    ----------
+    pairs : (k, 2) array-like of (i, j), optional
+        Default ``default_pairs(L, max_pairs, seed)``: all pairs for small L,
+        a seeded sample (always including the longest, (2, L-1)) otherwise.
+    tol : stop when ln of the estimate changes by less than this between
+        iterations (relative accuracy ~tol for a non-degenerate top singular value).
+
+    Block power iteration on A_{j:i}^T A_{j:i} applied as a sequence of
+    matvecs on a d_{i-1} x 4 block: no m x m product of several layers is ever
+    formed. The estimate is a lower bound that converges from below.
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
+    L = net.depth
+    if pairs is None:
+        pairs = default_pairs(L, max_pairs, seed) if L >= 3 else np.zeros((0, 2), dtype=np.int64)
+    pairs = np.asarray(pairs)
+    if pairs.size == 0:
+        pairs = pairs.reshape(0, 2).astype(np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError("pairs: must be a (k, 2) integer array of (i, j)")
+    for i, j in pairs:
+        if not 1 < i <= j < L:
+            raise ValueError(f"pairs: ({i}, {j}) is not a pair with 1 < i <= j < L = {L}")
+    layers = [_f64(a) for a in net._layers]   # hidden layers only are used; binding is irrelevant
+    log_s = net._log_s
+    lw = np.log(np.asarray(net.widths, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        la = _top_singular_log(layers, int(i), int(j), net.widths[i - 1], tol, max_iter, rng)
+        out[k] = la + float(np.sum(log_s[i - 1:j])) - 0.5 * float(np.sum(lw[i:j + 1]))
+    return InteriorNorms(pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), out)
+
+
+# -- distance from init ------------------------------------------------------------------
 
 def distance_from_init(net: Network, net0: Network) -> np.ndarray:
     """||W_i(t) - W_i(0)||_F for i = 1..L, shape (L,) (DH C(t), Claim 7.1; HXP C(t)).
@@ -33,11 +488,32 @@ def distance_from_init(net: Network, net0: Network) -> np.ndarray:
     return out
 
 
+# -- recorders ------------------------------------------------------------------------------
+
 def _distance_recorder(net, prob):
     net0 = net.copy()   # one extra copy of the weights for the whole run
     return lambda n: distance_from_init(n, net0)
 
 
+def _gram_recorder(net, prob):
+    _check(net, prob)
+    return lambda n: gram_eigs(n, prob)
+
+
+def _spectra_recorder(net, prob):
+    _check(net, prob)
+    return lambda n: partial_spectra(n, prob)
+
+
+def _interior_recorder(net, prob):
+    # the same pairs at every recorded step, so a pair's norm can be followed in time
+    pairs = default_pairs(net.depth) if net.depth >= 3 else np.zeros((0, 2), dtype=np.int64)
+    return lambda n: interior_norms(n, pairs)
+
+
 RECORDERS = {
     "distance": _distance_recorder,
+    "gram": _gram_recorder,
+    "spectra": _spectra_recorder,
+    "interior": _interior_recorder,
 }
