@@ -7,6 +7,8 @@ Python headers, cffi missing) is reported as a warning and never makes
 installation fail. The reason is written next to where the module would have
 been (``engine/kernels/_cblas_build_error.txt``) so that the ``cblas``
 backend can report itself unavailable saying why.
+
+Rebuild in place by hand after editing csrc/: ``python setup.py build_ext --inplace``.
 """
 import os
 import sys
@@ -20,10 +22,27 @@ BUILD_ERROR_FILE = "_cblas_build_error.txt"
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that turns a failed build of the optional C kernel into a warning."""
+    """build_ext that turns a failed build of the optional C kernel into a warning.
 
-    def _marker(self):
-        return os.path.join(os.path.dirname(self.get_ext_fullpath(CBLAS_MODULE)), BUILD_ERROR_FILE)
+    setuptools builds into build/lib and, for in-place and editable installs,
+    then copies the module next to the sources. On failure the cause is
+    written to BUILD_ERROR_FILE in both places (so an editable install and a
+    wheel both carry it), a stale module from an earlier build is removed
+    (it would run old code), and nothing is copied.
+    """
+
+    def _fullpath(self, inplace):
+        old, self.inplace = self.inplace, inplace
+        try:
+            return self.get_ext_fullpath(CBLAS_MODULE)
+        finally:
+            self.inplace = old
+
+    def _targets(self):
+        paths = [self._fullpath(False)]
+        if self._inplace_requested:
+            paths.append(self._fullpath(True))
+        return paths
 
     def _failed(self, exc):
         msg = f"{type(exc).__name__}: {exc}".strip()
@@ -31,21 +50,25 @@ class OptionalBuildExt(build_ext):
                       f"backend will be unavailable. Cause: {msg}")
         print(f"WARNING: engine: building {CBLAS_MODULE} failed ({msg}); continuing without "
               "the 'cblas' backend", file=sys.stderr)
-        try:
-            path = self._marker()
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as fh:
-                fh.write(msg + "\n")
-        except OSError:
-            pass
+        for path in self._targets():
+            try:
+                if os.path.exists(path):
+                    os.remove(path)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(os.path.join(os.path.dirname(path), BUILD_ERROR_FILE), "w") as fh:
+                    fh.write(msg + "\n")
+            except OSError:
+                pass
 
     def _succeeded(self):
-        try:
-            os.remove(self._marker())
-        except OSError:
-            pass
+        for path in self._targets():
+            try:
+                os.remove(os.path.join(os.path.dirname(path), BUILD_ERROR_FILE))
+            except OSError:
+                pass
 
     def run(self):
+        self._inplace_requested = bool(self.inplace or getattr(self, "editable_mode", False))
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 -- any build failure must not fail the install
@@ -58,6 +81,10 @@ class OptionalBuildExt(build_ext):
             self._failed(exc)
         else:
             self._succeeded()
+
+    def copy_extensions_to_source(self):
+        if os.path.exists(self._fullpath(False)):   # skipped when the build failed
+            super().copy_extensions_to_source()
 
 
 def _cffi_modules():

@@ -72,8 +72,11 @@ def _capsule_pointer(capsule) -> int:
 
 def _load():
     """(ffi, lib, {dtype: gemm pointer}, reason); reason is "" on success."""
+    import importlib
     try:
-        from . import _cblas
+        # import_module, not "from . import": during the package's own import
+        # a missing submodule must surface as ModuleNotFoundError naming it.
+        _cblas = importlib.import_module(_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name == _MODULE:
             return None, None, None, _not_built_reason()
