@@ -11,7 +11,7 @@ Schema (``SCHEMA_VERSION``)
          experiment, config  (JSON, the full config incl. seeds), init, depth, width, seed,
          status              "ok", "diverged" or "failed",
          excess0, final_excess, rel_excess, log10_rel_excess,
-         steps, steps_to_tol, escape_steps, converged, rate, predicted, lr,
+         steps_run, steps_to_tol, escape_steps, converged, rate, predicted, lr,
          wall_time, backend, engine_version, error, finished_utc)
     curves(key, t, excess)   the loss curve l(t) - OPT, subsampled (<= ~200 points)
 
@@ -56,7 +56,7 @@ class VersionMismatch(ResultsDBError):
 METRICS = [
     ("init", "TEXT"), ("depth", "INTEGER"), ("width", "INTEGER"), ("seed", "INTEGER"),
     ("status", "TEXT NOT NULL"), ("excess0", "REAL"), ("final_excess", "REAL"),
-    ("rel_excess", "REAL"), ("log10_rel_excess", "REAL"), ("steps", "INTEGER"),
+    ("rel_excess", "REAL"), ("log10_rel_excess", "REAL"), ("steps_run", "INTEGER"),
     ("steps_to_tol", "INTEGER"), ("escape_steps", "INTEGER"), ("converged", "INTEGER"),
     ("rate", "REAL"), ("predicted", "REAL"), ("lr", "REAL"), ("wall_time", "REAL"),
     ("backend", "TEXT"), ("engine_version", "TEXT"), ("error", "TEXT"), ("finished_utc", "TEXT"),
@@ -197,7 +197,7 @@ class ResultsDB:
                 con.execute("ROLLBACK")
             raise
         mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a filesystem without shared memory
+        if str(mode).lower() != "wal" and self.path != ":memory:":  # pragma: no cover - e.g. a filesystem without shared memory
             warnings.warn(f"results database {self.path!r}: WAL journal unavailable, using {mode}")
         con.execute("PRAGMA synchronous=FULL")
 

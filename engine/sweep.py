@@ -171,7 +171,7 @@ def run_config(config: dict, backend: str = "auto") -> dict:
         "init": cfg["init"], "depth": cfg["depth"], "width": cfg["width"], "seed": cfg["seed"],
         "status": status, "excess0": ex0, "final_excess": exf, "rel_excess": rel,
         "log10_rel_excess": math.log10(rel) if rel > 0 else float("-inf"),
-        "steps": int(run.steps), "steps_to_tol": int(run.steps) if run.converged else None,
+        "steps_run": int(run.steps), "steps_to_tol": int(run.steps) if run.converged else None,
         "escape_steps": state["escape"], "converged": bool(run.converged), "rate": float(run.rate),
         "predicted": float(run.predicted), "lr": float(lr), "wall_time": float(run.wall_time),
         "backend": run.backend, "engine_version": __version__, "error": error,

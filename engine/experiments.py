@@ -1,0 +1,570 @@
+"""The papers' experiments, each a grid of runs into a results database, a tidy table and a figure.
+
+    from engine import experiments as ex
+    rows = ex.phase_diagram(db="pd.db", plot="phase_diagram.png")      # HXP's phase diagram, small grid
+    rows = ex.phase_diagram(db="pd.db", full=True)                     # the published grid (hours; resumable)
+    rows = ex.exponential_curse(plot="curse.png")                      # HXP Thm 4.1 / Shamir 2018
+    rows = ex.rate_vs_kappa(plot="kappa.png")                          # DH: O(kappa log 1/eps)
+    rows = ex.width_threshold(plot="threshold.png")                    # smallest trainable width vs depth
+
+Every function returns a list of dicts, one per run (the config's fields and
+the results: ``final_excess``, ``log10_rel_excess``, ``steps_to_tol``,
+``escape_steps``, ``rate``, ``status``...), runs its grid through
+``engine.sweep.run_sweep`` (``workers=0`` serial by default; ``workers=None``
+a dask LocalCluster; ``scheduler="tcp://..."`` a running cluster), and keeps
+every run in ``db`` (a temporary in-memory database when None), so re-running
+with the same ``db`` skips what is done. ``plot_<name>(rows, path)`` draws the
+figure from the rows, for instance rows read back with
+``ResultsDB(path, readonly=True).rows(experiment=name)``.
+
+Learning rates: every experiment uses ``lr="theory"``, the init's theorem
+rate (DH Thm 4.1 for Gaussian, d_out / (3 L ||X||^2); HXP Thm 3.1 for
+orthogonal, d_out / (2 L ||X||^2)). HXP's phase diagram figure used its own
+fixed settings, which are not in the paper text we have; with the theorems'
+rates the budget is comparable across depths (the predicted per-step factor
+is 1 - 1/(12 kappa) or 1 - 1/(4 kappa) at every depth), so a cell is
+"trainable" when its loss falls by ``TRAINABLE_LOG10`` decades within the
+budget.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from .results import ResultsDB
+from .sweep import grid, run_sweep
+
+__all__ = ["EXPERIMENTS", "phase_diagram", "exponential_curse", "rate_vs_kappa", "width_threshold",
+           "hxp_demo", "plot_phase_diagram", "plot_exponential_curse", "plot_rate_vs_kappa",
+           "plot_width_threshold", "trainability_contour", "fit_line", "configs", "plot", "run"]
+
+# A run is "trainable" when log10((l(T) - OPT) / (l(0) - OPT)) <= this after its budget.
+TRAINABLE_LOG10 = -3.0
+# HXP's data (DESIGN.md): X in R^{1024 x 16}, W* in R^{10 x 1024}, Y = W* X.
+HXP_DATA = {"d_in": 1024, "n": 16, "d_out": 10}
+INITS = ("gaussian", "orthogonal")
+
+# Grids. "default" finishes in minutes on 2 cores, "full" is the published grid
+# (HXP: widths 10..1000, depths 1..700), "quick" is the README demo's.
+PHASE_GRIDS = {
+    "quick": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160], "depths": [1, 8, 16, 32, 64, 96],
+              "seeds": [0], "steps": 1000},
+    "default": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320],
+                "depths": [1, 8, 16, 24, 32, 48, 64, 96, 128], "seeds": [0, 1], "steps": 1000},
+    "full": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320, 450, 640, 1000],
+             "depths": [1, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700], "seeds": [0, 1, 2],
+             "steps": 1000},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _sweep(name, cfgs, db, workers, scheduler, backend, progress):
+    own = db is None
+    store = ResultsDB(":memory:") if own else (db if isinstance(db, ResultsDB) else ResultsDB(db))
+    try:
+        summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
+                            backend=backend, progress=progress)
+        rows = store.rows(keys=summary.keys)
+        if own:
+            for r in rows:   # no database to read the curves back from later: attach them
+                r["curve"] = store.curve(r["key"])
+        return rows
+    finally:
+        if not isinstance(db, ResultsDB):
+            store.close()
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.median(xs)) if xs else float("nan")
+
+
+def _cell_value(rows):
+    """Median log10 relative excess of a cell's seeds; a diverged run counts as +inf (untrainable)."""
+    vals = [math.inf if r["status"] == "diverged" else r["log10_rel_excess"]
+            for r in rows if r["status"] != "failed"]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def fit_line(x, y):
+    """Least-squares (slope, intercept) of y on x; (nan, nan) with fewer than 2 points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
+        return float("nan"), float("nan")
+    s, c = np.polyfit(x[ok], y[ok], 1)
+    return float(s), float(c)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("plotting needs matplotlib (pip install 'engine[plot]')") from None
+    return plt
+
+
+def _save(fig, path):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- phase diagram
+
+def phase_configs(widths=None, depths=None, seeds=None, steps=None, inits=INITS, size="default",
+                  data_seed=0, tol=1e-12):
+    g = dict(PHASE_GRIDS[size])
+    widths = g["widths"] if widths is None else list(widths)
+    depths = g["depths"] if depths is None else list(depths)
+    seeds = g["seeds"] if seeds is None else list(seeds)
+    steps = g["steps"] if steps is None else int(steps)
+    return grid(**HXP_DATA, data_seed=data_seed, init=list(inits), width=widths, depth=depths,
+                seed=seeds, steps=steps, tol=tol)
+
+
+def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, seeds=None, steps=None,
+                  inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+    """HXP's phase diagram: log10 relative excess after ``steps`` GD steps over (depth, width), per init.
+
+    HXP data (X 1024 x 16, Y = W* X), widths [1024, m, ..., m, 10], lr = the
+    init's theorem rate, stop early at l - OPT <= 1e-12 ||Y||_F^2. Grid
+    ``size``: "default" (11 widths 10..320 x 9 depths 1..128 x 2 seeds x 2
+    inits, a few minutes on 2 cores), "quick", or "full" (= ``full=True``:
+    widths 10..1000, depths 1..700, 3 seeds, hours; resumable through ``db``).
+    """
+    size = "full" if full else (size or "default")
+    cfgs = phase_configs(widths, depths, seeds, steps, inits, size)
+    rows = _sweep("phase_diagram", cfgs, db, workers, scheduler, backend, progress)
+    if plot:
+        plot_phase_diagram(rows, plot)
+    return rows
+
+
+def trainability_contour(rows, init, threshold=TRAINABLE_LOG10):
+    """[(depth, w_min)]: for each depth > 1, the smallest grid width from which every wider
+    cell is trainable (median over seeds <= ``threshold``); w_min = nan when none is."""
+    out = []
+    for d in sorted({r["depth"] for r in rows if r["init"] == init and r["depth"] > 1}):
+        cells = {}
+        for r in rows:
+            if r["init"] == init and r["depth"] == d:
+                cells.setdefault(r["width"], []).append(r)
+        ws = sorted(cells)
+        ok = [_cell_value(cells[w]) <= threshold for w in ws]
+        wmin = float("nan")
+        for i in range(len(ws) - 1, -1, -1):
+            if not ok[i]:
+                break
+            wmin = float(ws[i])
+        out.append((d, wmin))
+    return out
+
+
+def plot_phase_diagram(rows, path, threshold=TRAINABLE_LOG10):
+    """Heat map per init: median over seeds of log10((l(T)-OPT)/(l(0)-OPT)) over (width, depth);
+    x = diverged; dots: the trainability contour (smallest width from which every wider cell
+    is trainable); the title gives its linear fit width = a L + b."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    _phase_into(fig, axes, rows, threshold)
+    steps = max((r["steps"] for r in rows), default=0)
+    fig.suptitle(f"HXP phase diagram: X 1024x16, Y = W*X, lr = theorem's, budget {steps} steps; "
+                 f"dots: trainable (<= {threshold:g}) from this width up; x: diverged", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- exponential curse
+
+CURSE_GRIDS = {
+    "quick": {"ks": [1, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64], "seeds": [0, 1, 2, 3, 4],
+              "steps": 20000},
+    "default": {"ks": [1, 2, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128],
+                "seeds": list(range(9)), "steps": 100000},
+    "full": {"ks": [1, 2, 4, 8], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256],
+             "seeds": list(range(25)), "steps": 1000000},
+}
+
+
+def curse_configs(ks=None, depths=None, seeds=None, steps=None, inits=INITS, size="default", n=8):
+    g = CURSE_GRIDS[size]
+    ks = g["ks"] if ks is None else list(ks)
+    cfgs = []
+    for k in ks:
+        cfgs += grid(d_in=k, n=n, d_out=k, width=k, init=list(inits),
+                     depth=g["depths"] if depths is None else list(depths),
+                     seed=g["seeds"] if seeds is None else list(seeds),
+                     steps=g["steps"] if steps is None else int(steps), tol=0, escape=0.4,
+                     stop_at_escape=True)
+    return cfgs
+
+
+def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, seeds=None, steps=None,
+                      inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+    """Steps until l(t) <= 0.4 ||Y||_F^2 (leaving HXP Thm 4.1's [0.4, 0.6] ||Y||_F^2 band) vs depth.
+
+    All widths equal k (d_in = d_out = width = k; k = 1 is Shamir 2018's
+    1-D network), data X (k x 8), Y = W* X; lr = the init's theorem rate; a
+    run that has not escaped after ``steps`` steps is censored
+    (``escape_steps`` None). Default: k in {1, 2, 4}, depths 2..128, 9
+    seeds, budget 1e5 steps.
+    """
+    size = "full" if full else (size or "default")
+    cfgs = curse_configs(ks, depths, seeds, steps, inits, size)
+    rows = _sweep("exponential_curse", cfgs, db, workers, scheduler, backend, progress)
+    if plot:
+        plot_exponential_curse(rows, plot)
+    return rows
+
+
+def curse_table(rows):
+    """[(k, init, depth, median escape steps, fraction escaped, budget)]; censored runs count
+    as the budget in the median (so a median at the budget means most did not escape)."""
+    out = []
+    keys = sorted({(r["d_in"], r["init"], r["depth"]) for r in rows})
+    for k, init, d in keys:
+        rs = [r for r in rows if (r["d_in"], r["init"], r["depth"]) == (k, init, d) and r["status"] != "failed"]
+        if not rs:
+            continue
+        budget = max(r["steps"] for r in rs)
+        vals = [r["escape_steps"] if r["escape_steps"] is not None else budget for r in rs]
+        frac = sum(r["escape_steps"] is not None for r in rs) / len(rs)
+        out.append((k, init, d, float(np.median(vals)), frac, budget))
+    return out
+
+
+def plot_exponential_curse(rows, path):
+    plt = _pyplot()
+    tab = curse_table(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
+    styles = ["o-", "s--", "^-.", "d:"]
+    ks = sorted({t[0] for t in tab})
+    budget = max((t[5] for t in tab), default=1)
+    for init in INITS:
+        for ki, k in enumerate(ks):
+            pts = [t for t in tab if t[0] == k and t[1] == init]
+            if not pts:
+                continue
+            if k == 1 and init == "orthogonal":
+                continue   # 1-D orthogonal weights are +-1: nothing random to average (see docs)
+            d = [t[2] for t in pts]
+            m = [max(t[3], 0.5) for t in pts]
+            lab = f"{init}, width {k}" + (" (Shamir 1-D)" if k == 1 else "")
+            ax.semilogy(d, m, styles[ki % 4], color=colors[init], label=lab, ms=4,
+                        alpha=1.0 if init == "gaussian" else 0.8)
+    ax.axhline(budget, color="gray", lw=0.8, ls=":")
+    ax.text(0.02, budget * 0.6, f"budget {budget:g} steps (median at budget: most runs stuck)",
+            fontsize=7, color="gray", transform=ax.get_yaxis_transform())
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("median steps until l(t) <= 0.4 ||Y||_F^2")
+    ax.set_title("Exponential curse of Gaussian init (HXP Thm 4.1; Shamir 2018), lr = theorem's", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- rate vs kappa
+
+KAPPA_GRIDS = {
+    "quick": {"kappas": [1, 2, 4, 8, 16, 32], "width": 256, "depth": 4, "seeds": [0], "steps": 50000},
+    "default": {"kappas": [1, 2, 4, 8, 16, 32, 64], "width": 512, "depth": 4, "seeds": [0, 1],
+                "steps": 100000},
+    "full": {"kappas": [1, 2, 4, 8, 16, 32, 64, 128], "width": 1024, "depth": 8, "seeds": [0, 1, 2],
+             "steps": 200000},
+}
+KAPPA_DATA = {"d_in": 16, "n": 16, "d_out": 2}
+
+
+def kappa_configs(kappas=None, width=None, depth=None, seeds=None, steps=None, eps=1e-8, size="default",
+                  init="gaussian"):
+    g = KAPPA_GRIDS[size]
+    kappas = [float(k) for k in (g["kappas"] if kappas is None else kappas)]
+    common = dict(**KAPPA_DATA, kappa=kappas, init=init, seed=g["seeds"] if seeds is None else list(seeds),
+                  data_seed=0, steps=g["steps"] if steps is None else int(steps), tol=eps)
+    deep = grid(width=g["width"] if width is None else int(width),
+                depth=g["depth"] if depth is None else int(depth), **common)
+    shallow = grid(depth=1, **common)   # linear regression GD (L = 1)
+    return deep + shallow
+
+
+def rate_vs_kappa(db=None, *, full=False, size=None, kappas=None, width=None, depth=None, seeds=None,
+                  steps=None, eps=1e-8, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+    """DH's O(kappa log 1/eps): steps until l - OPT <= eps ||Y||_F^2 vs kappa of X.
+
+    X (16 x 16) with prescribed condition number kappa (engine.synthetic),
+    Y = W* X (2 x 16); a wide Gaussian net (default width 512, depth 4) at
+    DH Thm 4.1's rate, next to linear regression GD (L = 1, same init and
+    lr rule).
+    """
+    size = "full" if full else (size or "default")
+    cfgs = kappa_configs(kappas, width, depth, seeds, steps, eps, size)
+    rows = _sweep("rate_vs_kappa", cfgs, db, workers, scheduler, backend, progress)
+    if plot:
+        plot_rate_vs_kappa(rows, plot)
+    return rows
+
+
+def kappa_table(rows):
+    """[(depth, width, kappa, median steps to eps (nan if not reached), slope)] per (depth, width)."""
+    out = []
+    for L, w in sorted({(r["depth"], r["width"]) for r in rows}):
+        for k in sorted({r["kappa"] for r in rows}):
+            rs = [r for r in rows if (r["depth"], r["width"], r["kappa"]) == (L, w, k) and r["status"] == "ok"]
+            st = [r["steps_to_tol"] for r in rs]
+            med = _median(st) if st and all(s is not None for s in st) else float("nan")
+            out.append((L, w, k, med))
+    return out
+
+
+def plot_rate_vs_kappa(rows, path):
+    plt = _pyplot()
+    tab = kappa_table(rows)
+    fig, ax = plt.subplots(figsize=(6.0, 4.3))
+    for (L, w), color in zip(sorted({(t[0], t[1]) for t in tab}, reverse=True), ["tab:red", "black", "tab:green"]):
+        pts = [t for t in tab if (t[0], t[1]) == (L, w) and np.isfinite(t[3])]
+        if not pts:
+            continue
+        k = np.array([t[2] for t in pts])
+        s = np.array([t[3] for t in pts])
+        slope, _ = fit_line(np.log(k), np.log(s)) if len(k) > 1 else (float("nan"), 0)
+        lab = (f"deep Gaussian net L={L}, width {w}" if L > 1 else "linear regression GD (L=1)") + \
+              f": steps ~ kappa^{slope:.2f}"
+        ax.loglog(k, s, "o-" if L > 1 else "s--", color=color, label=lab, ms=4)
+    ax.set_xlabel("kappa = lambda_max(X^T X) / lambda_r(X^T X)")
+    ax.set_ylabel("steps until l - OPT <= eps ||Y||_F^2")
+    eps = next((r["tol"] for r in rows), float("nan"))
+    ax.set_title(f"DH: O(kappa log 1/eps) steps (eps = {eps:g}), lr = DH Thm 4.1's", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- width threshold
+
+THRESHOLD_GRIDS = {
+    "quick": {"depths": [4, 8, 16, 32], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256],
+              "seeds": [0], "steps": 1000},
+    "default": {"depths": [4, 8, 16, 32, 64, 96], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362],
+                "seeds": [0, 1, 2], "steps": 1000},
+    "full": {"depths": [4, 8, 16, 32, 64, 128, 256, 512],
+             "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024],
+             "seeds": [0, 1, 2, 3, 4], "steps": 1000},
+}
+
+
+def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None, seeds=None, steps=None,
+                    inits=INITS, threshold=TRAINABLE_LOG10, workers=0, scheduler=None, backend="auto",
+                    progress=False, plot=None):
+    """For each depth and init, the smallest width on a grid at which GD is trainable
+    (median log10 relative excess over seeds <= ``threshold`` after ``steps`` steps; HXP data,
+    theorem lr), found by bisection over the sorted width grid (assumes trainability is
+    monotone in width). Every bisection round is one sweep into ``db``.
+
+    Returns the rows of all runs made; ``threshold_table(rows)`` gives the thresholds.
+    """
+    size = "full" if full else (size or "default")
+    g = THRESHOLD_GRIDS[size]
+    depths = g["depths"] if depths is None else list(depths)
+    widths = sorted(g["widths"] if widths is None else widths)
+    seeds = g["seeds"] if seeds is None else list(seeds)
+    steps = g["steps"] if steps is None else int(steps)
+    # per (init, depth): bracket [lo, hi] of indices into widths; hi = len -> none trainable yet
+    state = {(i, d): [0, len(widths)] for i in inits for d in depths}
+    all_rows = {}
+
+    def cfgs_for(init, d, w):
+        return grid(**HXP_DATA, init=init, depth=d, width=w, seed=seeds, steps=steps, tol=1e-12)
+
+    # first probe the widest width, then bisect
+    probes = {(i, d): len(widths) - 1 for i, d in state}
+    while probes:
+        cfgs = []
+        for (init, d), j in probes.items():
+            cfgs += cfgs_for(init, d, widths[j])
+        for r in _sweep("width_threshold", cfgs, db, workers, scheduler, backend, progress):
+            all_rows[r["key"]] = r
+        nxt = {}
+        for (init, d), j in probes.items():
+            cell = [r for r in all_rows.values() if (r["init"], r["depth"], r["width"]) == (init, d, widths[j])]
+            lo, hi = state[(init, d)]
+            if _cell_value(cell) <= threshold:
+                hi = j
+            else:
+                lo = j + 1
+            state[(init, d)] = [lo, hi]
+            if lo < hi and hi < len(widths):
+                nxt[(init, d)] = (lo + hi) // 2
+        probes = nxt
+    rows = list(all_rows.values())
+    if plot:
+        plot_width_threshold(rows, plot, threshold, widths)
+    return rows
+
+
+def threshold_table(rows, threshold=TRAINABLE_LOG10):
+    """{init: [(depth, smallest trainable width probed or nan)]} from width_threshold's rows."""
+    out = {}
+    for init in INITS:
+        res = []
+        for d in sorted({r["depth"] for r in rows if r["init"] == init}):
+            cells = {}
+            for r in rows:
+                if r["init"] == init and r["depth"] == d:
+                    cells.setdefault(r["width"], []).append(r)
+            ok = [w for w in cells if _cell_value(cells[w]) <= threshold]
+            res.append((d, float(min(ok)) if ok else float("nan")))
+        if res:
+            out[init] = res
+    return out
+
+
+def plot_width_threshold(rows, path, threshold=TRAINABLE_LOG10, widths=None):
+    plt = _pyplot()
+    tab = threshold_table(rows, threshold)
+    fig, ax = plt.subplots(figsize=(6.0, 4.3))
+    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
+    wmax = max((r["width"] for r in rows), default=1)
+    for init, pts in tab.items():
+        d = np.array([p[0] for p in pts], float)
+        w = np.array([p[1] for p in pts], float)
+        slope, icpt = fit_line(d, w)
+        ax.plot(d[np.isfinite(w)], w[np.isfinite(w)], "o-", color=colors[init],
+                label=f"{init}: width = {slope:.2f} depth + {icpt:.0f}")
+        cens = ~np.isfinite(w)
+        if cens.any():
+            ax.plot(d[cens], np.full(cens.sum(), wmax), "^", color=colors[init], mfc="none",
+                    label=f"{init}: none trainable up to width {wmax}")
+    ax.set_xlabel("depth L")
+    ax.set_ylabel("smallest trainable width")
+    ax.set_title(f"Width threshold (HXP data, lr = theorem's, trainable: log10 rel. loss <= {threshold:g})",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- README demo
+
+def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=False, plot=None,
+             width=128, depth=64, steps=2000):
+    """The README's main job: HXP's phase diagram on the "quick" grid, plus the Gaussian vs
+    orthogonal loss curves at one (width, depth). Returns (phase rows, curve rows)."""
+    rows = phase_diagram(db, size="quick", workers=workers, scheduler=scheduler, backend=backend,
+                         progress=progress)
+    cfgs = grid(**HXP_DATA, init=list(INITS), width=width, depth=depth, seed=0, steps=steps, tol=1e-12)
+    curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress)
+    if db is not None:
+        store = ResultsDB(db, readonly=True) if not isinstance(db, ResultsDB) else db
+        try:
+            for r in curves:
+                r["curve"] = store.curve(r["key"])
+        finally:
+            if store is not db:
+                store.close()
+    if plot:
+        plot_hxp_demo(rows, curves, plot)
+    return rows, curves
+
+
+def plot_hxp_demo(rows, curves, path):
+    plt = _pyplot()
+    # draw the phase diagram panels, then the curves panel, in one figure
+    fig = plt.figure(figsize=(14.5, 4.2))
+    gs = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.95])
+    _phase_into(fig, [fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])], rows)
+    ax = fig.add_subplot(gs[0, 2])
+    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
+    for r in curves:
+        t, ex = r.get("curve") or ([], [])
+        if t:
+            e = np.asarray(ex, float)
+            ax.semilogy(t, e / e[0], color=colors.get(r["init"], "k"),
+                        label=f"{r['init']}: {r['status']}, rate {r['rate']:.4f}")
+    if curves:
+        ax.set_title(f"width {curves[0]['width']}, depth {curves[0]['depth']}", fontsize=9)
+    ax.set_xlabel("GD step t")
+    ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
+    ax.legend(fontsize=7)
+    fig.suptitle("HXP: Gaussian vs orthogonal init (X 1024x16, Y = W*X, theorem lr)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10):
+    deep = [r for r in rows if r["depth"] > 1]
+    widths = sorted({r["width"] for r in deep})
+    depths = sorted({r["depth"] for r in rows})
+    for ax, init in zip(axes, INITS):
+        Z = np.full((len(depths), len(widths)), np.nan)
+        div = np.zeros_like(Z, dtype=bool)
+        for i, d in enumerate(depths):
+            for j, w in enumerate(widths):
+                cell = [r for r in rows if r["init"] == init and r["depth"] == d and (r["width"] == w or d == 1)]
+                if cell:
+                    v = _cell_value(cell)
+                    div[i, j] = v == math.inf
+                    Z[i, j] = min(v, 1.0)
+        im = ax.imshow(Z, origin="lower", aspect="auto", cmap="viridis_r", vmin=-12, vmax=1)
+        yi, xi = np.nonzero(div)
+        ax.plot(xi, yi, "x", color="white", ms=4)
+        ax.set_xticks(range(len(widths)), [str(w) for w in widths], rotation=60, fontsize=7)
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
+        cont = [(d, w) for d, w in trainability_contour(rows, init, threshold) if np.isfinite(w)]
+        if cont:
+            ax.plot([widths.index(int(w)) for _, w in cont], [depths.index(d) for d, _ in cont], "o",
+                    color="black", mfc="white", ms=4)
+        slope, icpt = fit_line([d for d, _ in cont], [w for _, w in cont])
+        ax.set_title(f"{init}: log10 rel. loss; contour width = {slope:.2f} L + {icpt:.0f}", fontsize=8)
+        ax.set_xlabel("width m")
+        ax.set_ylabel("depth L")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+
+
+# --------------------------------------------------------------------------- registry
+
+EXPERIMENTS = {
+    "phase_diagram": (phase_diagram, plot_phase_diagram),
+    "exponential_curse": (exponential_curse, plot_exponential_curse),
+    "rate_vs_kappa": (rate_vs_kappa, plot_rate_vs_kappa),
+    "width_threshold": (width_threshold, plot_width_threshold),
+}
+
+
+def run(name, db=None, **kw):
+    """Run the experiment called ``name`` (see EXPERIMENTS); returns its rows."""
+    return _get(name)[0](db, **kw)
+
+
+def plot(name, rows, path):
+    """Draw the figure of experiment ``name`` from its rows."""
+    return _get(name)[1](rows, path)
+
+
+def configs(name, size="default"):
+    """The config list of a grid experiment (width_threshold is adaptive: its widest probes)."""
+    if name == "phase_diagram":
+        return phase_configs(size=size)
+    if name == "exponential_curse":
+        return curse_configs(size=size)
+    if name == "rate_vs_kappa":
+        return kappa_configs(size=size)
+    _get(name)
+    raise ValueError(f"experiment: {name!r} is adaptive (bisection); run it with engine.experiments.run")
+
+
+def _get(name):
+    try:
+        return EXPERIMENTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"experiment: unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}") from None
