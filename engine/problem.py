@@ -16,6 +16,7 @@ cancellation against OPT.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -106,6 +107,7 @@ class Problem:
             a.setflags(write=False)
         self._reduced = {np.dtype(np.float64): self._red64}
         self.token = next(_tokens)  # identifies this problem to bound networks
+        self._fingerprint = None
 
     # -- paper quantities -------------------------------------------------
     @property
@@ -150,6 +152,21 @@ class Problem:
     def y_norm_sq(self) -> float:
         """||Y||_F^2."""
         return float(np.sum(self._Y * self._Y))
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the data: shapes and bytes of X and Y (float64) and rtol.
+
+        Stable across processes and machines of the same byte order; checkpoints
+        store it so that resuming on different data is refused.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"X{self._X.shape}Y{self._Y.shape}rtol{self.rtol!r}".encode())
+            h.update(self._X.data)
+            h.update(self._Y.data)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def reduced(self, dtype=np.float64) -> Reduced:
         """The reduced problem (basis U_r, singular values S_r, targets Y V_r)."""

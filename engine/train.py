@@ -8,6 +8,8 @@ same trajectory exactly.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -188,9 +190,29 @@ def fit_rate(t, excess, tail: float = 0.5) -> float:
     return float(np.exp(slope))
 
 
-def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
-          record_every: int = 1, backend: str = "auto", progress: bool = False,
-          callback=None, record=None) -> TrainResult:
+class _Default:
+    """A keyword's default, distinguishable from the same value passed explicitly
+    (on resume, defaults are taken from the checkpoint)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _given(x) -> bool:
+    return not isinstance(x, _Default)
+
+
+def _value(x):
+    return x.value if isinstance(x, _Default) else x
+
+
+def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), steps=_Default(1000),
+          tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
+          progress: bool = False, callback=None, record=_Default(None), *,
+          checkpoint=None, checkpoint_every=None, resume=None) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
@@ -201,7 +223,7 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
         W-space learning rate. "theory" takes the theorem's rate for the init:
         d_out / (3 L ||X||^2) for Gaussian (DH Thm 4.1), d_out / (2 L ||X||^2)
         for orthogonal (HXP Thm 3.1).
-    steps : int >= 0      maximum number of GD steps
+    steps : int >= 0      maximum number of GD steps (default 1000)
     tol : float, optional stop as soon as l(t) - OPT <= tol (that state is kept, not stepped)
     record_every : int    record l(t) every this many steps (the final state always)
     backend : str         "auto", "numpy", "numba" or "cblas"
@@ -216,13 +238,69 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
         Results go to ``run.records[name] = {"t": (k,) int array, "values": [...]}``
         and the seconds spent on each to ``run.record_time[name]`` (not counted
         in ``wall_time``); steps in between are not slowed.
+    checkpoint : path, optional
+        Write the run's state to this file (``engine.checkpoint``: atomic,
+        checksummed) every ``checkpoint_every`` steps and at the final state.
+        The directory must exist and be writable (checked before training).
+        With ``record=`` the network at the start is saved too (one more copy
+        of the weights in memory and on disk).
+    checkpoint_every : int >= 1, optional
+        Steps between checkpoints; None writes only the final state.
+    resume : path, optional
+        Continue the run saved in this checkpoint: ``train(prob=prob,
+        resume=path)``. ``net`` must then be None (the network comes from the
+        file), ``prob`` must hold the same data (checked by fingerprint), and
+        lr, tol, record_every and record default to the saved ones (passing
+        different ones is refused: that would be another run). ``steps``
+        defaults to the saved total and may be raised to extend the run;
+        ``backend`` defaults to the backend that ran (the resumed trajectory
+        is then bit-identical to an uninterrupted one); ``checkpoint`` and
+        ``checkpoint_every`` default to the resumed file and its cadence.
+        The returned history covers the whole run from step 0.
 
     Returns TrainResult. Raises DivergenceError (carrying the history and the
     network at its last finite state) when the loss becomes non-finite or
-    exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2). Warns with
-    LearningRateWarning when a numeric lr exceeds the theorem's bound for a
-    Gaussian or orthogonal init (``theory.lr_bound``); "theory" never does.
+    exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2); the last checkpoint
+    written is left as it was. Warns with LearningRateWarning when a numeric
+    lr exceeds the theorem's bound for a Gaussian or orthogonal init
+    (``theory.lr_bound``); "theory" never does. Raises
+    ``checkpoint.CorruptCheckpoint`` for a damaged checkpoint and
+    ``checkpoint.CheckpointMismatch`` for one from other data.
     """
+    from . import checkpoint as ckpt
+
+    saved = None
+    if resume is not None:
+        if net is not None:
+            raise ValueError("net: pass either a network to train or resume=<checkpoint>, not both "
+                             "(the resumed network is read from the checkpoint)")
+        if not isinstance(prob, Problem):
+            raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+        resume = _path_arg(resume, "resume")
+        saved = ckpt.load(resume)
+        net = saved.network(prob)
+        meta = saved.meta
+        lr = _same_as_saved(lr, meta["lr"], "lr", net, prob)
+        tol = _same_as_saved(tol, meta["tol"], "tol")
+        record_every = _same_as_saved(record_every, meta["record_every"], "record_every")
+        rec_saved = meta["record"]
+        if _given(record) and (record or None) != rec_saved:
+            raise ValueError(f"record: the checkpoint recorded {rec_saved!r}; got {record!r} "
+                             "(a different record= would not continue the same run)")
+        record = rec_saved
+        if not _given(steps):
+            steps = meta["steps"]
+        elif isinstance(steps, int) and not isinstance(steps, bool) and steps < saved.step:
+            raise ValueError(f"steps: the checkpoint is already at step {saved.step}, got steps={steps}")
+        if not _given(backend):
+            backend = meta["backend"]
+        if checkpoint is None:
+            checkpoint = resume
+            if checkpoint_every is None:
+                checkpoint_every = meta["checkpoint_every"]
+    lr, steps, tol, record_every, backend, record = map(
+        _value, (lr, steps, tol, record_every, backend, record))
+
     if isinstance(lr, str):
         if lr != "theory":
             raise ValueError(f"lr: must be a positive number or 'theory', got {lr!r}")
@@ -231,27 +309,55 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
-    if tol is not None:
-        tol = float(tol)
-        if not (tol >= 0 and np.isfinite(tol)):
-            raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    tol = _tol_value(tol)
     if callback is not None and not callable(callback):
         raise TypeError("callback: must be callable")
+    if checkpoint is not None:
+        checkpoint = _path_arg(checkpoint, "checkpoint")
+        _check_writable_dir(checkpoint)
+        if checkpoint_every is not None:
+            checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
+    elif checkpoint_every is not None:
+        raise ValueError("checkpoint_every: needs checkpoint=<path> to write to")
 
     st = _Stepper(net, prob, lr, backend)
-    _warn_above_bound(net, prob, lr)
-    recorders = _make_recorders(record, net, prob)
+    if saved is None:
+        _warn_above_bound(net, prob, lr)
+    start_net = None
+    if record:
+        if saved is not None:
+            start_net = saved.start_network(prob)
+        elif checkpoint is not None:
+            start_net = net.copy()
+    recorders = _make_recorders(record, net if start_net is None else start_net, prob)
     opt = prob.opt
     ts, exs = [], []
     lo = -1.0 if tol is None else tol
     hi = math.inf
     converged = False
-    bar = _progress(steps, progress)
-    t0 = time.perf_counter()
     t = 0
+    prev_wall = 0.0
+    if saved is not None:
+        ts, exs = saved.t.tolist(), saved.excess.tolist()
+        t = saved.step
+        hi = float(saved.meta["hi"])
+        prev_wall = float(saved.meta["wall_time"])
+        _restore_recorders(recorders, saved)
+    t_resumed = t
     limit = steps
+    bar = _progress(steps - t, progress)
+    t0 = time.perf_counter()
+
+    def save_state():
+        _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
+                         limit, record_every, record, st.backend.name, checkpoint_every,
+                         prev_wall + time.perf_counter() - t0)
+
     try:
         while True:
+            if (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
+                    and t < limit):
+                save_state()
             # diagnostics see state t, so they run before step t is applied
             for rec in recorders:
                 if t % rec.stride == 0:
@@ -265,6 +371,7 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
                 hi = EXPLODE_FACTOR * base if base > 0 else math.inf
             if not np.isfinite(ex) or ex > hi:
                 res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
+                res.wall_time += prev_wall
                 _attach_records(res, recorders)
                 why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
                 bound = _safe_bound(net, prob)
@@ -277,6 +384,9 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
                 converged = True
             stop = converged or t >= limit
             if stop:
+                if checkpoint is not None:
+                    limit = t
+                    save_state()   # the final state, before its (recomputable) records
                 for rec in recorders:
                     if not rec.t or rec.t[-1] != t:
                         rec(t, net)   # the final state (not stepped) is always recorded
@@ -294,8 +404,116 @@ def train(net: Network, prob: Problem, lr="theory", steps: int = 1000, tol=None,
         if bar is not None:
             bar.close()
     res = _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
+    res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
+
+
+def _tol_value(tol):
+    if tol is None:
+        return None
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: must be a finite number >= 0 or None, got {tol!r}")
+    tol = float(tol)
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    return tol
+
+
+def _same_as_saved(x, saved_value, name, net=None, prob=None):
+    """On resume: the saved value, or ``x`` if given and equal to it (else refuse)."""
+    if not _given(x):
+        return saved_value
+    val = x
+    if name == "lr" and isinstance(x, str) and x == "theory":
+        val = _safe_bound(net, prob)
+    elif name == "tol":
+        val = _tol_value(x)
+    elif name == "record_every":
+        val = positive_int(x, name)
+    elif name == "lr":
+        val = positive_float(x, name)
+    if val != saved_value:
+        raise ValueError(f"{name}: the checkpoint was trained with {name}={saved_value!r}; got {x!r} "
+                         "(resuming with a different value would not continue the same run)")
+    return saved_value
+
+
+def _path_arg(p, name):
+    if not isinstance(p, (str, os.PathLike)):
+        raise TypeError(f"{name}: must be a file path, got {type(p).__name__}")
+    p = os.fspath(p)
+    if not p:
+        raise ValueError(f"{name}: must be a non-empty file path")
+    return p
+
+
+def _check_writable_dir(path):
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ValueError(f"checkpoint: directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise PermissionError(f"checkpoint: directory {d!r} is not writable")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
+
+
+def _save_checkpoint(path, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol, steps,
+                     record_every, record, backend_name, every, wall):
+    from . import __version__, checkpoint as ckpt
+
+    arrays, net_meta = ckpt.pack_network(net)
+    meta = {"engine_version": __version__, "net": net_meta, "t": int(t), "lr": lr, "tol": tol,
+            "steps": int(steps), "record_every": record_every, "record": record or None,
+            "backend": backend_name, "checkpoint_every": every, "problem": prob.fingerprint,
+            "hi": repr(float(hi)), "wall_time": wall}
+    arrays["hist_t"] = np.asarray(ts, dtype=np.int64)
+    arrays["hist_excess"] = np.asarray(exs, dtype=np.float64)
+    if start_net is not None:
+        a2, m2 = ckpt.pack_network(start_net, prefix="start_")
+        arrays.update(a2)
+        meta["start"] = m2
+    meta["recorders"] = [_pack_recorder(rec, k, arrays, t) for k, rec in enumerate(recorders)]
+    ckpt.save(path, arrays, meta)
+
+
+def _pack_recorder(rec, k, arrays, t):
+    """Store a recorder's entries for steps < t (those at t are recomputed on resume)."""
+    n = len(rec.t)
+    while n and rec.t[n - 1] >= t:
+        n -= 1
+    arrays[f"rec{k}_t"] = np.asarray(rec.t[:n], dtype=np.int64)
+    vals = [np.asarray(v) for v in rec.values[:n]]
+    for v in vals:
+        if v.dtype == object:
+            from .checkpoint import CheckpointError
+            raise CheckpointError(f"record: values of diagnostic {rec.name!r} cannot be checkpointed "
+                                  f"(type {type(rec.values[0]).__name__})")
+    kind = "stacked" if vals and len({(v.shape, v.dtype) for v in vals}) == 1 else "each"
+    if kind == "stacked":
+        arrays[f"rec{k}_values"] = np.stack(vals)
+    else:
+        for j, v in enumerate(vals):
+            arrays[f"rec{k}_v{j}"] = v
+    scalar = bool(vals) and all(np.ndim(v) == 0 and not isinstance(v0, np.ndarray)
+                                for v, v0 in zip(vals, rec.values))
+    return {"name": rec.name, "n": n, "kind": kind, "scalar": scalar, "seconds": rec.seconds}
+
+
+def _restore_recorders(recorders, saved):
+    infos = saved.meta.get("recorders", [])
+    for k, (rec, info) in enumerate(zip(recorders, infos)):
+        n = info["n"]
+        rec.t = saved.arrays[f"rec{k}_t"].tolist()
+        if info["kind"] == "stacked":
+            stacked = saved.arrays[f"rec{k}_values"]
+            vals = [stacked[j] for j in range(n)]
+        else:
+            vals = [saved.arrays[f"rec{k}_v{j}"] for j in range(n)]
+        if info["scalar"]:
+            vals = [v.item() for v in vals]
+        rec.values = vals
+        rec.seconds = float(info["seconds"])
 
 
 class _Recorder:

@@ -1,0 +1,306 @@
+"""Checkpoint/resume: exact resume, atomic writes under kill -9, corruption detected."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import engine
+from engine import checkpoint as ck
+from engine.train import LearningRateWarning
+
+WIDTHS = [30, 16, 16, 16, 4]
+
+
+@pytest.fixture(scope="module")
+def prob():
+    return engine.Problem(*engine.synthetic(30, 12, 4, seed=0))
+
+
+def _same_run(a, b):
+    """Bit-identical histories, records and weights."""
+    assert a.steps == b.steps and a.converged == b.converged and a.lr == b.lr
+    np.testing.assert_array_equal(a.t, b.t)
+    np.testing.assert_array_equal(a.excess, b.excess)
+    for W, V in zip(a.net.normalized(), b.net.normalized()):
+        np.testing.assert_array_equal(W, V)
+    assert a.records.keys() == b.records.keys()
+    for k in a.records:
+        np.testing.assert_array_equal(a.records[k]["t"], b.records[k]["t"])
+        for u, v in zip(a.records[k]["values"], b.records[k]["values"]):
+            np.testing.assert_array_equal(u, v)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(t_stop):
+    def cb(t, ex, net):
+        if t >= t_stop:
+            raise Interrupt
+    return cb
+
+
+AVAILABLE = [nm for nm, (ok, _) in engine.kernels.availability().items() if ok]
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("init,dtype", [("gaussian", "float64"), ("orthogonal", "float64"),
+                                        ("gaussian", "float32")])
+def test_resume_equals_uninterrupted(prob, tmp_path, backend, init, dtype):
+    kw = dict(lr="theory", steps=47, record_every=3, record={"distance": 7}, backend=backend)
+    ref = engine.train(engine.init.by_name(init)(WIDTHS, seed=1, dtype=dtype), prob, **kw)
+    path = tmp_path / "run.ckpt"
+    net = engine.init.by_name(init)(WIDTHS, seed=1, dtype=dtype)
+    with pytest.raises(Interrupt):     # the process "dies" at step 25, after the checkpoint at 20
+        engine.train(net, prob, checkpoint=path, checkpoint_every=10, callback=_interrupt_at(25), **kw)
+    saved = ck.load(path)
+    assert saved.step == 20 and list(saved.t) == list(range(0, 20, 3))
+    res = engine.train(prob=prob, resume=path)
+    _same_run(res, ref)
+    assert res.backend == ref.backend and res.net.dtype == np.dtype(dtype)
+    assert res.net.hidden_uniform
+    # the final state was checkpointed: resuming a finished run returns it unchanged
+    assert ck.load(path).step == 47
+    again = engine.train(prob=prob, resume=path)
+    _same_run(again, ref)
+
+
+def test_resume_extends_run_and_tol(prob, tmp_path):
+    path = tmp_path / "c"
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=80,
+                       backend="numpy")
+    engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=30,
+                 backend="numpy", checkpoint=path)      # only the final state is written
+    assert ck.load(path).step == 30
+    res = engine.train(prob=prob, resume=path, steps=80)
+    _same_run(res, ref)
+    # tol: convergence is the same state with or without interruption
+    tol = 1e-3 * float(ref.excess[0])
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
+                       backend="numpy")
+    with pytest.raises(Interrupt):
+        engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
+                     backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6))
+    res = engine.train(prob=prob, resume=path)
+    assert ref.converged
+    _same_run(res, ref)
+
+
+def test_checkpoint_contents(prob, tmp_path):
+    path = tmp_path / "c.npz"
+    net = engine.init.gaussian(WIDTHS, seed=3, sigma=[1.0, 2.0, 0.5, 1.0])
+    engine.train(net, prob, lr=1e-3, steps=5, backend="numpy", checkpoint=path)
+    c = ck.load(path)
+    m = c.meta
+    assert m["format"] == ck.FORMAT and m["engine_version"] == engine.__version__
+    assert m["net"]["init"] == "gaussian" and m["net"]["seed"] == 3 and m["net"]["widths"] == WIDTHS
+    assert m["lr"] == 1e-3 and m["backend"] == "numpy" and m["problem"] == prob.fingerprint
+    assert c.step == 5 and "Checkpoint(" in repr(c)
+    back = c.network(prob)
+    np.testing.assert_array_equal(back.sigma, [1.0, 2.0, 0.5, 1.0])
+    assert back.log_alpha == net.log_alpha
+    for W, V in zip(back.weights(), net.weights()):
+        np.testing.assert_array_equal(W, V)
+    with zipfile.ZipFile(path) as z:      # no pickles: every member is a plain .npy
+        assert all(n.endswith(".npy") for n in z.namelist())
+
+
+# -- corruption ------------------------------------------------------------------
+
+@pytest.fixture
+def good(prob, tmp_path):
+    path = tmp_path / "good.ckpt"
+    engine.train(engine.init.gaussian(WIDTHS, seed=4), prob, lr=1e-3, steps=3, backend="numpy",
+                 checkpoint=path)
+    return path
+
+
+@pytest.mark.parametrize("where", [0.02, 0.3, 0.5, 0.7, 0.97])
+def test_flipped_byte_is_rejected(prob, good, where):
+    data = bytearray(good.read_bytes())
+    k = int(where * len(data))
+    data[k] ^= 0x5A
+    good.write_bytes(bytes(data))
+    with pytest.raises(ck.CorruptCheckpoint, match="^resume: .*(corrupt|not an engine checkpoint)"):
+        engine.train(prob=prob, resume=good)
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -1])
+def test_truncated_file_is_rejected(prob, good, keep):
+    data = good.read_bytes()
+    n = int(keep * len(data)) if isinstance(keep, float) else (keep if keep >= 0 else len(data) - 1)
+    good.write_bytes(data[:n])
+    with pytest.raises(ck.CorruptCheckpoint, match="^resume: .*corrupt"):
+        ck.load(good)
+
+
+def test_consistent_tampering_fails_checksum(prob, good):
+    """Rewrite the container with valid zip CRCs but altered weights: only the sha256 catches it."""
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["layer_2"] = arrays["layer_2"].copy()
+    arrays["layer_2"][0, 0] += 1e-12
+    np.savez(good, **arrays)
+    os.replace(str(good) + ".npz", good)
+    with pytest.raises(ck.CorruptCheckpoint, match="fails its checksum"):
+        engine.train(prob=prob, resume=good)
+
+
+def test_not_a_checkpoint(prob, tmp_path):
+    p = tmp_path / "other.npz"
+    np.savez(p, a=np.ones(3))
+    with pytest.raises(ck.CorruptCheckpoint, match="not an engine checkpoint"):
+        ck.load(p)
+    with pytest.raises(FileNotFoundError, match="^resume: .*does not exist"):
+        engine.train(prob=prob, resume=tmp_path / "missing.ckpt")
+
+
+# -- misuse ----------------------------------------------------------------------
+
+def test_resume_refuses_other_data_and_other_settings(prob, good):
+    other = engine.Problem(*engine.synthetic(30, 12, 4, seed=99))
+    with pytest.raises(ck.CheckpointMismatch, match="^prob: .*different data"):
+        engine.train(prob=other, resume=good)
+    with pytest.raises(ValueError, match="^lr: the checkpoint was trained with"):
+        engine.train(prob=prob, resume=good, lr=2e-3)
+    with pytest.raises(ValueError, match="^tol"):
+        engine.train(prob=prob, resume=good, tol=1e-9)
+    with pytest.raises(ValueError, match="^record_every"):
+        engine.train(prob=prob, resume=good, record_every=5)
+    with pytest.raises(ValueError, match="^record"):
+        engine.train(prob=prob, resume=good, record={"distance": 1})
+    with pytest.raises(ValueError, match="^steps: the checkpoint is already at step 3"):
+        engine.train(prob=prob, resume=good, steps=2)
+    with pytest.raises(ValueError, match="^net"):
+        engine.train(engine.init.gaussian(WIDTHS, seed=4), prob, resume=good)
+    with pytest.raises(TypeError, match="^prob"):
+        engine.train(resume=good)
+    with pytest.raises(TypeError, match="^resume"):
+        engine.train(prob=prob, resume=3)
+    # the same values passed explicitly are fine
+    res = engine.train(prob=prob, resume=good, lr=1e-3, tol=None, record_every=1, steps=4)
+    assert res.steps == 4
+
+
+def test_checkpoint_arguments_validated_before_training(prob, tmp_path):
+    net = engine.init.gaussian(WIDTHS, seed=0)
+    with pytest.raises(ValueError, match="^checkpoint: directory .* does not exist"):
+        engine.train(net, prob, lr=1e-3, steps=1, checkpoint=tmp_path / "nope" / "c.ckpt")
+    with pytest.raises(ValueError, match="^checkpoint: .* is a directory"):
+        engine.train(net, prob, lr=1e-3, steps=1, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="^checkpoint_every: needs checkpoint"):
+        engine.train(net, prob, lr=1e-3, steps=1, checkpoint_every=5)
+    with pytest.raises(ValueError, match="^checkpoint_every"):
+        engine.train(net, prob, lr=1e-3, steps=1, checkpoint=tmp_path / "c", checkpoint_every=0)
+    with pytest.raises(TypeError, match="^checkpoint"):
+        engine.train(net, prob, lr=1e-3, steps=1, checkpoint=1.5)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_directory_refused_up_front(prob, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="^checkpoint: .*not writable"):
+            engine.train(engine.init.gaussian(WIDTHS, seed=0), prob, lr=1e-3, steps=1,
+                         checkpoint=ro / "c.ckpt")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_divergence_keeps_last_checkpoint(prob, tmp_path):
+    path = tmp_path / "c"
+    net = engine.init.orthogonal(WIDTHS, seed=0)
+    lr = 3 * engine.theory.lr_bound("orthogonal", prob, net.depth)     # diverges at step 6
+    with pytest.warns(LearningRateWarning):
+        with pytest.raises(engine.DivergenceError) as info:
+            engine.train(net, prob, lr=lr, steps=1000, backend="numpy", checkpoint=path, checkpoint_every=2)
+    c = ck.load(path)
+    assert info.value.step == 6 and c.step == 6 and np.isfinite(c.excess).all()
+    np.testing.assert_array_equal(c.excess, info.value.result.excess[:len(c.excess)])
+
+
+# -- kill -9 ---------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import engine
+    from engine import checkpoint as ck
+
+    path, mode = sys.argv[1], sys.argv[2]
+    prob = engine.Problem(*engine.synthetic(30, 12, 4, seed=0))
+    net = engine.init.gaussian({widths!r}, seed=1)
+    if mode != "free":
+        real_savez, calls = np.savez, [0]
+        def savez(f, **arrays):
+            calls[0] += 1
+            if calls[0] == 3:                      # the third checkpoint write dies midway
+                if mode == "torn":                 # ... after half of the bytes hit the temp file
+                    import io
+                    buf = io.BytesIO(); real_savez(buf, **arrays)
+                    data = buf.getvalue(); f.write(data[:len(data) // 2]); f.flush(); os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_savez(f, **arrays)
+        ck.np.savez = savez
+    engine.train(net, prob, lr="theory", steps={steps}, backend="numpy",
+                 checkpoint=path, checkpoint_every=5, record={{"distance": 4}})
+""")
+
+
+def _spawn(tmp_path, mode, steps=60):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(widths=WIDTHS, steps=steps))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "run.ckpt"), mode],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prob):
+    return engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr="theory", steps=60,
+                        backend="numpy", record={"distance": 4})
+
+
+@pytest.mark.parametrize("mode", ["torn", "before-data"])
+def test_kill9_during_write_leaves_previous_checkpoint(prob, tmp_path, mode, uninterrupted):
+    proc = _spawn(tmp_path, mode)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    c = ck.load(tmp_path / "run.ckpt")        # the second checkpoint, intact
+    assert c.step == 10
+    leftovers = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert leftovers, "the kill should have hit a write in progress"
+    res = engine.train(prob=prob, resume=tmp_path / "run.ckpt")
+    _same_run(res, uninterrupted)
+
+
+def test_kill9_at_a_random_moment_then_resume(prob, tmp_path):
+    """A real, unpatched run killed while it is checkpointing; resume equals the uninterrupted run."""
+    path = tmp_path / "run.ckpt"
+    proc = _spawn(tmp_path, "free", steps=1500)     # ~300 checkpoint writes
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(path):
+                break
+            time.sleep(0.001)
+        time.sleep(0.003)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the child should have been killed mid-run"
+    c = ck.load(path)
+    assert 0 < c.step < 1500
+    res = engine.train(prob=prob, resume=path)
+    ref = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr="theory", steps=1500,
+                       backend="numpy", record={"distance": 4})
+    _same_run(res, ref)
