@@ -337,6 +337,24 @@ if _HAVE_NUMBA:
                     out[i, j] += a * B[k, j]
 
     @_jit
+    def _dot(x, y, n):
+        """sum_b x[b] y[b] with four interleaved partial sums (fixed order,
+        so deterministic, and wide enough for the compiler to vectorize)."""
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        n4 = n - n % 4
+        for b in range(0, n4, 4):
+            s0 += x[b] * y[b]
+            s1 += x[b + 1] * y[b + 1]
+            s2 += x[b + 2] * y[b + 2]
+            s3 += x[b + 3] * y[b + 3]
+        for b in range(n4, n):
+            s0 += x[b] * y[b]
+        return (s0 + s1) + (s2 + s3)
+
+    @_jit
     def _layer(B1, H, Lw, i, L):
         """M_{i+1} (0-based i): B1, H[i-1] or Lw."""
         if i == 0:
@@ -346,7 +364,7 @@ if _HAVE_NUMBA:
         return H[i - 1]
 
     @_jit
-    def _member_T(B1, H, Lw, c, beta, xs, yred, lo, hi, Sch, s0, R, Ta, Tb, Tt, g):
+    def _member_T(B1, H, Lw, c, beta, xs, yred, lo, hi, Sch, s0, R, Ta, Tb, g):
         """One GD step of one member, T form (numpy_backend._step, ws.form == "T")."""
         L = H.shape[0] + 2
         d_out, r = R.shape
@@ -367,42 +385,40 @@ if _HAVE_NUMBA:
         ex *= 0.5
         if not (math.isfinite(ex) and lo < ex <= hi):
             return ex, False
-        # pass 2, bottom-up: T_0 = X_red R^T; update M_i with c_i S_i^T T_{i-1}^T,
-        # advancing T_i = M_i T_{i-1} from the old M_i first
-        T = Ta[:r]
-        for j in range(r):
-            for o in range(d_out):
-                T[j, o] = R[o, j] * xs[j]
+        # pass 2, bottom-up, on T^T (d_out x d_i): T_0^T = R X_red. Row a of
+        # M_i is read once: first T_i^T[:, a] = T_{i-1}^T M_i[a, :]^T from the old
+        # row, then the row is updated with c_i (S_i^T T_{i-1}^T)[a, :].
+        Tt = Ta                               # T^T lives in Ta/Tb[:, :d_i]
+        for o in range(d_out):
+            for j in range(r):
+                Tt[o, j] = R[o, j] * xs[j]
         for i in range(L):
             M = _layer(B1, H, Lw, i, L)
             rows, cols = M.shape
-            if i < L - 1:
-                Tn = Tb[:rows] if (i % 2 == 0) else Ta[:rows]
-                _mm(M, T, Tn)
-            if i == L - 1:
-                f = beta * c[i]
-                for a in range(rows):
-                    for b in range(cols):
-                        M[a, b] -= T[b, a] * f
-            else:
-                # G = (c_i S_{i+1})^T T^T, row by row as outer-product sums over
-                # the d_out rank-one terms (contiguous inner loops)
-                Sc = Sch[i]
-                ci = c[i]
-                for o in range(d_out):
-                    for b in range(cols):
-                        Tt[o, b] = T[b, o]
-                for a in range(rows):
+            last = i == L - 1
+            Tn = Tb if (i % 2 == 0) else Ta
+            ci = c[i]
+            f = beta * ci
+            Sc = Sch[i if not last else 0]
+            for a in range(rows):
+                Ma = M[a]
+                if not last:
+                    for o in range(d_out):
+                        Tn[o, a] = _dot(Ma, Tt[o], cols)
                     for b in range(cols):
                         g[b] = 0.0
                     for o in range(d_out):
-                        s = Sc[o, a] * ci
+                        sc = Sc[o, a] * ci
+                        To = Tt[o]
                         for b in range(cols):
-                            g[b] += s * Tt[o, b]
+                            g[b] += sc * To[b]
                     for b in range(cols):
-                        M[a, b] -= g[b]
-            if i < L - 1:
-                T = Tn
+                        Ma[b] -= g[b]
+                else:
+                    Ta_ = Tt[a]
+                    for b in range(cols):
+                        Ma[b] -= Ta_[b] * f
+            Tt = Tn
         return ex, True
 
     @_jit
@@ -476,11 +492,11 @@ if _HAVE_NUMBA:
         return ex, True
 
     @_pjit
-    def _ens_step_T(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Sch, s0, R, Ta, Tb, Tt, g, ex_out, applied_out):
+    def _ens_step_T(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Sch, s0, R, Ta, Tb, g, ex_out, applied_out):
         for k in prange(B1.shape[0]):
             if active[k]:
                 ex, ok = _member_T(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
-                                   Sch[k], s0[k], R[k], Ta[k], Tb[k], Tt[k], g[k])
+                                   Sch[k], s0[k], R[k], Ta[k], Tb[k], g[k])
                 ex_out[k] = ex
                 applied_out[k] = ok
             else:
@@ -510,8 +526,8 @@ class _MemberKernelWS:
         self.R = np.empty((K, d_out, r), dtype=dt)
         if form == "T":
             self.bufs = (np.empty((K, L - 1, d_out, m), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
-                         np.empty((K, max(m, r), d_out), dtype=dt), np.empty((K, max(m, r), d_out), dtype=dt),
-                         np.empty((K, d_out, max(m, r)), dtype=dt), np.empty((K, max(m, r)), dtype=dt))
+                         np.empty((K, d_out, max(m, r)), dtype=dt), np.empty((K, d_out, max(m, r)), dtype=dt),
+                         np.empty((K, max(m, r)), dtype=dt))
         else:
             self.bufs = (np.empty((K, L - 1, m, r), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
                          np.empty((K, d_out, m), dtype=dt), np.empty((K, d_out, m), dtype=dt),
