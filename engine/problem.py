@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,11 @@ class Problem:
         Inputs, columns are samples. Integer input is converted to float64;
         complex, NaN and Inf are rejected.
     Y : array (d_out, n)
-        Targets, columns are samples.
+        Targets, columns are samples. Same conversions and checks as X.
+        Integer and boolean input is converted to float64 explicitly (exact
+        for |values| < 2**53); float32/float16 are widened to float64; data so
+        large or small that ||X||^2 or ||Y||_F^2 leaves the float64 range is
+        rejected (rescale it). Empty arrays and an all-zero X are rejected.
     rtol : float, optional
         Relative tolerance for the rank: singular values s_j of X with
         s_j <= rtol * s_1 count as zero. The default,
@@ -82,12 +87,26 @@ class Problem:
         Y.setflags(write=False)
         self.d_in, self.n = X.shape
         self.d_out = Y.shape[0]
-        U, s, Vt = np.linalg.svd(X, full_matrices=False)
         if rtol is None:
             rtol = max(X.shape) * np.finfo(np.float64).eps
+        if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, numbers.Real):
+            raise TypeError(f"rtol: must be a real number in [0, 1), got {rtol!r}")
+        if not (0.0 <= float(rtol) < 1.0):
+            raise ValueError(f"rtol: must be in [0, 1), got {rtol!r}")
         self.rtol = float(rtol)
+        with np.errstate(over="ignore", under="ignore"):
+            y2 = float(np.sum(Y * Y))
+        if not np.isfinite(y2):
+            raise ValueError("Y: too large: ||Y||_F^2 overflows float64; rescale Y")
+        U, s, Vt = np.linalg.svd(X, full_matrices=False)
         if s[0] == 0.0:
             raise ValueError("X: has rank 0 (all entries are zero); there is nothing to fit")
+        with np.errstate(over="ignore", under="ignore"):
+            s2 = s[0] * s[0] * max(X.shape)
+        if not np.isfinite(s2):
+            raise ValueError(f"X: too large: ||X||^2 = {s[0]:.3g}^2 overflows float64; rescale X")
+        if s[0] * s[0] < np.finfo(np.float64).tiny / np.finfo(np.float64).eps:
+            raise ValueError(f"X: too small: ||X||^2 = {s[0]:.3g}^2 is at the float64 underflow limit; rescale X")
         r = int(np.count_nonzero(s > self.rtol * s[0]))
         self.rank = r
         self.singular_values = s.copy()
@@ -243,10 +262,10 @@ def synthetic(d_in: int, n: int, d_out: int, seed=0, *, rank: int | None = None,
         if rank > full:
             raise ValueError(f"rank: must be <= min(d_in, n) = {full}, got {rank}")
     if kappa is not None:
-        kappa = float(kappa)
+        kappa = _real(kappa, "kappa")
         if not np.isfinite(kappa) or kappa < 1.0:
             raise ValueError(f"kappa: must be a finite number >= 1, got {kappa!r}")
-    noise = float(noise)
+    noise = _real(noise, "noise")
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise: must be finite and >= 0, got {noise!r}")
 
@@ -266,6 +285,12 @@ def synthetic(d_in: int, n: int, d_out: int, seed=0, *, rank: int | None = None,
     if noise > 0:
         Y = Y + noise * rng.standard_normal((d_out, n))
     return X, Y
+
+
+def _real(x, name: str) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: must be a real number, got {x!r}")
+    return float(x)
 
 
 def _haar_columns(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

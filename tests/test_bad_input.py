@@ -142,3 +142,91 @@ def test_bad_input_leaves_network_unchanged(net, prob):
         engine.gd_step(net, prob, -1.0)
     for a, b in zip(before, net.weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_unavailable_backend_message_says_why(net, prob, monkeypatch):
+    """A backend known but not usable here is refused by name, with the reason, never silently replaced."""
+    from engine import kernels
+    fake = type("FakeBackend", (), {"name": "cblas", "available": False,
+                                    "reason": "the C extension was not built (no C compiler at install time)"})
+    monkeypatch.setitem(kernels._REGISTRY, "cblas", fake)
+    with pytest.raises(engine.BackendUnavailable, match=r"^backend: 'cblas' is unavailable: .*no C compiler"):
+        engine.gd_step(net, prob, 1e-3, backend="cblas")
+    with pytest.raises(engine.BackendUnavailable, match="no C compiler"):
+        engine.train(net, prob, lr=1e-3, steps=1, backend="cblas")
+    assert kernels.availability()["cblas"] == (False, fake.reason)
+    # a missing module is reported the same way
+    monkeypatch.delitem(kernels._REGISTRY, "numba", raising=False)
+    monkeypatch.setitem(kernels._MISSING, "numba", "importing it failed: No module named 'numba'")
+    with pytest.raises(engine.BackendUnavailable, match=r"^backend: 'numba' is unavailable: .*No module named"):
+        engine.gd_step(net, prob, 1e-3, backend="numba")
+    # auto still works (numpy is always there)
+    engine.gd_step(net, prob, 1e-3, backend="auto")
+
+
+@pytest.mark.parametrize("rtol", [-0.1, 1.0, float("nan"), "1e-8", True])
+def test_problem_rejects_bad_rtol(rtol):
+    with pytest.raises((ValueError, TypeError), match="^rtol"):
+        engine.Problem(np.eye(3), np.ones((1, 3)), rtol=rtol)
+
+
+@pytest.mark.parametrize("X,Y,name", [
+    (np.full((3, 4), 1e160), np.ones((1, 4)), "X"),     # ||X||^2 overflows
+    (np.full((3, 4), 1e-160), np.ones((1, 4)), "X"),    # ||X||^2 underflows
+    (np.ones((3, 4)), np.full((1, 4), 1e200), "Y"),     # ||Y||^2 overflows
+])
+def test_problem_rejects_data_outside_float64_range(X, Y, name):
+    with pytest.raises(ValueError, match=f"^{name}: too (large|small)"):
+        engine.Problem(X, Y)
+
+
+def test_problem_dtype_conversions_are_explicit():
+    X = np.arange(12, dtype=np.int64).reshape(3, 4)
+    for dt in (np.int8, np.uint16, np.bool_, np.float16, np.float32):
+        p = engine.Problem(X.astype(dt) + (1 if dt == np.bool_ else 0), np.ones((1, 4), dtype=dt))
+        assert p.X.dtype == np.float64 and p.Y.dtype == np.float64 and p.X.flags.c_contiguous
+    # non-contiguous views are copied to contiguous storage, values unchanged
+    big = np.arange(40.0).reshape(5, 8)
+    p = engine.Problem(big[:, ::2], np.ones((1, 4)))
+    np.testing.assert_array_equal(p.X, big[:, ::2])
+    with pytest.raises(TypeError, match="^Y: complex"):
+        engine.Problem(X, np.ones((1, 4), dtype=np.complex64))
+    with pytest.raises(TypeError, match="^X: must be a numeric array"):
+        engine.Problem(np.array([["a", "b"], ["c", "d"]]), np.ones((1, 2)))
+
+
+@pytest.mark.parametrize("kw,name", [
+    (dict(kappa="big"), "kappa"), (dict(noise="0.1"), "noise"), (dict(kappa=float("inf")), "kappa"),
+])
+def test_synthetic_rejects_non_numbers(kw, name):
+    with pytest.raises((ValueError, TypeError), match=f"^{name}"):
+        engine.synthetic(4, 3, 2, **kw)
+
+
+@pytest.mark.parametrize("tol", ["1e-3", float("nan"), float("inf"), True])
+def test_train_rejects_bad_tol(net, prob, tol):
+    with pytest.raises((ValueError, TypeError), match="^tol"):
+        engine.train(net, prob, lr=1e-3, steps=1, tol=tol)
+
+
+def test_init_rejects_bad_seed_and_dtype():
+    with pytest.raises(TypeError, match="^seed"):
+        engine.init.gaussian([3, 2], seed=1.5)
+    with pytest.raises(ValueError, match="^seed"):
+        engine.init.orthogonal([3, 2], seed=-1)
+    with pytest.raises(ValueError, match="^dtype"):
+        engine.init.gaussian([3, 2], dtype=np.complex128)
+    with pytest.raises(TypeError, match="^dtype"):
+        engine.init.gaussian([3, 2], dtype="nonsense-dtype")
+    with pytest.raises(TypeError, match=r"^widths\[0\]"):
+        engine.init.gaussian([True, 2])
+
+
+def test_float32_network_on_float64_problem_and_other_bad_objects(prob):
+    net = engine.init.gaussian([6, 4, 2], seed=0, dtype=np.float32)
+    engine.gd_step(net, prob, 1e-3)            # float32 storage trains on float32 reduced data
+    assert net.normalized()[0].dtype == np.float32
+    with pytest.raises(TypeError, match="^net"):
+        engine.gd_step(net.weights(), prob, 1e-3)
+    with pytest.raises(TypeError, match="^prob"):
+        engine.train(net, None, lr=1e-3, steps=1)
