@@ -1,0 +1,168 @@
+"""Shared helpers for the asv suites and ``bench/compare.py``.
+
+* ``problem(d_in, n, d_out)``   seeded HXP-style data (cached per process)
+* ``stepper(...)``              a network bound to its problem, ready to step
+                                (what ``engine.train`` runs each step)
+* ``bandwidth()``               streaming memory bandwidth in bytes/s, measured
+                                with a NumPy copy of a 256 MiB array (cached)
+* ``floor_seconds(nbytes)``     t_floor = 2 * weight bytes / bandwidth
+                                (DESIGN.md, "The physical limit")
+* ``median_step_seconds(fn)``   median seconds of ``fn()`` over repeats
+
+Nothing here is imported by ``engine`` itself.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:           # `python bench/compare.py` and asv both find this module
+    sys.path.insert(0, _HERE)
+
+# Array size of the bandwidth measurement: far larger than any cache, small
+# enough to allocate anywhere (256 MiB, twice: source and destination).
+BANDWIDTH_BYTES = 256 << 20
+# A measured bandwidth is reused for this long (seconds) through a small file
+# in the temp dir, so every asv benchmark process of one run sees the same
+# figure without paying ~0.5 s each. ENGINE_BENCH_BANDWIDTH (bytes/s) overrides.
+BANDWIDTH_MAX_AGE = 3600.0
+# Skip configurations whose weights alone need more than this (bytes).
+MAX_WEIGHT_BYTES = 2 << 30
+
+
+def backend_available(name: str) -> tuple[bool, str]:
+    import engine
+    return engine.kernels.availability().get(name, (False, f"unknown backend {name!r}"))
+
+
+@functools.lru_cache(maxsize=None)
+def problem(d_in: int, n: int, d_out: int, seed: int = 0):
+    import engine
+    X, Y = engine.synthetic(d_in, n, d_out, seed=seed)
+    return engine.Problem(X, Y)
+
+
+def widths(d_in, d_out, m, L):
+    return [d_in] + [m] * (L - 1) + [d_out]
+
+
+def weight_bytes(d_in, n, d_out, m, L, itemsize=8) -> int:
+    """Bytes of the trained weights of one network: B_1 (m x r), L-2 hidden m x m, A_L (d_out x m)."""
+    r = min(d_in, n)
+    if L == 1:
+        return d_out * r * itemsize
+    return itemsize * (m * r + (L - 2) * m * m + d_out * m)
+
+
+# Depth up to which ``network`` draws a true Haar orthogonal init; deeper
+# nets reuse a few Haar bases (below) so that setting up L = 512, m = 1024
+# takes a second, not minutes of QR factorizations.
+HAAR_MAX_DEPTH = 8
+
+
+def network(d_in, d_out, m, L, dtype="float64", seed=0):
+    """An orthogonal network (HXP eq. 4 scaling, init label "orthogonal").
+
+    For L > HAAR_MAX_DEPTH the hidden layers are signed column permutations
+    of four Haar m x m matrices: exactly orthogonal, so GD at the theorem's
+    rate is as stable as from a Haar init (which is all a timing needs).
+    """
+    import engine
+    from engine.init import haar_semi_orthogonal
+    from engine.network import Network, _alloc_layers
+    w = widths(d_in, d_out, m, L)
+    if L <= HAAR_MAX_DEPTH:
+        return engine.init.orthogonal(w, seed=seed, dtype=dtype)
+    edge = engine.init.orthogonal([d_in, m, m, d_out], seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    bases = [haar_semi_orthogonal(rng, m, m) for _ in range(4)]
+    layers, stack = _alloc_layers(w, np.dtype(dtype))
+    layers[0][...] = edge._layers[0]
+    layers[-1][...] = edge._layers[-1]
+    for i in range(1, L - 1):
+        layers[i][...] = bases[i % 4][:, rng.permutation(m)] * rng.choice([-1.0, 1.0], m)
+    log_s = 0.5 * np.log(np.asarray(w[1:], dtype=np.float64))
+    return Network(layers, log_s, 0.0, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
+
+
+def stepper(d_in, n, d_out, m, L, backend="numpy", dtype="float64", seed=0):
+    """A bound ``engine.train._Stepper`` (what ``engine.train`` runs each step)
+    on an orthogonal net at its theorem lr (stable at any depth)."""
+    import engine
+    from engine.train import _Stepper
+    prob = problem(d_in, n, d_out)
+    net = network(d_in, d_out, m, L, dtype=dtype, seed=seed)
+    lr = engine.theory.lr_bound("orthogonal", prob, L)
+    return _Stepper(net, prob, lr, backend)
+
+
+def median_step_seconds(fn, repeat=20, min_time=0.0, warmup=1):
+    """Median seconds of ``fn()``; at least ``repeat`` calls and ``min_time`` seconds."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    start = time.perf_counter()
+    while len(ts) < repeat or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+        if len(ts) >= 10 * max(repeat, 1) and (time.perf_counter() - start) >= min_time:
+            break
+    return float(np.median(ts))
+
+
+def _measure_bandwidth(nbytes=BANDWIDTH_BYTES, repeat=5) -> float:
+    """Bytes moved per second by ``np.copyto`` (read src + write dst), best of ``repeat``."""
+    from threadpoolctl import threadpool_limits  # noqa: F401  (copy is single-threaded in numpy)
+    n = nbytes // 8
+    src = np.ones(n)
+    dst = np.empty(n)
+    np.copyto(dst, src)                      # fault the pages in
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * 8 / best
+
+
+def _cache_path():
+    return os.path.join(tempfile.gettempdir(), f"engine-bench-bandwidth-{os.getuid() if hasattr(os, 'getuid') else 0}.json")
+
+
+@functools.lru_cache(maxsize=None)
+def bandwidth() -> float:
+    """Streaming bandwidth (bytes/s): env ENGINE_BENCH_BANDWIDTH, else a fresh
+    (<= BANDWIDTH_MAX_AGE s old) cached measurement, else measured now."""
+    env = os.environ.get("ENGINE_BENCH_BANDWIDTH")
+    if env:
+        return float(env)
+    path = _cache_path()
+    try:
+        with open(path) as fh:
+            rec = json.load(fh)
+        if time.time() - rec["time"] <= BANDWIDTH_MAX_AGE and rec["bytes_per_s"] > 0:
+            return float(rec["bytes_per_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    bw = _measure_bandwidth()
+    try:
+        tmp = path + f".{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump({"time": time.time(), "bytes_per_s": bw}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return bw
+
+
+def floor_seconds(nbytes: int) -> float:
+    """t_floor = 2 * weight bytes / bandwidth: every weight read once and written once."""
+    return 2.0 * nbytes / bandwidth()
