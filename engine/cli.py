@@ -1,8 +1,15 @@
 """Command-line interface: ``python -m engine COMMAND``.
 
 Commands
-    demo   Gaussian vs orthogonal GD on HXP's data at one (width, depth); table + PNG
-    info   version, backends and their availability, thread settings
+    demo       Gaussian vs orthogonal GD on HXP's data at one (width, depth); table + PNG
+    reproduce  one of the papers' experiments at a small default, with its figure
+    train      one configuration; summary, optional history CSV, checkpoint, figure
+    sweep      a named experiment or a JSON grid file into an SQLite results database
+    plot       figures from a results database
+    export     a results database to CSV / Parquet
+    info       version, backends, threads, BLAS, memory estimate for given widths
+
+Bad arguments give a one-line message and exit code 2; a failed command exits 1.
 """
 from __future__ import annotations
 
@@ -32,10 +39,110 @@ def _positive_int(text):
     return v
 
 
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _lr(text):
+    if text == "theory":
+        return text
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'theory' or a positive number, got {text!r}") from None
+
+
+def parse_widths(text) -> list:
+    """'1024,256x63,10' -> [1024] + [256] * 63 + [10] (ValueError naming --widths otherwise)."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "x" in part:
+                w, k = part.split("x")
+                w, k = int(w), int(k)
+            else:
+                w, k = int(part), 1
+        except ValueError:
+            raise ValueError(f"--widths: cannot read {part!r} in {text!r}; "
+                             "write widths like 1024,256x63,10 (WxK = K layers of width W)") from None
+        if w < 1 or k < 1:
+            raise ValueError(f"--widths: widths and counts must be >= 1, got {part!r}")
+        out += [w] * k
+    if len(out) < 2:
+        raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
+    return out
+
+
+def _widths_arg(text):
+    try:
+        return parse_widths(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--widths: ", "")) from None
+
+
+def _add_exec(p, workers_default_help="one worker process per core (dask LocalCluster)"):
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=_nonneg_int, default=None,
+                   help=f"dask worker processes (default: {workers_default_help}; 0 = serial)")
+    g.add_argument("--serial", action="store_true", help="run in this process, no dask (= --workers 0)")
+    g.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                   help="submit to a running dask scheduler instead of a local cluster")
+    g.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _workers(args):
+    if args.serial:
+        return 0
+    if args.workers is not None:
+        return args.workers
+    if args.scheduler is None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            return 0   # dask is optional: serial without it
+        if (os.cpu_count() or 1) < 2:
+            return 0
+    return None
+
+
+_EXPERIMENT_HELP = {
+    "hxp": "the README demo: HXP phase diagram (quick grid) + Gaussian vs orthogonal curves",
+    "phase_diagram": "HXP phase diagram: log10 rel. loss over (width, depth), per init, with the contour",
+    "exponential_curse": "HXP Thm 4.1 / Shamir 2018: steps to leave the [0.4, 0.6]||Y||^2 band vs depth",
+    "rate_vs_kappa": "DH: steps to eps vs kappa, deep wide Gaussian net next to linear regression (L = 1)",
+    "width_threshold": "smallest trainable width per depth and init (bisection), with fitted slope",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m engine",
-                description="Exact, fast GD on deep linear networks (Du & Hu 2019; Hu, Xiao & Pennington 2020).")
+                description="Exact, fast GD on deep linear networks (Du & Hu 2019; Hu, Xiao & Pennington 2020).",
+                epilog="examples:\n  python -m engine reproduce hxp        # the papers' main result in ~1-2 minutes\n"
+                       "  python -m engine train --init orthogonal --width 128 --depth 64\n"
+                       "  python -m engine sweep phase_diagram --db pd.db && python -m engine plot --db pd.db\n"
+                       "  python -m engine info --widths 1024,256x63,10\n"
+                       "'python -m engine COMMAND --help' shows each command's options.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
 
     d = sub.add_parser(
         "demo", help="Gaussian vs orthogonal init at one width and depth (HXP data), table + figure",
@@ -45,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
             "print final excess loss, steps, fitted per-step rate and the theorem's predicted "
             "factor, and plot excess loss vs step."),
         epilog="examples:\n  python -m engine demo\n  python -m engine demo --width 256 --depth 100 --steps 3000 --out demo.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=raw)
     d.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
     d.add_argument("--depth", type=_positive_int, default=64, help="depth L (default 64)")
     d.add_argument("--steps", type=_positive_int, default=2000, help="GD step budget (default 2000)")
@@ -55,11 +162,115 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("info", help="version, backends, threads",
+    r = sub.add_parser(
+        "reproduce", help="run one of the papers' experiments at a small default and draw its figure",
+        description="Run a paper experiment into a results database (resumable: re-running skips "
+                    "finished runs) and draw its figure.\n\nexperiments:\n" +
+                    "\n".join(f"  {k:18s} {v}" for k, v in _EXPERIMENT_HELP.items()),
+        epilog="examples:\n  python -m engine reproduce hxp                       # ~1-2 min on 2 cores\n"
+               "  python -m engine reproduce phase_diagram --out pd.png  # default grid, a few minutes\n"
+               "  python -m engine reproduce phase_diagram --full --db full.db   # the published grid (hours)\n"
+               "  python -m engine reproduce exponential_curse --size quick --serial",
+        formatter_class=raw)
+    r.add_argument("experiment", choices=list(_EXPERIMENT_HELP), metavar="EXPERIMENT",
+                   help="one of: " + ", ".join(_EXPERIMENT_HELP))
+    r.add_argument("--size", choices=["quick", "default", "full"], default=None,
+                   help="grid size (default 'default'; 'hxp' always uses 'quick')")
+    r.add_argument("--full", action="store_true", help="the published grid (= --size full)")
+    r.add_argument("--db", default=None, help="results database (default engine-EXPERIMENT.db)")
+    r.add_argument("--out", default=None, help="figure path (default EXPERIMENT.png)")
+    _add_exec(r)
+    r.set_defaults(func=cmd_reproduce)
+
+    t = sub.add_parser(
+        "train", help="train one configuration, print a summary (optionally history CSV, checkpoint, figure)",
+        description="Train one deep linear network by full-batch GD and print a summary. Data: HXP's "
+                    "(X 1024x16, Y = W* X) unless --d-in/--n/--d-out/--kappa/--rank say otherwise.",
+        epilog="examples:\n  python -m engine train --init orthogonal --width 128 --depth 64\n"
+               "  python -m engine train --widths 1024,256x63,10 --lr 1e-5 --steps 500 --history h.csv --plot t.png\n"
+               "  python -m engine train --d-in 16 --n 16 --d-out 2 --kappa 10 --width 256 --depth 4 --tol 1e-10",
+        formatter_class=raw)
+    t.add_argument("--init", choices=["gaussian", "orthogonal"], default="gaussian", help="initialization (default gaussian)")
+    t.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
+    t.add_argument("--depth", type=_positive_int, default=16, help="depth L (default 16)")
+    t.add_argument("--widths", type=_widths_arg, default=None,
+                   help="explicit widths d_0,...,d_L, e.g. 1024,256x63,10 (overrides --width/--depth)")
+    t.add_argument("--d-in", type=_positive_int, default=1024, help="input dimension (default 1024)")
+    t.add_argument("--n", type=_positive_int, default=16, help="samples (default 16)")
+    t.add_argument("--d-out", type=_positive_int, default=10, help="output dimension (default 10)")
+    t.add_argument("--kappa", type=_positive_float, default=None, help="prescribed condition number of X")
+    t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
+    t.add_argument("--data-seed", type=int, default=0, help="data seed (default 0)")
+    t.add_argument("--seed", type=int, default=1, help="init seed (default 1)")
+    t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space) or 'theory' (default)")
+    t.add_argument("--steps", type=_nonneg_int, default=1000, help="GD step budget (default 1000)")
+    t.add_argument("--tol", type=float, default=1e-12,
+                   help="stop when l - OPT <= TOL * ||Y||_F^2 (default 1e-12; 0 = never)")
+    t.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
+    t.add_argument("--history", default=None, metavar="CSV", help="write t, loss, excess to this CSV")
+    t.add_argument("--checkpoint", default=None, metavar="PATH", help="checkpoint file (if this engine supports it)")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints (default 100)")
+    t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint (if supported)")
+    t.add_argument("--plot", default=None, metavar="PNG", help="figure of the excess loss vs step")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "sweep", help="run a named experiment or a JSON grid file into a results database",
+        description="Run a grid of configurations into an SQLite results database: one row per run, "
+                    "committed as it finishes; re-running skips finished runs (and retries failed ones). "
+                    "TARGET is an experiment name (" + ", ".join(k for k in _EXPERIMENT_HELP if k != "hxp") +
+                    ") or a JSON grid file: {\"name\": \"mygrid\", \"grid\": {\"init\": [\"gaussian\", "
+                    "\"orthogonal\"], \"width\": [16, 64], \"depth\": [4, 16], \"seed\": [0, 1], \"steps\": 500}} "
+                    "(lists are crossed; \"grid\" may also be a list of such dicts; fields: see "
+                    "engine.sweep.DEFAULT_CONFIG).",
+        epilog="examples:\n  python -m engine sweep phase_diagram --db pd.db\n"
+               "  python -m engine sweep phase_diagram --full --db full.db --scheduler tcp://10.0.0.1:8786\n"
+               "  python -m engine sweep grid.json --db g.db --workers 4 --export g.csv",
+        formatter_class=raw)
+    s.add_argument("target", metavar="TARGET", help="experiment name or JSON grid file")
+    s.add_argument("--db", required=True, help="results database (created if absent)")
+    s.add_argument("--size", choices=["quick", "default", "full"], default=None, help="grid size of a named experiment")
+    s.add_argument("--full", action="store_true", help="the published grid (= --size full)")
+    s.add_argument("--export", default=None, metavar="CSV", help="also export all rows to this CSV")
+    s.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs stored as failed")
+    s.add_argument("--allow-version-mismatch", action="store_true",
+                   help="add runs to a database written by another engine version")
+    _add_exec(s)
+    s.set_defaults(func=cmd_sweep)
+
+    pl = sub.add_parser(
+        "plot", help="figures from a results database",
+        description="Draw the figure of every experiment stored in a results database (or one, with "
+                    "--experiment). Named experiments get their paper figure; a custom grid gets a "
+                    "heat map over (width, depth) per init, or its loss curves.",
+        epilog="examples:\n  python -m engine plot --db pd.db\n  python -m engine plot --db g.db --experiment mygrid --out-dir figs",
+        formatter_class=raw)
+    pl.add_argument("--db", required=True, help="results database")
+    pl.add_argument("--experiment", default=None, help="only this experiment")
+    pl.add_argument("--out-dir", default=".", help="directory for the PNGs (default .)")
+    pl.set_defaults(func=cmd_plot)
+
+    e = sub.add_parser(
+        "export", help="export a results database to CSV (and Parquet if pyarrow is installed)",
+        description="Write one row per run (config fields and results) to CSV or Parquet.",
+        epilog="examples:\n  python -m engine export --db pd.db --csv pd.csv\n  python -m engine export --db pd.db --parquet pd.parquet",
+        formatter_class=raw)
+    e.add_argument("--db", required=True, help="results database")
+    e.add_argument("--csv", default=None, help="CSV output path")
+    e.add_argument("--parquet", default=None, help="Parquet output path (needs pyarrow)")
+    e.add_argument("--experiment", default=None, help="only this experiment")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="version, backends, threads, BLAS, memory estimate",
                        description="Print the engine version, each backend's availability (and why not), "
-                                   "and the thread settings.",
-                       epilog="example:\n  python -m engine info",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "the thread settings and BLAS libraries, and with --widths the memory a "
+                                   "network of those widths needs.",
+                       epilog="examples:\n  python -m engine info\n  python -m engine info --widths 1024,1000x699,10 --dtype float32",
+                       formatter_class=raw)
+    i.add_argument("--widths", type=_widths_arg, default=None, help="widths d_0,...,d_L, e.g. 1024,256x63,10")
+    i.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="dtype (default float64)")
+    i.add_argument("--ensemble", type=_positive_int, default=1, help="ensemble members (default 1)")
     i.set_defaults(func=cmd_info)
     return p
 
@@ -70,14 +281,32 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from engine.results import ResultsDBError
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, _UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ResultsDBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished runs are in the database; re-run to resume)", file=sys.stderr)
+        return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+class _UsageError(Exception):
+    """A bad combination of arguments (exit 2)."""
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
 
 
 def cmd_info(args) -> int:
@@ -90,6 +319,15 @@ def cmd_info(args) -> int:
         print(f"  {name:7s} {'available' if ok else 'unavailable: ' + why}")
     print(f"  auto  -> {kernels.get('auto').name}")
     print(f"cpu cores: {os.cpu_count()}")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if var in os.environ:
+            print(f"  {var}={os.environ[var]}")
+    if "numba" in sys.modules:
+        try:
+            import numba
+            print(f"  numba {numba.__version__} threads={numba.get_num_threads()}")
+        except Exception:  # pragma: no cover
+            pass
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
@@ -97,7 +335,305 @@ def cmd_info(args) -> int:
                   f"{pool.get('version')} threads={pool.get('num_threads')}")
     except ImportError:
         pass
+    try:
+        import distributed
+        print(f"dask.distributed {distributed.__version__} (sweeps run on a LocalCluster by default)")
+    except ImportError:
+        print("dask.distributed not installed: sweeps run serially (pip install 'engine[dist]')")
+    if args.widths is not None:
+        w = args.widths
+        itemsize = np.dtype(args.dtype).itemsize
+        try:
+            from engine import memory
+            est = memory.estimate_bytes(w, dtype=args.dtype, ensemble=args.ensemble)
+            avail = memory.available_bytes()
+            how = "engine.memory.estimate_bytes"
+        except ImportError:
+            est = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
+            avail, how = None, "weights only"
+        weights = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
+        print(f"memory for widths [{w[0]}, ..., {w[-1]}] (depth {len(w) - 1}, {args.dtype}"
+              f"{', ensemble %d' % args.ensemble if args.ensemble > 1 else ''}): "
+              f"{_fmt_bytes(est)} ({how}; weights alone {_fmt_bytes(weights)})")
+        if avail is not None:
+            print(f"  available: {_fmt_bytes(avail)}" + ("" if est <= avail else
+                  "  -> does not fit: try --dtype float32 or smaller widths"))
     return 0
+
+
+# ------------------------------------------------------------------ reproduce / sweep / plot / export
+
+def _size(args):
+    if args.full and args.size not in (None, "full"):
+        raise _UsageError("--full and --size disagree; give one")
+    return "full" if args.full else (args.size or "default")
+
+
+def cmd_reproduce(args) -> int:
+    from engine import experiments as ex
+    name = args.experiment
+    size = _size(args)
+    db = args.db or f"engine-{name}.db"
+    out = args.out or f"{name}.png"
+    workers = _workers(args)
+    t0 = time.perf_counter()
+    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress)
+    print(f"{name}: {_EXPERIMENT_HELP[name]}")
+    print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
+    if name == "hxp":
+        rows, curves = ex.hxp_demo(db, plot=out, **kw)
+        _print_phase(rows)
+        for r in curves:
+            print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
+                  f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
+    else:
+        rows = ex.run(name, db, size=size, plot=out, **kw)
+        _SUMMARIES[name](rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    print(f"{len(rows)} runs ({failed} failed); figure {out}; {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _print_phase(rows):
+    from engine import experiments as ex
+    for init in ex.INITS:
+        cont = ex.trainability_contour(rows, init)
+        pts = [(d, w) for d, w in cont if np.isfinite(w)]
+        slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
+        txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in cont)
+        print(f"  {init:10s} smallest trainable width: {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+
+
+def _print_curse(rows):
+    from engine import experiments as ex
+    for k, init, d, med, frac, budget in ex.curse_table(rows):
+        print(f"  width {k} {init:10s} depth {d:4d}: median steps to leave band {med:9.0f} "
+              f"({frac:.0%} escaped within {budget})")
+
+
+def _print_kappa(rows):
+    from engine import experiments as ex
+    for L, w, k, med in ex.kappa_table(rows):
+        print(f"  L={L:3d} width {w:5d} kappa {k:7.1f}: median steps to eps {med:9.0f}")
+
+
+def _print_threshold(rows):
+    from engine import experiments as ex
+    for init, pts in ex.threshold_table(rows).items():
+        slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
+        txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in pts)
+        print(f"  {init:10s} {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+
+
+_SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
+              "rate_vs_kappa": _print_kappa, "width_threshold": _print_threshold}
+
+
+def load_grid_file(path):
+    """(name, configs) from a JSON grid file (see ``sweep --help``)."""
+    import json
+    from engine.sweep import grid
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"grid file {path!r} is not valid JSON: {exc}") from None
+    name = os.path.splitext(os.path.basename(path))[0]
+    if isinstance(spec, dict) and ("grid" in spec or "configs" in spec):
+        name = spec.get("name", name)
+        body = spec.get("grid", spec.get("configs"))
+    else:
+        body = spec
+    parts = body if isinstance(body, list) else [body]
+    if not parts or not all(isinstance(p, dict) for p in parts):
+        raise ValueError(f"grid file {path!r}: 'grid' must be a dict of fields (lists are crossed) "
+                         "or a list of such dicts")
+    cfgs = []
+    for part in parts:
+        cfgs += grid(**part)
+    return name, cfgs
+
+
+def cmd_sweep(args) -> int:
+    from engine import experiments as ex
+    from engine.sweep import run_sweep
+    size = _size(args)
+    workers = _workers(args)
+    t0 = time.perf_counter()
+    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress)
+    target = args.target
+    if target in ex.EXPERIMENTS:
+        if args.no_retry_failed or args.allow_version_mismatch:
+            from engine.results import ResultsDB
+            db = ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch)
+        else:
+            db = args.db
+        try:
+            rows = ex.run(target, db, size=size, **kw)
+        finally:
+            if not isinstance(db, str):
+                db.close()
+        print(f"{target}: {len(rows)} runs in {args.db} "
+              f"({sum(r['status'] == 'failed' for r in rows)} failed); {time.perf_counter() - t0:.1f} s")
+    elif os.path.exists(target):
+        name, cfgs = load_grid_file(target)
+        summary = run_sweep(cfgs, args.db, experiment=name, retry_failed=not args.no_retry_failed,
+                            allow_version_mismatch=args.allow_version_mismatch, **kw)
+        print(f"{name}: {summary} -> {args.db}")
+    else:
+        raise ValueError(f"TARGET: {target!r} is neither an experiment ({', '.join(ex.EXPERIMENTS)}) "
+                         "nor an existing grid file")
+    if args.export:
+        from engine.results import ResultsDB
+        with ResultsDB(args.db, readonly=True) as store:
+            n = store.export_csv(args.export)
+        print(f"exported {n} rows to {args.export}")
+    return 0
+
+
+def plot_generic(rows, path, store=None):
+    """A custom grid's figure: heat map over (width, depth) per init when both vary, else loss curves."""
+    from engine import experiments as ex
+    widths = {r["width"] for r in rows if r["depth"] > 1}
+    depths = {r["depth"] for r in rows}
+    if len(widths) > 1 and len(depths) > 1:
+        return ex.plot_phase_diagram(rows, path)
+    plt = ex._pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows[:40]:
+        t, e = store.curve(r["key"]) if store is not None else r.get("curve", ([], []))
+        if t and e[0]:
+            ax.semilogy(t, np.asarray(e) / e[0], lw=1,
+                        label=f"{r['init']} m={r['width']} L={r['depth']} s={r['seed']}")
+    ax.set_xlabel("GD step t")
+    ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return ex._save(fig, path)
+
+
+def cmd_plot(args) -> int:
+    from engine import experiments as ex
+    from engine.results import ResultsDB
+    with ResultsDB(args.db, readonly=True) as store:
+        if store.version_warning:
+            print(f"note: {store.version_warning}", file=sys.stderr)
+        names = [args.experiment] if args.experiment else [n for n in store.experiments() if n]
+        if args.experiment and args.experiment not in store.experiments():
+            raise ValueError(f"--experiment: {args.experiment!r} is not in {args.db} "
+                             f"(it has {store.experiments()})")
+        if not names:
+            raise ValueError(f"{args.db} holds no runs")
+        done = set()
+        for name in names:
+            if name in done:
+                continue
+            path = os.path.join(args.out_dir, f"{name}.png")
+            rows = [r for r in store.rows(experiment=name) if r["status"] != "failed"]
+            if not rows:
+                print(f"{name}: no successful runs, no figure")
+                continue
+            if name in ("phase_diagram", "hxp_demo_curves") and "hxp_demo_curves" in store.experiments() \
+                    and "phase_diagram" in store.experiments():
+                curves = store.rows(experiment="hxp_demo_curves")
+                for r in curves:
+                    r["curve"] = store.curve(r["key"])
+                pd = [r for r in store.rows(experiment="phase_diagram") if r["status"] != "failed"]
+                ex.plot_phase_diagram(pd, os.path.join(args.out_dir, "phase_diagram.png"))
+                path = os.path.join(args.out_dir, "hxp.png")
+                ex.plot_hxp_demo(pd, curves, path)
+                print(f"figure: {os.path.join(args.out_dir, 'phase_diagram.png')}")
+                done |= {"phase_diagram", "hxp_demo_curves"}
+            elif name in ex.EXPERIMENTS:
+                ex.plot(name, rows, path)
+            else:
+                plot_generic(rows, path, store)
+            done.add(name)
+            print(f"figure: {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from engine.results import ResultsDB
+    if not args.csv and not args.parquet:
+        raise _UsageError("give --csv PATH and/or --parquet PATH")
+    with ResultsDB(args.db, readonly=True) as store:
+        if args.csv:
+            print(f"exported {store.export_csv(args.csv, args.experiment)} rows to {args.csv}")
+        if args.parquet:
+            print(f"exported {store.export_parquet(args.parquet, args.experiment)} rows to {args.parquet}")
+    return 0
+
+
+# ------------------------------------------------------------------ train
+
+def cmd_train(args) -> int:
+    import inspect
+
+    import engine
+    X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
+    prob = engine.Problem(X, Y)
+    widths = args.widths or [args.d_in] + [args.width] * (args.depth - 1) + [args.d_out]
+    if widths[0] != args.d_in or widths[-1] != args.d_out:
+        raise ValueError(f"--widths: d_0 = {widths[0]} and d_L = {widths[-1]} must match the data's "
+                         f"d_in = {args.d_in} and d_out = {args.d_out}")
+    params = inspect.signature(engine.train).parameters
+    kw = {}
+    if args.checkpoint or args.resume:
+        if "checkpoint" not in params:
+            raise _UsageError("--checkpoint/--resume: this engine's train() does not support checkpoints yet")
+        if args.checkpoint:
+            kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        if args.resume:
+            kw.update(resume=args.resume)
+    if args.tol < 0:
+        raise ValueError(f"--tol: must be >= 0, got {args.tol}")
+    tol = args.tol * prob.y_norm_sq if args.tol > 0 else None
+    net = engine.init.by_name(args.init)(widths, seed=args.seed)
+    print(f"data: X {args.d_in}x{args.n}, Y {args.d_out}x{args.n}, rank {prob.rank}, kappa {prob.kappa:.4g}, "
+          f"||Y||_F^2 {prob.y_norm_sq:.4g}")
+    print(f"network: {args.init}, depth {len(widths) - 1}, widths [{widths[0]}, {widths[1] if len(widths) > 2 else ''}"
+          f"{', ...' if len(widths) > 3 else ''}, {widths[-1]}]")
+    status = "budget"
+    progress = not args.no_progress and sys.stderr.isatty()
+    try:
+        run = engine.train(net, prob, lr=args.lr, steps=args.steps, tol=tol, backend=args.backend,
+                           progress=progress, **kw)
+        status = "converged" if run.converged else "budget"
+    except engine.DivergenceError as exc:
+        run, status = exc.result, "diverged"
+        print(f"diverged: {exc}", file=sys.stderr)
+    ex0 = run.excess[0]
+    print(f"lr {run.lr:.5g} ({'theory' if args.lr == 'theory' else 'given'}), backend {run.backend}")
+    print(f"status {status}: {run.steps} steps, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
+          f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}, "
+          f"theorem factor {run.predicted:.6f}, {run.wall_time:.2f} s")
+    if args.history:
+        import csv
+        d = os.path.dirname(os.path.abspath(args.history))
+        os.makedirs(d, exist_ok=True)
+        with open(args.history, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["t", "loss", "excess"])
+            for a, b, c in zip(run.t, run.loss, run.excess):
+                w.writerow([int(a), repr(float(b)), repr(float(c))])
+        print(f"history: {args.history}")
+    if args.plot:
+        from engine import experiments as ex
+        plt = ex._pyplot()
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        e = np.asarray(run.excess)
+        ax.semilogy(run.t, e / e[0], label=f"{args.init}, rate {run.rate:.5f}")
+        if np.isfinite(run.predicted) and 0 < run.predicted < 1:
+            ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":", label="theorem bound")
+        ax.set_xlabel("GD step t")
+        ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
+        ax.set_title(f"{args.init}, depth {len(widths) - 1}, {status}", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        ex._save(fig, args.plot)
+        print(f"figure: {args.plot}")
+    return 0 if status != "diverged" else 1
 
 
 def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto"):

@@ -35,7 +35,7 @@ import sys
 import numpy as np
 
 from .results import ResultsDB
-from .sweep import grid, run_sweep
+from .sweep import dask_client, grid, run_sweep
 
 __all__ = ["EXPERIMENTS", "phase_diagram", "exponential_curse", "rate_vs_kappa", "width_threshold",
            "hxp_demo", "plot_phase_diagram", "plot_exponential_curse", "plot_rate_vs_kappa",
@@ -62,12 +62,12 @@ PHASE_GRIDS = {
 
 # --------------------------------------------------------------------------- helpers
 
-def _sweep(name, cfgs, db, workers, scheduler, backend, progress):
+def _sweep(name, cfgs, db, workers, scheduler, backend, progress, client=None):
     own = db is None
     store = ResultsDB(":memory:") if own else (db if isinstance(db, ResultsDB) else ResultsDB(db))
     try:
         summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
-                            backend=backend, progress=progress)
+                            backend=backend, progress=progress, client=client)
         rows = store.rows(keys=summary.keys)
         if own:
             for r in rows:   # no database to read the curves back from later: attach them
@@ -133,7 +133,7 @@ def phase_configs(widths=None, depths=None, seeds=None, steps=None, inits=INITS,
 
 
 def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, seeds=None, steps=None,
-                  inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+                  inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
     """HXP's phase diagram: log10 relative excess after ``steps`` GD steps over (depth, width), per init.
 
     HXP data (X 1024 x 16, Y = W* X), widths [1024, m, ..., m, 10], lr = the
@@ -144,7 +144,7 @@ def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, s
     """
     size = "full" if full else (size or "default")
     cfgs = phase_configs(widths, depths, seeds, steps, inits, size)
-    rows = _sweep("phase_diagram", cfgs, db, workers, scheduler, backend, progress)
+    rows = _sweep("phase_diagram", cfgs, db, workers, scheduler, backend, progress, client)
     if plot:
         plot_phase_diagram(rows, plot)
     return rows
@@ -210,7 +210,7 @@ def curse_configs(ks=None, depths=None, seeds=None, steps=None, inits=INITS, siz
 
 
 def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, seeds=None, steps=None,
-                      inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+                      inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
     """Steps until l(t) <= 0.4 ||Y||_F^2 (leaving HXP Thm 4.1's [0.4, 0.6] ||Y||_F^2 band) vs depth.
 
     All widths equal k (d_in = d_out = width = k; k = 1 is Shamir 2018's
@@ -221,7 +221,7 @@ def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, s
     """
     size = "full" if full else (size or "default")
     cfgs = curse_configs(ks, depths, seeds, steps, inits, size)
-    rows = _sweep("exponential_curse", cfgs, db, workers, scheduler, backend, progress)
+    rows = _sweep("exponential_curse", cfgs, db, workers, scheduler, backend, progress, client)
     if plot:
         plot_exponential_curse(rows, plot)
     return rows
@@ -299,7 +299,7 @@ def kappa_configs(kappas=None, width=None, depth=None, seeds=None, steps=None, e
 
 
 def rate_vs_kappa(db=None, *, full=False, size=None, kappas=None, width=None, depth=None, seeds=None,
-                  steps=None, eps=1e-8, workers=0, scheduler=None, backend="auto", progress=False, plot=None):
+                  steps=None, eps=1e-8, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
     """DH's O(kappa log 1/eps): steps until l - OPT <= eps ||Y||_F^2 vs kappa of X.
 
     X (16 x 16) with prescribed condition number kappa (engine.synthetic),
@@ -309,7 +309,7 @@ def rate_vs_kappa(db=None, *, full=False, size=None, kappas=None, width=None, de
     """
     size = "full" if full else (size or "default")
     cfgs = kappa_configs(kappas, width, depth, seeds, steps, eps, size)
-    rows = _sweep("rate_vs_kappa", cfgs, db, workers, scheduler, backend, progress)
+    rows = _sweep("rate_vs_kappa", cfgs, db, workers, scheduler, backend, progress, client)
     if plot:
         plot_rate_vs_kappa(rows, plot)
     return rows
@@ -365,7 +365,7 @@ THRESHOLD_GRIDS = {
 
 def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None, seeds=None, steps=None,
                     inits=INITS, threshold=TRAINABLE_LOG10, workers=0, scheduler=None, backend="auto",
-                    progress=False, plot=None):
+                    progress=False, plot=None, client=None):
     """For each depth and init, the smallest width on a grid at which GD is trainable
     (median log10 relative excess over seeds <= ``threshold`` after ``steps`` steps; HXP data,
     theorem lr), found by bisection over the sorted width grid (assumes trainability is
@@ -373,6 +373,11 @@ def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None,
 
     Returns the rows of all runs made; ``threshold_table(rows)`` gives the thresholds.
     """
+    if client is None:
+        with dask_client(workers, scheduler) as cl:
+            return width_threshold(db, full=full, size=size, depths=depths, widths=widths, seeds=seeds,
+                                   steps=steps, inits=inits, threshold=threshold, backend=backend,
+                                   progress=progress, plot=plot, client=cl)
     size = "full" if full else (size or "default")
     g = THRESHOLD_GRIDS[size]
     depths = g["depths"] if depths is None else list(depths)
@@ -392,7 +397,7 @@ def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None,
         cfgs = []
         for (init, d), j in probes.items():
             cfgs += cfgs_for(init, d, widths[j])
-        for r in _sweep("width_threshold", cfgs, db, workers, scheduler, backend, progress):
+        for r in _sweep("width_threshold", cfgs, db, workers, scheduler, backend, progress, client):
             all_rows[r["key"]] = r
         nxt = {}
         for (init, d), j in probes.items():
@@ -456,14 +461,17 @@ def plot_width_threshold(rows, path, threshold=TRAINABLE_LOG10, widths=None):
 
 # --------------------------------------------------------------------------- README demo
 
-def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=False, plot=None,
+def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
              width=128, depth=64, steps=2000):
     """The README's main job: HXP's phase diagram on the "quick" grid, plus the Gaussian vs
     orthogonal loss curves at one (width, depth). Returns (phase rows, curve rows)."""
-    rows = phase_diagram(db, size="quick", workers=workers, scheduler=scheduler, backend=backend,
-                         progress=progress)
+    if client is None:
+        with dask_client(workers, scheduler) as cl:
+            return hxp_demo(db, backend=backend, progress=progress, plot=plot, client=cl,
+                            width=width, depth=depth, steps=steps)
+    rows = phase_diagram(db, size="quick", backend=backend, progress=progress, client=client)
     cfgs = grid(**HXP_DATA, init=list(INITS), width=width, depth=depth, seed=0, steps=steps, tol=1e-12)
-    curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress)
+    curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress, client)
     if db is not None:
         store = ResultsDB(db, readonly=True) if not isinstance(db, ResultsDB) else db
         try:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .results import ResultsDB, run_key
 
-__all__ = ["DEFAULT_CONFIG", "grid", "normalize_config", "run_config", "run_sweep", "SweepSummary",
+__all__ = ["DEFAULT_CONFIG", "grid", "dask_client", "normalize_config", "run_config", "run_sweep", "SweepSummary",
            "subsample_curve"]
 
 # Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
@@ -232,13 +232,15 @@ class SweepSummary:
 
 def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, backend="auto",
               threads_per_run=1, progress=True, retry_failed=True, func=None, lock_timeout=10.0,
-              allow_version_mismatch=False) -> SweepSummary:
+              allow_version_mismatch=False, client=None) -> SweepSummary:
     """Run every config not yet in the database ``db`` (a path or a ResultsDB).
 
     workers : None -> a dask LocalCluster with one single-threaded worker
               process per core (cpu count); an int > 0 -> that many workers;
               0 -> serial, in this process.
     scheduler : "tcp://host:port" of a running dask scheduler (overrides workers).
+    client : a client from ``dask_client(...)`` to share one cluster between sweeps
+             (overrides workers and scheduler).
     backend : engine backend for every run ("auto" picks the fastest available).
     threads_per_run : BLAS threads per run (threadpoolctl); 0 leaves them alone.
     retry_failed : re-run configs stored with status "failed" (default True).
@@ -283,12 +285,11 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
 
         try:
             if pending:
-                if scheduler is None and workers == 0:
-                    summary.mode = "serial"
-                    for k, c in pending:
-                        record(k, c, _execute(func, c, backend, threads_per_run))
+                if client is not None:
+                    summary.mode = _run_on(client, pending, record, func, backend, threads_per_run)
                 else:
-                    summary.mode = _run_dask(pending, record, func, backend, threads_per_run, workers, scheduler)
+                    with dask_client(workers, scheduler) as cl:
+                        summary.mode = _run_on(cl, pending, record, func, backend, threads_per_run)
         finally:
             if bar is not None:
                 bar.close()
@@ -313,57 +314,98 @@ def _bar(total, enabled):
     return b
 
 
-def _run_dask(pending, record, func, backend, threads, workers, scheduler) -> str:
-    try:
-        import dask
-        from dask.distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        if scheduler is not None:
-            raise RuntimeError("scheduler: dask.distributed is not installed "
-                               "(pip install 'engine[dist]'), cannot reach a cluster") from None
-        warnings.warn("dask.distributed is not installed (pip install 'engine[dist]'): running the sweep serially")
+class _Serial:
+    """Stand-in for a dask client: run in this process (workers=0, or dask missing)."""
+    mode = "serial"
+
+
+def dask_client(workers=None, scheduler=None):
+    """Context manager yielding what ``run_sweep(client=...)`` takes, so several sweeps
+    (bisection rounds, an experiment's parts) share one cluster:
+
+        with dask_client(workers=2) as client:
+            run_sweep(cfgs1, db, client=client); run_sweep(cfgs2, db, client=client)
+
+    workers=0 (and no scheduler) gives a serial stand-in; without dask installed
+    too (with a warning), unless a scheduler address was given (RuntimeError).
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        if scheduler is None and workers == 0:
+            yield _Serial()
+            return
+        try:
+            import dask
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            if scheduler is not None:
+                raise RuntimeError("scheduler: dask.distributed is not installed "
+                                   "(pip install 'engine[dist]'), cannot reach a cluster") from None
+            warnings.warn("dask.distributed is not installed (pip install 'engine[dist]'): running serially")
+            s = _Serial()
+            s.mode = "serial (no dask)"
+            yield s
+            return
+        import logging
+        cluster = None
+        # A task whose worker dies is retried once on another worker; if that one dies
+        # too the task is reported as KilledWorker and stored as failed.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            if scheduler is not None:
+                try:
+                    client = Client(scheduler, timeout="10s")
+                except OSError as exc:
+                    raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
+                client.engine_mode = f"dask scheduler {scheduler}"
+            else:
+                n = workers if workers else (os.cpu_count() or 1)
+                cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.CRITICAL)
+                client = Client(cluster)
+                client.engine_mode = f"dask LocalCluster, {n} worker processes"
+            try:
+                yield client
+            finally:
+                quiet = logging.getLogger("distributed")
+                level = quiet.level
+                quiet.setLevel(logging.CRITICAL)
+                try:
+                    client.close()
+                    if cluster is not None:
+                        cluster.close()
+                finally:
+                    quiet.setLevel(level)
+    return cm()
+
+
+def _run_on(client, pending, record, func, backend, threads) -> str:
+    if isinstance(client, _Serial):
         for k, c in pending:
             record(k, c, _execute(func, c, backend, threads))
-        return "serial (no dask)"
-
-    import logging
-    cluster = None
-    # A task whose worker dies is retried once on another worker; if that one dies too
-    # the task is reported as KilledWorker and stored as failed.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        if scheduler is not None:
-            try:
-                client = Client(scheduler, timeout="10s")
-            except OSError as exc:
-                raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
-            mode = f"dask scheduler {scheduler}"
-        else:
-            n = workers if workers else (os.cpu_count() or 1)
-            cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
-            mode = f"dask LocalCluster, {n} worker processes"
-        try:
-            futs = {}
-            for k, c in pending:
-                f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
-                futs[f] = (k, c)
-            for f in as_completed(list(futs)):
-                k, c = futs.pop(f)
-                if f.status == "finished":
-                    out = f.result()
+        return client.mode
+    from dask.distributed import as_completed
+    futs = {}
+    for k, c in pending:
+        f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
+        futs[f] = (k, c)
+    try:
+        for f in as_completed(list(futs)):
+            k, c = futs.pop(f)
+            if f.status == "finished":
+                out = f.result()
+            else:
+                exc = f.exception()
+                name = type(exc).__name__
+                if name == "KilledWorker":
+                    msg = f"worker died while running this config (KilledWorker: {exc})"
                 else:
-                    exc = f.exception()
-                    name = type(exc).__name__
-                    if name == "KilledWorker":
-                        msg = f"worker died while running this config (KilledWorker: {exc})"
-                    else:
-                        msg = f"{name}: {exc}"
-                    out = _failed(c, msg, backend)
-                record(k, c, out)
-                f.release()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-    return mode
+                    msg = f"{name}: {exc}"
+                out = _failed(c, msg, backend)
+            record(k, c, out)
+            f.release()
+    finally:
+        for f in futs:   # interrupted: do not leave work queued on a shared cluster
+            f.cancel()
+    return getattr(client, "engine_mode", "dask")
