@@ -87,13 +87,22 @@ class OptionalBuildExt(build_ext):
             super().copy_extensions_to_source()
 
 
+CFFI_BUILD_SCRIPT = "engine/kernels/_cblas_build.py"
+
+
 def _cffi_modules():
+    """``cffi_modules`` when the C kernel can be attempted at all, else nothing."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    missing = [p for p in (CFFI_BUILD_SCRIPT, "csrc/dln_step.c") if not os.path.exists(os.path.join(here, p))]
+    if missing:
+        warnings.warn(f"engine: {', '.join(missing)} missing; the 'cblas' backend will not be built")
+        return {}
     try:
         import cffi  # noqa: F401
     except ImportError:
         warnings.warn("engine: cffi is not installed; the 'cblas' backend will not be built")
         return {}
-    return {"cffi_modules": ["csrc/build_cblas.py:ffibuilder"]}
+    return {"cffi_modules": [CFFI_BUILD_SCRIPT + ":ffibuilder"]}
 
 
 setup(cmdclass={"build_ext": OptionalBuildExt}, **_cffi_modules())

@@ -1,19 +1,19 @@
 """cffi build script for the C kernel of the ``cblas`` backend.
 
 API mode, out of line: ``setup.py`` builds it through
-``cffi_modules=["csrc/build_cblas.py:ffibuilder"]`` into the extension module
+``cffi_modules=["engine/kernels/_cblas_build.py:ffibuilder"]`` into the extension module
 ``engine.kernels._cblas``. To rebuild in place by hand after editing the C
 code: ``python setup.py build_ext --inplace`` (or reinstall with
 ``pip install -e .``).
 
+This script lives inside the package (not in csrc/) so that every sdist
+carries it: setup.py needs it to run at all. The C sources in csrc/ travel
+as the extension's ``sources`` and ``depends``.
+
 The kernel links no BLAS: engine/kernels/cblas_backend.py passes it the
 address of the ?gemm that SciPy already ships (scipy.linalg.cython_blas).
 """
-import os
-
 from cffi import FFI
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffibuilder = FFI()
 ffibuilder.cdef("""
