@@ -16,17 +16,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checkpoint as _checkpoint_module  # noqa: F401  (makes engine.checkpoint importable)
 from . import kernels, theory
 from ._validate import nonneg_int, positive_float, positive_int
 from .network import Network
 from .problem import Problem
 
 __all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate",
-           "EngineWarning", "LearningRateWarning"]
+           "EngineWarning", "LearningRateWarning", "CheckpointWarning"]
 
 
 class EngineWarning(UserWarning):
     """Base class of the warnings the engine issues."""
+
+
+class CheckpointWarning(EngineWarning):
+    """A checkpoint could not be written (disk full, permissions...); training went on.
+
+    The previous checkpoint file is left intact, and the run's result is still
+    returned: a failed write never costs the computation itself.
+    """
 
 
 class LearningRateWarning(EngineWarning):
@@ -265,10 +274,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     lr exceeds the theorem's bound for a Gaussian or orthogonal init
     (``theory.lr_bound``); "theory" never does. Raises
     ``checkpoint.CorruptCheckpoint`` for a damaged checkpoint and
-    ``checkpoint.CheckpointMismatch`` for one from other data.
+    ``checkpoint.CheckpointMismatch`` for one from other data. A checkpoint
+    that cannot be written (OSError: disk full, permissions) gives a
+    CheckpointWarning and training goes on.
     """
-    from . import checkpoint as ckpt
-
+    ckpt = _checkpoint_module
     saved = None
     if resume is not None:
         if net is not None:
@@ -349,9 +359,14 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     t0 = time.perf_counter()
 
     def save_state():
-        _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
-                         limit, record_every, record, st.backend.name, checkpoint_every,
-                         prev_wall + time.perf_counter() - t0)
+        try:
+            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
+                             limit, record_every, record, st.backend.name, checkpoint_every,
+                             prev_wall + time.perf_counter() - t0)
+        except OSError as exc:
+            warnings.warn(f"checkpoint: writing {checkpoint!r} at step {t} failed "
+                          f"({type(exc).__name__}: {exc}); training continues and the previous "
+                          "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)
 
     try:
         while True:

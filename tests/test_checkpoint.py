@@ -304,3 +304,31 @@ def test_kill9_at_a_random_moment_then_resume(prob, tmp_path):
     ref = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr="theory", steps=1500,
                        backend="numpy", record={"distance": 4})
     _same_run(res, ref)
+
+
+def test_failed_write_warns_and_keeps_result_and_previous_file(prob, tmp_path, monkeypatch):
+    """Disk full at the second write: a CheckpointWarning, the run completes, file 1 is intact."""
+    import errno
+    from engine.train import CheckpointWarning
+    path = tmp_path / "c"
+    real, calls = ck.np.savez, [0]
+
+    def savez(f, **arrays):
+        calls[0] += 1
+        if calls[0] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **arrays)
+
+    monkeypatch.setattr(ck.np, "savez", savez)
+    with pytest.warns(CheckpointWarning, match="^checkpoint: writing .* at step [0-9]+ failed .*No space"):
+        run = engine.train(engine.init.gaussian(WIDTHS, seed=0), prob, lr=1e-3, steps=30,
+                           backend="numpy", checkpoint=path, checkpoint_every=5)
+    assert run.steps == 30 and len(run.excess) == 31
+    assert ck.load(path).step == 5
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]    # temp files cleaned up
+
+
+def test_engine_checkpoint_is_importable_as_attribute():
+    import importlib
+    eng = importlib.import_module("engine")
+    assert eng.checkpoint.load is ck.load and eng.memory.estimate_bytes
