@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw)
     r.add_argument("experiment", choices=list(_EXPERIMENT_HELP), metavar="EXPERIMENT",
                    help="one of: " + ", ".join(_EXPERIMENT_HELP))
-    r.add_argument("--size", choices=["quick", "default", "full"], default=None,
-                   help="grid size (default 'default'; 'hxp' always uses 'quick')")
+    r.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
+                   help="grid size: tiny (smoke test), quick, default, full (default: 'default'; "
+                        "'quick' for hxp)")
     r.add_argument("--full", action="store_true", help="the published grid (= --size full)")
     r.add_argument("--db", default=None, help="results database (default engine-EXPERIMENT.db)")
     r.add_argument("--out", default=None, help="figure path (default EXPERIMENT.png)")
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw)
     s.add_argument("target", metavar="TARGET", help="experiment name or JSON grid file")
     s.add_argument("--db", required=True, help="results database (created if absent)")
-    s.add_argument("--size", choices=["quick", "default", "full"], default=None, help="grid size of a named experiment")
+    s.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
+                   help="grid size of a named experiment (default 'default')")
     s.add_argument("--full", action="store_true", help="the published grid (= --size full)")
     s.add_argument("--export", default=None, metavar="CSV", help="also export all rows to this CSV")
     s.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs stored as failed")
@@ -381,7 +383,13 @@ def cmd_reproduce(args) -> int:
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
     if name == "hxp":
-        rows, curves = ex.hxp_demo(db, plot=out, **kw)
+        if args.size in ("tiny", "quick", None) and not args.full:
+            small = args.size == "tiny"
+            rows, curves = ex.hxp_demo(db, plot=out, size=args.size or "quick", width=32 if small else 128,
+                                       depth=8 if small else 64, steps=200 if small else 2000, **kw)
+        else:
+            raise _UsageError("reproduce hxp: --size must be tiny or quick (use 'reproduce phase_diagram' "
+                              "for the default and full grids)")
         _print_phase(rows)
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "

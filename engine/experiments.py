@@ -50,6 +50,7 @@ INITS = ("gaussian", "orthogonal")
 # Grids. "default" finishes in minutes on 2 cores, "full" is the published grid
 # (HXP: widths 10..1000, depths 1..700), "quick" is the README demo's.
 PHASE_GRIDS = {
+    "tiny": {"widths": [10, 40, 80], "depths": [1, 4, 8], "seeds": [0], "steps": 200},
     "quick": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160], "depths": [1, 8, 16, 32, 64, 96],
               "seeds": [0], "steps": 1000},
     "default": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320],
@@ -187,6 +188,7 @@ def plot_phase_diagram(rows, path, threshold=TRAINABLE_LOG10):
 # --------------------------------------------------------------------------- exponential curse
 
 CURSE_GRIDS = {
+    "tiny": {"ks": [1, 2], "depths": [2, 4, 8], "seeds": [0, 1], "steps": 2000},
     "quick": {"ks": [1, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64], "seeds": [0, 1, 2, 3, 4],
               "steps": 20000},
     "default": {"ks": [1, 2, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128],
@@ -277,6 +279,7 @@ def plot_exponential_curse(rows, path):
 # --------------------------------------------------------------------------- rate vs kappa
 
 KAPPA_GRIDS = {
+    "tiny": {"kappas": [1, 4, 16], "width": 64, "depth": 3, "seeds": [0], "steps": 20000},
     "quick": {"kappas": [1, 2, 4, 8, 16, 32], "width": 256, "depth": 4, "seeds": [0], "steps": 50000},
     "default": {"kappas": [1, 2, 4, 8, 16, 32, 64], "width": 512, "depth": 4, "seeds": [0, 1],
                 "steps": 100000},
@@ -353,6 +356,7 @@ def plot_rate_vs_kappa(rows, path):
 # --------------------------------------------------------------------------- width threshold
 
 THRESHOLD_GRIDS = {
+    "tiny": {"depths": [2, 4, 8], "widths": [8, 16, 32, 64, 128], "seeds": [0], "steps": 300},
     "quick": {"depths": [4, 8, 16, 32], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256],
               "seeds": [0], "steps": 1000},
     "default": {"depths": [4, 8, 16, 32, 64, 96], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362],
@@ -462,14 +466,14 @@ def plot_width_threshold(rows, path, threshold=TRAINABLE_LOG10, widths=None):
 # --------------------------------------------------------------------------- README demo
 
 def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
-             width=128, depth=64, steps=2000):
-    """The README's main job: HXP's phase diagram on the "quick" grid, plus the Gaussian vs
-    orthogonal loss curves at one (width, depth). Returns (phase rows, curve rows)."""
+             width=128, depth=64, steps=2000, size="quick"):
+    """The README's main job: HXP's phase diagram on the "quick" grid (``size``), plus the
+    Gaussian vs orthogonal loss curves at one (width, depth). Returns (phase rows, curve rows)."""
     if client is None:
         with dask_client(workers, scheduler) as cl:
             return hxp_demo(db, backend=backend, progress=progress, plot=plot, client=cl,
-                            width=width, depth=depth, steps=steps)
-    rows = phase_diagram(db, size="quick", backend=backend, progress=progress, client=client)
+                            width=width, depth=depth, steps=steps, size=size)
+    rows = phase_diagram(db, size=size, backend=backend, progress=progress, client=client)
     cfgs = grid(**HXP_DATA, init=list(INITS), width=width, depth=depth, seed=0, steps=steps, tol=1e-12)
     curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress, client)
     if db is not None:

@@ -351,8 +351,11 @@ def dask_client(workers=None, scheduler=None):
         import logging
         cluster = None
         # A task whose worker dies is retried once on another worker; if that one dies
-        # too the task is reported as KilledWorker and stored as failed.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        # too the task is reported as KilledWorker and stored as failed. Worker
+        # saturation 1.0 with one thread per worker keeps exactly one run on each
+        # worker, so a dying worker takes no innocent queued run down with it.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                              "distributed.scheduler.worker-saturation": 1.0}):
             if scheduler is not None:
                 try:
                     client = Client(scheduler, timeout="10s")
@@ -393,10 +396,11 @@ def _run_on(client, pending, record, func, backend, threads) -> str:
     try:
         for f in as_completed(list(futs)):
             k, c = futs.pop(f)
-            if f.status == "finished":
+            try:
+                # result() rather than the status: a finished result can be lost with a
+                # worker that dies later; the scheduler then recomputes it and this waits
                 out = f.result()
-            else:
-                exc = f.exception()
+            except Exception as exc:
                 name = type(exc).__name__
                 if name == "KilledWorker":
                     msg = f"worker died while running this config (KilledWorker: {exc})"
