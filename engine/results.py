@@ -191,6 +191,8 @@ class ResultsDB:
                                      "database (no runs/meta tables); use another --db")
             else:
                 self._check_version(allow=allow_version_mismatch)
+                # a real write now, so a read-only file fails at open, not at the first result
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('last_opened_utc', ?)", (_utcnow(),))
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
