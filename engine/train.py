@@ -275,8 +275,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     (``theory.lr_bound``); "theory" never does. Raises
     ``checkpoint.CorruptCheckpoint`` for a damaged checkpoint and
     ``checkpoint.CheckpointMismatch`` for one from other data. A checkpoint
-    that cannot be written (OSError: disk full, permissions) gives a
-    CheckpointWarning and training goes on.
+    that cannot be written (OSError: disk full, permissions; or diagnostics
+    whose values are not numeric) gives a CheckpointWarning and training goes on.
     """
     ckpt = _checkpoint_module
     saved = None
@@ -363,7 +363,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
                              limit, record_every, record, st.backend.name, checkpoint_every,
                              prev_wall + time.perf_counter() - t0)
-        except OSError as exc:
+        except (OSError, ckpt.CheckpointError) as exc:
             warnings.warn(f"checkpoint: writing {checkpoint!r} at step {t} failed "
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
                           "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)

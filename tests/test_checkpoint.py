@@ -332,3 +332,13 @@ def test_engine_checkpoint_is_importable_as_attribute():
     import importlib
     eng = importlib.import_module("engine")
     assert eng.checkpoint.load is ck.load and eng.memory.estimate_bytes
+
+
+def test_unsaveable_diagnostic_warns_and_run_completes(prob, tmp_path, monkeypatch):
+    from engine import diagnostics
+    from engine.train import CheckpointWarning
+    monkeypatch.setitem(diagnostics.RECORDERS, "label", lambda net, prob: (lambda n: {"odd": object()}))
+    with pytest.warns(CheckpointWarning, match="cannot be checkpointed"):
+        run = engine.train(engine.init.gaussian(WIDTHS, seed=0), prob, lr=1e-3, steps=4, backend="numpy",
+                           record={"label": 2}, checkpoint=tmp_path / "c", checkpoint_every=2)
+    assert run.steps == 4 and len(run.records["label"]["values"]) == 3
