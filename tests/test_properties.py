@@ -244,3 +244,49 @@ def test_train_scalar_arguments(lr, steps, tol, record_every):
         assert np.isfinite(exc.result.loss).all() and all(np.isfinite(W).all() for W in exc.net.weights())
         return
     assert run.steps <= steps and np.isfinite(run.loss).all()
+
+
+# -- checkpoint/resume -----------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(widths_tail=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+       uniform=st.booleans(),
+       init=st.sampled_from(["gaussian", "orthogonal"]),
+       dtype=st.sampled_from(["float64", "float32"]),
+       steps=st.integers(1, 25), every=st.integers(1, 7), stop=st.integers(0, 25),
+       record_every=st.integers(1, 4), n=st.integers(1, 7))
+def test_interrupted_and_resumed_equals_uninterrupted(widths_tail, uniform, init, dtype, steps, every,
+                                                      stop, record_every, n):
+    import os
+    import tempfile
+    if uniform and len(widths_tail) > 2:
+        widths_tail = [widths_tail[0]] * (len(widths_tail) - 1) + [widths_tail[-1]]
+    widths = [5] + widths_tail
+    prob = engine.Problem(*engine.synthetic(5, n, widths[-1], seed=n))
+    kw = dict(lr="theory", steps=steps, record_every=record_every, backend="numpy",
+              record={"distance": 3})
+    make = lambda: engine.init.by_name(init)(widths, seed=7, dtype=dtype)  # noqa: E731
+    ref = engine.train(make(), prob, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def cb(t, ex, net):
+        if t >= stop:
+            raise Stop
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.ckpt")
+        try:
+            engine.train(make(), prob, checkpoint=path, checkpoint_every=every, callback=cb, **kw)
+        except Stop:
+            pass
+        if not os.path.exists(path):               # interrupted before the first checkpoint
+            assume(False)
+        res = engine.train(prob=prob, resume=path)
+    np.testing.assert_array_equal(res.t, ref.t)
+    np.testing.assert_array_equal(res.excess, ref.excess)
+    for a, b in zip(res.net.normalized(), ref.net.normalized()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(res.records["distance"]["t"], ref.records["distance"]["t"])
+    for a, b in zip(res.records["distance"]["values"], ref.records["distance"]["values"]):
+        np.testing.assert_array_equal(a, b)
