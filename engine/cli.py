@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid size of a named experiment (default 'default')")
     s.add_argument("--full", action="store_true", help="the published grid (= --size full)")
     s.add_argument("--export", default=None, metavar="CSV", help="also export all rows to this CSV")
-    s.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs stored as failed")
+    s.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs stored as failed (grid files)")
+    s.add_argument("--lock-timeout", type=_positive_float, default=10.0,
+                   help="seconds to wait for a database locked by another process (default 10)")
     s.add_argument("--allow-version-mismatch", action="store_true",
                    help="add runs to a database written by another engine version")
     _add_exec(s)
@@ -471,22 +473,19 @@ def cmd_sweep(args) -> int:
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress)
     target = args.target
     if target in ex.EXPERIMENTS:
-        if args.no_retry_failed or args.allow_version_mismatch:
-            from engine.results import ResultsDB
-            db = ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch)
-        else:
-            db = args.db
+        from engine.results import ResultsDB
+        db = ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout)
         try:
             rows = ex.run(target, db, size=size, **kw)
         finally:
-            if not isinstance(db, str):
-                db.close()
+            db.close()
         print(f"{target}: {len(rows)} runs in {args.db} "
               f"({sum(r['status'] == 'failed' for r in rows)} failed); {time.perf_counter() - t0:.1f} s")
     elif os.path.exists(target):
         name, cfgs = load_grid_file(target)
         summary = run_sweep(cfgs, args.db, experiment=name, retry_failed=not args.no_retry_failed,
-                            allow_version_mismatch=args.allow_version_mismatch, **kw)
+                            allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout,
+                            **kw)
         print(f"{name}: {summary} -> {args.db}")
     else:
         raise ValueError(f"TARGET: {target!r} is neither an experiment ({', '.join(ex.EXPERIMENTS)}) "

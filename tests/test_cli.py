@@ -1,5 +1,8 @@
-"""python -m engine: demo end to end, info, and clean errors for bad arguments."""
+"""python -m engine: every command end to end on tiny grids, and clean errors (exit 2) for bad arguments."""
+import csv
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -17,7 +20,7 @@ def _run(*args, cwd=None):
 def test_demo_small_end_to_end(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo.png"
-    r = _run("demo", "--width", "64", "--depth", "10", "--steps", "300", "--out", str(out))
+    r = _run("demo", "--width", "64", "--depth", "10", "--steps", "300", "--out", str(out), "--backend", "numpy")
     assert r.returncode == 0, r.stderr
     assert "gaussian" in r.stdout and "orthogonal" in r.stdout and "theorem factor" in r.stdout
     assert out.exists() and out.stat().st_size > 5000
@@ -56,3 +59,129 @@ def test_bad_backend_is_one_line_error(tmp_path):
     r = _run("demo", "--width", "8", "--depth", "3", "--steps", "2", "--backend", "cuda", "--no-plot")
     assert r.returncode == 2
     assert "backend" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ reproduce / sweep / plot / export / train
+
+def _png(path):
+    return os.path.exists(path) and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["hxp", "phase_diagram", "exponential_curse", "rate_vs_kappa", "width_threshold"])
+def test_reproduce_tiny_writes_db_and_figure(tmp_path, name):
+    pytest.importorskip("matplotlib")
+    r = _run("reproduce", name, "--size", "tiny", "--serial", "--backend", "numpy", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _png(tmp_path / f"{name}.png") and (tmp_path / f"engine-{name}.db").exists()
+    assert "0 failed" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_sweep_grid_file_plot_export_end_to_end(tmp_path):
+    pytest.importorskip("matplotlib")
+    spec = {"name": "mygrid", "grid": {"d_in": 32, "n": 8, "d_out": 3, "init": ["gaussian", "orthogonal"],
+                                       "width": [8, 16], "depth": [2, 4], "seed": [0], "steps": 50}}
+    (tmp_path / "g.json").write_text(json.dumps(spec))
+    r = _run("sweep", "g.json", "--db", "g.db", "--serial", "--backend", "numpy", "--no-progress",
+             "--export", "g.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "8 runs: 0 already in the database, 8 done" in r.stdout
+    r = _run("sweep", "g.json", "--db", "g.db", "--serial", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and "8 already in the database, 0 done" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "g.csv")))
+    assert len(rows) == 8 and rows[0]["experiment"] == "mygrid"
+    r = _run("plot", "--db", "g.db", "--out-dir", "figs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _png(tmp_path / "figs" / "mygrid.png")
+    r = _run("export", "--db", "g.db", "--csv", "all.csv", cwd=tmp_path)
+    assert r.returncode == 0 and "exported 8 rows" in r.stdout
+
+
+def test_sweep_with_dask_localcluster(tmp_path):
+    pytest.importorskip("distributed")
+    spec = {"d_in": 32, "n": 8, "d_out": 3, "width": [8, 16], "depth": 3, "seed": [0, 1], "steps": 30}
+    (tmp_path / "g.json").write_text(json.dumps(spec))
+    r = _run("sweep", "g.json", "--db", "g.db", "--workers", "2", "--backend", "numpy", "--no-progress",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "4 done" in r.stdout and "LocalCluster" in r.stdout
+
+
+def test_train_summary_history_plot_checkpoint(tmp_path):
+    pytest.importorskip("matplotlib")
+    import inspect
+    args = ["train", "--init", "orthogonal", "--d-in", "32", "--n", "8", "--d-out", "3", "--width", "16",
+            "--depth", "4", "--steps", "40", "--backend", "numpy", "--history", "h.csv", "--plot", "t.png"]
+    has_ckpt = "checkpoint" in inspect.signature(engine.train).parameters
+    if has_ckpt:
+        args += ["--checkpoint", "c.ckpt", "--checkpoint-every", "10"]
+    r = _run(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "status" in r.stdout and "fitted rate" in r.stdout
+    hist = list(csv.DictReader(open(tmp_path / "h.csv")))
+    assert hist[0]["t"] == "0" and float(hist[-1]["excess"]) < float(hist[0]["excess"])
+    assert _png(tmp_path / "t.png")
+    if has_ckpt:
+        assert (tmp_path / "c.ckpt").exists()
+
+
+def test_info_memory_estimate():
+    r = _run("info", "--widths", "1024,256x63,10", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    assert "memory for widths" in r.stdout and "depth 64" in r.stdout and "float32" in r.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["reproduce", "nope"],
+    ["reproduce", "phase_diagram", "--size", "huge"],
+    ["reproduce", "hxp", "--size", "default"],
+    ["reproduce", "phase_diagram", "--full", "--size", "tiny"],
+    ["train", "--lr", "-1"],
+    ["train", "--lr", "fast"],
+    ["train", "--widths", "10x"],
+    ["train", "--widths", "32,8,3", "--d-in", "16"],
+    ["train", "--steps", "-3"],
+    ["sweep", "no_such_thing", "--db", "x.db"],
+    ["sweep", "phase_diagram"],
+    ["export", "--db", "x.db"],
+    ["info", "--widths", "a,b"],
+    ["plot", "--db", "missing.db"],
+])
+def test_more_bad_arguments_exit_2(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        code = main(args)
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_bad_grid_file_and_database_errors_are_one_line(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    r = _run("sweep", "bad.json", "--db", "x.db", "--serial", cwd=tmp_path)
+    assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "typo.json").write_text(json.dumps({"widht": [8]}))
+    r = _run("sweep", "typo.json", "--db", "x.db", "--serial", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown field" in r.stderr
+    # a database of another engine version
+    (tmp_path / "ok.json").write_text(json.dumps({"d_in": 8, "n": 4, "d_out": 2, "width": 4, "depth": 2, "steps": 5}))
+    r = _run("sweep", "ok.json", "--db", "v.db", "--serial", "--backend", "numpy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    con = sqlite3.connect(tmp_path / "v.db")
+    con.execute("UPDATE meta SET value = '0.0.1' WHERE key = 'engine_version'")
+    con.commit()
+    con.close()
+    r = _run("sweep", "ok.json", "--db", "v.db", "--serial", cwd=tmp_path)
+    assert r.returncode == 2 and "written by engine 0.0.1" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # a locked database (another process holds a write transaction)
+    from engine.results import ResultsDB
+    ResultsDB(tmp_path / "l.db").close()
+    holder = sqlite3.connect(tmp_path / "l.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        r = _run("sweep", "ok.json", "--db", "l.db", "--serial", "--lock-timeout", "0.2", cwd=tmp_path)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.returncode == 2 and "is locked by another process" in r.stderr and "Traceback" not in r.stderr
