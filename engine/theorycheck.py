@@ -1,0 +1,229 @@
+"""Theory check: one trajectory per init, measured against the theorems.
+
+    python -m engine.theorycheck [--out docs/theory-check.png] [--steps 80]
+                                 [--width 512] [--depth 6] [--seed 0]
+                                 [--data 32,8,2] [--kappa 2]
+
+On synthetic data of HXP's kind (Y = W* X, W* with N(0, 1) entries; X 32 x 8
+with condition number kappa = 2 by default, ``--kappa 0`` for iid N(0, 1) X
+as in HXP; ``--data 1024,16,10 --kappa 0`` is HXP's own shape) it trains
+a Gaussian network at DH's learning rate d_out / (3 L ||X||^2) and an
+orthogonal network of the same shape at HXP's d_y / (2 L ||X||^2), records
+P(t), the partial-product spectra and ||W_i(t) - W_i(0)||_F every step
+(``engine.train(record=...)``), and prints a markdown table:
+
+* the measured per-step contraction (l(t+1) - OPT) / (l(t) - OPT) against the
+  theorem's factor (DH Thm 4.1: 1 - eta L lambda_r / (4 d_out); HXP Thm 3.1:
+  1 - eta L lambda_r / (2 d_y)) and against the local prediction
+  [(1 - eta lambda_max(P))^2, (1 - eta lambda_min(P))^2] of DH eq. (8);
+* lambda_min, lambda_max of P(t) against DH eq. (10) (per state) and eq. (9)
+  with Claim 7.3's constants (DH) / Claim B.4's (HXP);
+* partial-product spectra against DH B(t) [3/4, 5/4] and HXP Lemma B.1 (= 1);
+* max_i ||W_i(t) - W_i(0)||_F against the radius of DH Claim 7.1 / HXP
+  Claim B.2 with B = l(0) - OPT.
+
+With --out it also writes a four-panel figure of the same.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import diagnostics as dg
+from . import init as _init
+from . import theory
+from .problem import Problem, synthetic
+from .train import train
+
+_THEOREM = {"gaussian": "DH Thm 4.1", "orthogonal": "HXP Thm 3.1"}
+
+
+def run_check(width: int = 512, depth: int = 6, steps: int = 80, seed: int = 0,
+              data=(32, 8, 2), kappa: float | None = 2.0, backend: str = "numpy") -> dict:
+    """Train both inits and collect everything the report shows. Returns a dict per init."""
+    d_in, n, d_out = data
+    prob = Problem(*synthetic(d_in, n, d_out, seed=seed, kappa=kappa))
+    widths = [d_in] + [width] * (depth - 1) + [d_out]
+    out = {"prob": prob, "widths": widths}
+    for name in ("gaussian", "orthogonal"):
+        net = _init.by_name(name)(widths, seed=seed + 1)
+        lr = theory.lr_bound(name, prob, depth)
+        t0 = time.perf_counter()
+        run = train(net, prob, lr=lr, steps=steps, backend=backend,
+                    record={"gram": 1, "spectra": steps, "distance": 1})
+        wall = time.perf_counter() - t0
+        g = np.asarray(run.records["gram"]["values"])
+        ex = run.excess
+        ok = ex[:-1] > 1e-24 * ex[0]                     # above the float64 rounding floor
+        ratio = np.full(len(ex) - 1, np.nan)
+        ratio[ok] = ex[1:][ok] / ex[:-1][ok]
+        dist = np.asarray(run.records["distance"]["values"]).max(axis=1)
+        out[name] = dict(
+            run=run, lr=lr, gram=g, ratio=ratio, dist=dist, wall=wall,
+            factor=theory.predicted_factor(name, prob, depth, lr),
+            gram_bounds=theory.gram_bounds(name, prob, depth),
+            radius=theory.radius(name, prob, depth, B=float(ex[0])),
+            spectra=run.records["spectra"]["values"], record_time=dict(run.record_time),
+        )
+    return out
+
+
+def _fmt(x):
+    return f"{x:.4g}"
+
+
+def table(res: dict) -> str:
+    """The markdown table of the report."""
+    prob = res["prob"]
+    L = len(res["widths"]) - 1
+    scale = L / prob.d_out                                 # P's natural unit: L sigma^2(X) / d_out
+    rows = ["| quantity | Gaussian (DH Thm 4.1) | orthogonal (HXP Thm 3.1) |", "|---|---|---|"]
+
+    def row(label, fn):
+        rows.append(f"| {label} | {fn(res['gaussian'])} | {fn(res['orthogonal'])} |")
+
+    row("learning rate eta (theorem's bound)", lambda r: _fmt(r["lr"]))
+    row("theorem's per-step factor", lambda r: _fmt(r["factor"]))
+    row("measured per-step contraction, max over t", lambda r: _fmt(np.nanmax(r["ratio"])))
+    row("measured per-step contraction, median", lambda r: _fmt(np.nanmedian(r["ratio"])))
+    row("first-order bound (1 - eta lambda_min(P(0)))^2, eq. (8)", lambda r: _fmt((1 - r["lr"] * r["gram"][0, 0]) ** 2))
+    row("steps with contraction > theorem's factor",
+        lambda r: f"{int(np.sum(r['ratio'] > r['factor']))} of {int(np.sum(np.isfinite(r['ratio'])))}")
+    row("lambda_min(P(t)) / (L/d_out), min over t", lambda r: _fmt(r["gram"][:, 0].min() / scale))
+    row("lambda_max(P(t)) / (L/d_out), max over t", lambda r: _fmt(r["gram"][:, 1].max() / scale))
+    row("eq. (10) lower / (L/d_out), min over t", lambda r: _fmt(r["gram"][:, 2].min() / scale))
+    row("eq. (10) upper / (L/d_out), max over t", lambda r: _fmt(r["gram"][:, 3].max() / scale))
+    row("theorem's Gram bounds / (L/d_out)",
+        lambda r: f"[{_fmt(r['gram_bounds'][0] / scale)}, {_fmt(r['gram_bounds'][1] / scale)}]")
+    rows.append(f"| sigma_r^2(X), ||X||^2 (the ideal range) | {_fmt(prob.lambda_r)}, {_fmt(prob.x_norm ** 2)} | same |")
+
+    def spec(r, k):
+        sp = r["spectra"][k]
+        lo = min(sp.suffix_min.min(), sp.prefix_min.min())
+        hi = max(sp.suffix_max.max(), sp.prefix_max.max())
+        return f"[{lo:.3f}, {hi:.3f}]"
+
+    row("normalized partial spectra at t = 0", lambda r: spec(r, 0))
+    row("normalized partial spectra at the end", lambda r: spec(r, -1))
+    row("max_i ‖W_i(t) - W_i(0)‖_F at the end", lambda r: _fmt(r["dist"][-1]))
+    row("radius R (Claim 7.1 / B.2, B = l(0) - OPT)", lambda r: _fmt(r["radius"]))
+    row("final excess l - OPT (from l(0) - OPT)",
+        lambda r: f"{r['run'].excess[-1]:.3g} (from {r['run'].excess[0]:.3g})")
+    return "\n".join(rows)
+
+
+def figure(res: dict, path: str) -> None:
+    """Four panels: contraction, P(t) eigenvalues, partial spectra, distance from init."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prob = res["prob"]
+    L = len(res["widths"]) - 1
+    scale = L / prob.d_out
+    colors = {"gaussian": "tab:blue", "orthogonal": "tab:orange"}
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8.5))
+
+    a = ax[0, 0]
+    for name, c in colors.items():
+        r = res[name]
+        t = np.arange(len(r["ratio"]))
+        a.plot(t, r["ratio"], ".", color=c, ms=4, label=f"{name}: measured")
+        a.axhline(r["factor"], color=c, ls="--", label=f"{_THEOREM[name]} factor {r['factor']:.3f}")
+        lam = r["gram"][:-1]
+        a.fill_between(t, (1 - r["lr"] * lam[:, 1]) ** 2, (1 - r["lr"] * lam[:, 0]) ** 2,
+                       color=c, alpha=0.2, label="(1 - eta lambda(P(t)))^2, eq. (8)")
+    a.set_xlabel("step t")
+    a.set_ylabel("(l(t+1) - OPT) / (l(t) - OPT)")
+    a.set_title("per-step contraction vs the theorems' factors")
+    a.legend(fontsize=7, loc="lower right")
+
+    a = ax[0, 1]
+    for name, c in colors.items():
+        r = res[name]
+        g = r["gram"] / scale
+        t = np.arange(len(g))
+        a.plot(t, g[:, 0], color=c, label=f"{name}: lambda_min, lambda_max")
+        a.plot(t, g[:, 1], color=c)
+        a.plot(t, g[:, 2], color=c, ls=":", label="eq. (10) bounds (this state)")
+        a.plot(t, g[:, 3], color=c, ls=":")
+        lo, hi = r["gram_bounds"]
+        a.axhline(lo / scale, color=c, ls="--", lw=0.8, label=f"{_THEOREM[name]} bounds")
+        a.axhline(hi / scale, color=c, ls="--", lw=0.8)
+    a.set_yscale("log")
+    a.set_xlabel("step t")
+    a.set_ylabel("eigenvalue of P(t) / (L / d_out)")
+    a.set_title(f"P(t) (DH eq. 7); sigma_r^2(X) = {prob.lambda_r:.0f}, ||X||^2 = {prob.x_norm ** 2:.0f}")
+    a.legend(fontsize=7)
+
+    a = ax[1, 0]
+    for name, c in colors.items():
+        for k, (ls, when) in enumerate([("-", "t = 0"), (":", "end")]):
+            sp = res[name]["spectra"][0 if k == 0 else -1]
+            a.plot(sp.suffix_i, sp.suffix_max, ls, color=c, label=f"{name} W_(L:i), {when}")
+            a.plot(sp.suffix_i, sp.suffix_min, ls, color=c)
+            a.plot(sp.prefix_i, sp.prefix_max, ls, color=c, alpha=0.5, marker=".", ms=3)
+            a.plot(sp.prefix_i, sp.prefix_min, ls, color=c, alpha=0.5, marker=".", ms=3)
+    for y, lab in ((0.75, "DH B(t): [3/4, 5/4]"), (1.25, None)):
+        a.axhline(y, color="k", ls="--", lw=0.8, label=lab)
+    for y, lab in ((0.8, "DH Props 6.2-6.3: [0.8, 1.2]"), (1.2, None)):
+        a.axhline(y, color="gray", ls=":", lw=0.8, label=lab)
+    a.set_xlabel("i")
+    a.set_ylabel("sigma_max, sigma_min (normalized)")
+    a.set_title("partial products W_(L:i) (lines), W_(i:1)X (dots); HXP Lemma B.1: = 1")
+    a.legend(fontsize=7)
+
+    a = ax[1, 1]
+    for name, c in colors.items():
+        r = res[name]
+        a.plot(np.arange(len(r["dist"])), r["dist"], color=c, label=f"{name}: max_i ||W_i(t) - W_i(0)||_F")
+        a.axhline(r["radius"], color=c, ls="--", label=f"{'Claim 7.1' if name == 'gaussian' else 'Claim B.2'} radius")
+    a.set_yscale("log")
+    a.set_xlabel("step t")
+    a.set_title("distance from init vs the proofs' radius (B = l(0) - OPT)")
+    a.legend(fontsize=7)
+
+    w = res["widths"]
+    fig.suptitle(f"engine theory check: X {w[0]}x{prob.n}, d_out {prob.d_out}, width {w[1]}, depth {L}; "
+                 f"regenerate: python -m engine.theorycheck --out {path}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.theorycheck", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="write the figure here (PNG)")
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--data", default="32,8,2", help="d_in,n,d_out")
+    p.add_argument("--kappa", type=float, default=2.0, help="condition number of X^T X (0: iid N(0,1) X)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="numpy")
+    a = p.parse_args(argv)
+    for nm in ("steps", "width", "depth"):
+        if getattr(a, nm) < (2 if nm == "depth" else 1):
+            p.error(f"--{nm}: too small")
+    t0 = time.perf_counter()
+    try:
+        data = tuple(int(v) for v in a.data.split(","))
+        assert len(data) == 3 and min(data) >= 1
+    except (ValueError, AssertionError):
+        p.error(f"--data: expected d_in,n,d_out (positive integers), got {a.data!r}")
+    res = run_check(a.width, a.depth, a.steps, a.seed, data=data,
+                    kappa=a.kappa if a.kappa > 0 else None, backend=a.backend)
+    print(table(res))
+    if a.out:
+        figure(res, a.out)
+        print(f"\nfigure written to {a.out}")
+    print(f"\n(total {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
