@@ -257,8 +257,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         Steps between checkpoints; None writes only the final state.
     resume : path, optional
         Continue the run saved in this checkpoint: ``train(prob=prob,
-        resume=path)``. ``net`` must then be None (the network comes from the
-        file), ``prob`` must hold the same data (checked by fingerprint), and
+        resume=path)``. The network comes from the file: with ``net=None`` a new
+        Network is returned in ``run.net``; a given ``net`` of the same widths
+        and dtype has its state replaced by the checkpoint's (so
+        ``train(net, prob, resume=path)`` works too). ``prob`` must hold the
+        same data (checked by fingerprint), and
         lr, tol, record_every and record default to the saved ones (passing
         different ones is refused: that would be another run). ``steps``
         defaults to the saved total and may be raised to extend the run;
@@ -281,14 +284,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     ckpt = _checkpoint_module
     saved = None
     if resume is not None:
-        if net is not None:
-            raise ValueError("net: pass either a network to train or resume=<checkpoint>, not both "
-                             "(the resumed network is read from the checkpoint)")
+        if net is not None and not isinstance(net, Network):
+            raise TypeError(f"net: must be an engine Network or None, got {type(net).__name__}")
         if not isinstance(prob, Problem):
             raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
         resume = _path_arg(resume, "resume")
         saved = ckpt.load(resume)
-        net = saved.network(prob)
+        loaded = saved.network(prob)
+        if net is None:
+            net = loaded
+        else:
+            _adopt(net, loaded)
         meta = saved.meta
         lr = _same_as_saved(lr, meta["lr"], "lr", net, prob)
         tol = _same_as_saved(tol, meta["tol"], "tol")
@@ -422,6 +428,18 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
+
+
+def _adopt(net, loaded):
+    """Give ``net`` the state of ``loaded`` (same widths and dtype, else refuse)."""
+    if net.widths != loaded.widths or net.dtype != loaded.dtype:
+        raise ValueError(
+            f"net: has widths {list(net.widths)} and dtype {net.dtype}, but the checkpoint holds "
+            f"widths {list(loaded.widths)} and dtype {loaded.dtype}; pass net=None to get the "
+            "checkpoint's network")
+    for name in ("_layers", "_stack", "_perp", "_bound", "_log_s", "_log_beta", "init", "seed", "sigma"):
+        setattr(net, name, getattr(loaded, name))
+    net._ws = None
 
 
 def _tol_value(tol):

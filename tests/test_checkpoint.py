@@ -178,8 +178,12 @@ def test_resume_refuses_other_data_and_other_settings(prob, good):
         engine.train(prob=prob, resume=good, record={"distance": 1})
     with pytest.raises(ValueError, match="^steps: the checkpoint is already at step 3"):
         engine.train(prob=prob, resume=good, steps=2)
-    with pytest.raises(ValueError, match="^net"):
-        engine.train(engine.init.gaussian(WIDTHS, seed=4), prob, resume=good)
+    with pytest.raises(ValueError, match="^net: has widths"):
+        engine.train(engine.init.gaussian([30, 16, 4], seed=4), prob, resume=good)
+    with pytest.raises(ValueError, match="^net: has widths"):
+        engine.train(engine.init.gaussian(WIDTHS, seed=4, dtype="float32"), prob, resume=good)
+    with pytest.raises(TypeError, match="^net"):
+        engine.train("net", prob, resume=good)
     with pytest.raises(TypeError, match="^prob"):
         engine.train(resume=good)
     with pytest.raises(TypeError, match="^resume"):
@@ -344,3 +348,17 @@ def test_unsaveable_diagnostic_warns_and_run_completes(prob, tmp_path, monkeypat
         run = engine.train(engine.init.gaussian(WIDTHS, seed=0), prob, lr=1e-3, steps=4, backend="numpy",
                            record={"label": 2}, checkpoint=tmp_path / "c", checkpoint_every=2)
     assert run.steps == 4 and len(run.records["label"]["values"]) == 3
+
+
+def test_resume_into_a_given_network(prob, tmp_path):
+    """train(net, prob, resume=path): the given network takes the checkpoint's state."""
+    path = tmp_path / "c"
+    kw = dict(lr="theory", steps=20, backend="numpy")
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=5), prob, **kw)
+    with pytest.raises(Interrupt):
+        engine.train(engine.init.orthogonal(WIDTHS, seed=5), prob, checkpoint=path, checkpoint_every=4,
+                     callback=_interrupt_at(9), **kw)
+    mine = engine.init.orthogonal(WIDTHS, seed=123)       # another seed: its state is replaced
+    res = engine.train(mine, prob, resume=path, lr="theory", steps=20, tol=None)
+    assert res.net is mine and mine.hidden_uniform
+    _same_run(res, ref)
