@@ -21,7 +21,10 @@ long long dln_work_size(int L, const int *widths, int form)
         return tot + d_out * r + maxd * r + 2 * d_out * maxd;     /* R, Q, S ping-pong */
     }
     for (int i = 1; i < L; i++) tot += d_out * widths[i];           /* S_1 .. S_{L-1} */
-    return tot + 2 * d_out * r + 2 * maxd0 * d_out;                /* S_0, R, T ping-pong */
+    if (form == DLN_FORM_T)
+        return tot + 2 * d_out * r + 2 * maxd0 * d_out;            /* S_0, R, T ping-pong */
+    for (int i = 1; i <= L; i++) tot += widths[i] * r;              /* single pass: + P_1 .. P_L */
+    return tot + 2 * d_out * r + maxd * r + 2 * d_out * maxd + 2 * maxd0 * d_out;
 }
 
 #define REAL double

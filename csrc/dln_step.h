@@ -16,6 +16,7 @@
 
 #define DLN_FORM_P 0   /* prefix chain P_i = M_i...M_1 X_red stored (r < d_out)   */
 #define DLN_FORM_T 1   /* suffix chain S_i = beta M_L...M_{i+1} stored (r >= d_out) */
+#define DLN_SINGLE 2   /* single-pass alternating schedule: both chains stored */
 
 /* Number of scalars of scratch the step needs for these widths and form. */
 long long dln_work_size(int L, const int *widths, int form);
@@ -46,5 +47,22 @@ int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
                  const float *yred, int form, long long block_bytes,
                  float *work, double lo, double hi, int do_update,
                  double *excess);
+
+/* Single-pass alternating schedule (2 weight passes per step, DESIGN.md).
+ * Same arguments and gate as dln_step_*, plus `state`, which the caller
+ * keeps between steps: 0 = nothing valid (set it to 0 whenever the weights,
+ * beta, xs or yred may have changed behind the kernel's back), 1 / 2 = the
+ * suffix / prefix chain and R in `work` belong to the current weights.  The
+ * excess then comes from the stored residual at no extra pass.  `work` has
+ * dln_work_size(L, widths, DLN_SINGLE) scalars and must persist with state. */
+int dln_step1_f64(void *dgemm, int L, const int *widths, double **layers,
+                  const double *c, double beta, const double *xs,
+                  const double *yred, long long block_bytes, double *work,
+                  double lo, double hi, int do_update, int *state, double *excess);
+
+int dln_step1_f32(void *sgemm, int L, const int *widths, float **layers,
+                  const double *c, double beta, const float *xs,
+                  const float *yred, long long block_bytes, float *work,
+                  double lo, double hi, int do_update, int *state, double *excess);
 
 #endif

@@ -4,9 +4,12 @@
   and the backend is unavailable, the test fails and prints why, so a silent
   fallback to another backend cannot pass for success (STYLE.md habit 6).
 * It equals the numpy backend (the oracle) over 50+ steps of engine.train,
-  for both chain forms (r < d_out: P form, r >= d_out: T form), both inits,
-  uniform and general widths, float64 and float32, with the fused pass split
-  into one block or many row blocks.
+  for both schedules (two-pass, in both chain forms: r < d_out P form,
+  r >= d_out T form; and single-pass alternating), both inits, uniform and
+  general widths, float64 and float32, with the fused pass split into one
+  block or many row blocks.
+* The single-pass schedule's kept state is dropped whenever it could be
+  stale (reset, other arrays, other beta), and a refused step keeps it.
 * Its wrapper refuses arrays it cannot hand to C safely.
 * Without the compiled module it reports itself unavailable, and asking for
   it by name raises engine.BackendUnavailable with the reason.
@@ -79,6 +82,14 @@ def _train_both(case, widths, init, dtype, steps=STEPS, **kw):
     return runs["numpy"], runs["cblas"]
 
 
+@pytest.fixture(params=["two-pass", "single-pass"])
+def schedule(request, monkeypatch):
+    """Run the test under each schedule (the schedule of new workspaces)."""
+    if AVAILABLE:
+        monkeypatch.setattr(cblas, "SCHEDULE", request.param)
+    return request.param
+
+
 def _counting(monkeypatch):
     """Count calls of the cblas step, to prove the C path really ran."""
     calls = {"n": 0}
@@ -105,10 +116,11 @@ def _assert_same(ref, got, rtol):
 @pytest.mark.parametrize("case", ["r>d_out", "r<d_out", "r=d_out"])
 @pytest.mark.parametrize("widths", list(WIDTHS))
 @pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
-def test_equals_numpy_float64(case, widths, init, monkeypatch):
+def test_equals_numpy_float64(case, widths, init, schedule, monkeypatch):
     calls = _counting(monkeypatch)
     ref, got = _train_both(case, widths, init, np.float64)
     assert calls["n"] == STEPS
+    assert got.net._ws[1].schedule == schedule
     _assert_same(ref, got, RTOL64)
 
 
@@ -116,7 +128,7 @@ def test_equals_numpy_float64(case, widths, init, monkeypatch):
 @pytest.mark.parametrize("case", ["r>d_out", "r<d_out"])
 @pytest.mark.parametrize("widths", ["uniform", "general"])
 @pytest.mark.parametrize("block_rows", [1, 3])
-def test_equals_numpy_with_many_row_blocks(case, widths, block_rows, monkeypatch):
+def test_equals_numpy_with_many_row_blocks(case, widths, block_rows, schedule, monkeypatch):
     """The fused pass split into row blocks of 1 or 3 rows (each layer has <= 11 columns)."""
     monkeypatch.setattr(cblas, "BLOCK_BYTES", block_rows * 8 * 5)   # 5 = narrowest layer's columns
     ref, got = _train_both(case, widths, "gaussian", np.float64)
@@ -126,29 +138,32 @@ def test_equals_numpy_with_many_row_blocks(case, widths, block_rows, monkeypatch
 @needs_cblas
 @pytest.mark.parametrize("case", ["r>d_out", "r<d_out"])
 @pytest.mark.parametrize("widths", ["uniform", "general"])
-def test_equals_numpy_float32(case, widths):
+def test_equals_numpy_float32(case, widths, schedule):
     ref, got = _train_both(case, widths, "orthogonal", np.float32)
     assert got.net.normalized()[1].dtype == np.float32
     _assert_same(ref, got, RTOL32)
 
 
 @needs_cblas
-def test_wider_network_multiblock_both_forms():
+def test_wider_network_multiblock_all_schedules():
     """m = 96 with 4 KiB blocks: several row blocks per layer, BLAS on real-sized products."""
     X, Y = engine.synthetic(64, 40, 12, seed=0, rank=None)
     prob = engine.Problem(X, Y)
-    for form in ("P", "T"):
+    for form in ("P", "T", "single-pass"):
         nets = [engine.init.orthogonal([64, 96, 96, 96, 12], seed=1) for _ in range(2)]
         lr = engine.theory.lr_bound("orthogonal", prob, 4)
         from engine.train import _Stepper
-        old = cblas.BLOCK_BYTES
+        old, old_schedule = cblas.BLOCK_BYTES, cblas.SCHEDULE
         cblas.BLOCK_BYTES = 4096
         try:
-            s_ref = _Stepper(nets[0], prob, lr, "numpy", form=form)
-            s_c = _Stepper(nets[1], prob, lr, "cblas", form=form)
+            s_ref = _Stepper(nets[0], prob, lr, "numpy", form=None if form == "single-pass" else form)
+            cblas.SCHEDULE = "single-pass"
+            s_c = _Stepper(nets[1], prob, lr, "cblas", form=None if form == "single-pass" else form)
         finally:
             cblas.BLOCK_BYTES = old
-        assert s_c.ws.block_bytes == 4096 and s_c.ws.form == form
+            cblas.SCHEDULE = old_schedule
+        assert s_c.ws.block_bytes == 4096
+        assert (s_c.ws.schedule, s_c.ws.form) == (("single-pass", "T") if form == "single-pass" else ("two-pass", form))
         for _ in range(STEPS):
             e_ref, _ = s_ref.step()
             e_c, applied = s_c.step()
@@ -159,7 +174,7 @@ def test_wider_network_multiblock_both_forms():
 
 
 @needs_cblas
-@pytest.mark.parametrize("form", ["P", "T"])
+@pytest.mark.parametrize("form", ["P", "T", "single-pass"])
 def test_step_gate_and_excess(form):
     """lo < excess <= hi gates the update; excess() writes nothing; both match numpy."""
     X, Y = _data("r>d_out")
@@ -169,8 +184,12 @@ def test_step_gate_and_excess(form):
     red = prob.reduced(net.dtype)
     layers = net._layers
     c = np.full(net.depth, 1e-3)
-    ws = cblas.workspace(layers, prob.rank, prob.d_out, net.dtype, form)
-    ws_np = numpy_backend.workspace(layers, prob.rank, prob.d_out, net.dtype, form)
+    if form == "single-pass":
+        ws = cblas.workspace(layers, prob.rank, prob.d_out, net.dtype, schedule=form)
+        ws_np = numpy_backend.workspace(layers, prob.rank, prob.d_out, net.dtype)
+    else:
+        ws = cblas.workspace(layers, prob.rank, prob.d_out, net.dtype, form)
+        ws_np = numpy_backend.workspace(layers, prob.rank, prob.d_out, net.dtype, form)
     before = [a.copy() for a in layers]
     ex = cblas.excess(layers, net.beta, red.s, red.targets, ws)
     assert ex == pytest.approx(numpy_backend.excess(layers, net.beta, red.s, red.targets, ws_np), rel=1e-13)
@@ -182,6 +201,65 @@ def test_step_gate_and_excess(form):
     e, applied = cblas.step(layers, c, net.beta, red.s, red.targets, ws, -1.0, ex)
     assert applied and e == pytest.approx(ex, rel=1e-13)
     assert any(not np.array_equal(a, b) for a, b in zip(layers, before))
+
+
+@needs_cblas
+def test_single_pass_state_is_dropped_when_it_could_be_stale():
+    """The kept chain belongs to the weights it was computed from; reset or new
+    arrays / beta / data make the next step recompute it (DESIGN.md)."""
+    X, Y = _data("r>d_out")
+    prob = engine.Problem(X, Y)
+    net = engine.init.gaussian([12, 9, 9, 9, 4], seed=0)
+    net._bind(prob)
+    red = prob.reduced(net.dtype)
+    layers = net._layers
+    c = np.full(net.depth, 1e-3)
+    ws = cblas.workspace(layers, prob.rank, prob.d_out, net.dtype, schedule="single-pass")
+    ws_np = numpy_backend.workspace(layers, prob.rank, prob.d_out, net.dtype)
+
+    def exact():
+        return numpy_backend.excess(layers, net.beta, red.s, red.targets, ws_np)
+
+    for _ in range(3):                     # both sweep directions, and back
+        e, applied = cblas.step(layers, c, net.beta, red.s, red.targets, ws)
+        assert applied
+        assert cblas.excess(layers, net.beta, red.s, red.targets, ws) == pytest.approx(exact(), rel=1e-13)
+    # weights changed behind the kernel's back: stale until reset
+    layers[2] *= 0.5
+    stale = cblas.excess(layers, net.beta, red.s, red.targets, ws)
+    assert stale != pytest.approx(exact(), rel=1e-6)
+    cblas.reset(ws)
+    assert cblas.excess(layers, net.beta, red.s, red.targets, ws) == pytest.approx(exact(), rel=1e-13)
+    # a new beta, new data arrays or new layer arrays each drop the state
+    cblas.step(layers, c, net.beta, red.s, red.targets, ws)
+    assert cblas.excess(layers, 2.0 * net.beta, red.s, red.targets, ws) == pytest.approx(
+        numpy_backend.excess(layers, 2.0 * net.beta, red.s, red.targets, ws_np), rel=1e-13)
+    assert cblas.excess(layers, net.beta, red.s, red.targets, ws) == pytest.approx(exact(), rel=1e-13)
+    layers[1] *= 0.5
+    assert cblas.excess(layers, net.beta, red.s.copy(), red.targets, ws) == pytest.approx(exact(), rel=1e-13)
+    layers[3] *= 0.5
+    assert cblas.excess(layers, net.beta, red.s, red.targets.copy(), ws) == pytest.approx(exact(), rel=1e-13)
+    layers[0] = layers[0].copy() * 0.5
+    assert cblas.excess(layers, net.beta, red.s, red.targets, ws) == pytest.approx(exact(), rel=1e-13)
+
+
+@needs_cblas
+def test_single_pass_through_train_resets_between_calls(monkeypatch):
+    """gd_step binds a fresh stepper each call (reset), so editing the weights
+    between calls is seen; train after gd_step continues exactly."""
+    monkeypatch.setattr(cblas, "SCHEDULE", "single-pass")
+    X, Y = _data("r<d_out")
+    prob = engine.Problem(X, Y)
+    nets = [engine.init.orthogonal([10, 9, 9, 6], seed=2) for _ in range(2)]
+    lr = 0.5 * engine.theory.lr_bound("orthogonal", prob, 3)
+    for backend, net in zip(("numpy", "cblas"), nets):
+        engine.gd_step(net, prob, lr, backend=backend)
+        net._layers[1] *= 0.9              # an edit between calls
+        losses = [engine.gd_step(net, prob, lr, backend=backend) for _ in range(3)]
+        net._layers[2] *= 1.1
+        run = engine.train(net, prob, lr=lr, steps=20, backend=backend)
+        net.losses = losses + list(run.loss)
+    np.testing.assert_allclose(nets[1].losses, nets[0].losses, rtol=RTOL64)
 
 
 @needs_cblas

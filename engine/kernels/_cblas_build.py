@@ -19,6 +19,7 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
 #define DLN_FORM_P 0
 #define DLN_FORM_T 1
+#define DLN_SINGLE 2
 long long dln_work_size(int L, const int *widths, int form);
 int dln_step_f64(void *dgemm, int L, const int *widths, double **layers,
                  const double *c, double beta, const double *xs,
@@ -30,6 +31,14 @@ int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
                  const float *yred, int form, long long block_bytes,
                  float *work, double lo, double hi, int do_update,
                  double *excess);
+int dln_step1_f64(void *dgemm, int L, const int *widths, double **layers,
+                  const double *c, double beta, const double *xs,
+                  const double *yred, long long block_bytes, double *work,
+                  double lo, double hi, int do_update, int *state, double *excess);
+int dln_step1_f32(void *sgemm, int L, const int *widths, float **layers,
+                  const double *c, double beta, const float *xs,
+                  const float *yred, long long block_bytes, float *work,
+                  double lo, double hi, int do_update, int *state, double *excess);
 """)
 
 # Paths relative to the repository root, where setup.py runs (setuptools

@@ -6,12 +6,22 @@ the update is written only if the excess before the step is finite and
 ``lo < excess <= hi``, otherwise no weight is touched; the excess before the
 step is returned.
 
-The kernel (csrc/dln_step_impl.h) runs the two-pass schedule of DESIGN.md
-("The step schedule, and the physical limit"): a read-only pass computes one
-chain and the residual, then a fused read-write pass walks each layer in row
-blocks of ``BLOCK_BYTES`` (sized for L2), advancing the other chain from the
-OLD block and applying the rank-d_out (T form) or rank-r (P form) update to
-that block while it is still in cache.
+The kernel (csrc/dln_step_impl.h) has both schedules of DESIGN.md ("The
+step schedule, and the physical limit"), each walking every layer in row
+blocks of ``BLOCK_BYTES`` (sized for L2):
+
+* ``two-pass`` (3 weight passes): a read-only pass computes one chain and
+  the residual, then a fused read-write pass advances the other chain from
+  each OLD block and applies the rank-d_out (T form) or rank-r (P form)
+  update to that block while it is still in cache.
+* ``single-pass`` (2 weight passes): sweeps alternate direction; per block,
+  advance the old chain, apply the update, advance the next step's chain from
+  the new block. The chain and residual of the next step are kept in the
+  workspace between calls (``reset`` forgets them); the first step after a
+  reset pays one read-only pass.
+
+``SCHEDULE`` picks the schedule of new workspaces; an explicit ``form``
+("P"/"T") asks for the two-pass schedule in that form.
 
 Its products call the ?gemm that SciPy already ships: the function pointers
 are taken at import time from ``scipy.linalg.cython_blas.__pyx_capi__`` and
@@ -46,6 +56,10 @@ _MODULE = f"{__package__}._cblas"
 _BUILD_ERROR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cblas_build_error.txt")
 
 _FORM_CODE = {"P": 0, "T": 1}
+SCHEDULES = ("two-pass", "single-pass")
+
+# Schedule of workspaces built with form=None.
+SCHEDULE = "two-pass"
 
 
 def _not_built_reason() -> str:
@@ -112,8 +126,10 @@ class Workspace:
     O(1) Python work plus one ``map(id, layers)``.
     """
 
-    def __init__(self, shapes, r, d_out, dtype, form):
+    def __init__(self, shapes, r, d_out, dtype, form, schedule="two-pass"):
         dtype = np.dtype(dtype)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {SCHEDULES}, got {schedule!r}")
         if dtype not in _CTYPE:
             raise TypeError(f"dtype: the cblas backend supports float64 and float32, got {dtype}")
         if form not in _FORM_CODE:
@@ -131,29 +147,43 @@ class Workspace:
             raise ValueError(f"layers: the last layer has {widths[-1]} rows, expected d_out = {d_out}")
         if min(widths) < 1:
             raise ValueError(f"layers: every width must be >= 1, got {widths}")
-        self.form = form
+        self.form = form                 # two-pass chain form; single-pass alternates
+        self.schedule = schedule
         self.dtype = dtype
         self.shapes = [tuple(int(v) for v in s) for s in shapes]
         self.r, self.d_out, self.L = r, d_out, L
         self.block_bytes = BLOCK_BYTES
         self._ctype = _CTYPE[dtype]
-        self._fn = lib.dln_step_f64 if dtype == np.float64 else lib.dln_step_f32
+        f64 = dtype == np.float64
+        self._single = schedule == "single-pass"
+        if self._single:
+            self._fn = lib.dln_step1_f64 if f64 else lib.dln_step1_f32
+        else:
+            self._fn = lib.dln_step_f64 if f64 else lib.dln_step_f32
         self._gemm = _GEMM[dtype]
         self._form_code = _FORM_CODE[form]
         self._widths = ffi.new("int[]", widths)
-        self.work = np.empty(int(lib.dln_work_size(L, self._widths, self._form_code)), dtype=dtype)
+        code = lib.DLN_SINGLE if self._single else self._form_code
+        self.work = np.empty(int(lib.dln_work_size(L, self._widths, code)), dtype=dtype)
         self._work_ptr = ffi.from_buffer(self._ctype + "[]", self.work, require_writable=True)
         self._layer_ptrs = ffi.new(self._ctype + " *[]", L)
         self._layer_ids = None
         self._layer_keep = None          # the arrays and buffers the pointers point into
         self._vec = {}                   # "c"/"xs"/"yred" -> (array, pointer)
         self._ex = ffi.new("double *")
+        self._state = ffi.new("int *")   # single-pass: which chain in work is valid (0 = none)
+        self._beta = None
+
+    def reset(self):
+        """Forget the chain kept for the next step (single-pass schedule)."""
+        self._state[0] = 0
 
     def _bind_layers(self, layers):
         # Forget the old binding first: a refusal half-way must not leave a
         # pointer table that a later call with the old arrays would trust.
         self._layer_ids = None
         self._layer_keep = None
+        self._state[0] = 0
         if len(layers) != self.L:
             raise ValueError(f"layers: expected {self.L} layers for this workspace, got {len(layers)}")
         keep = []
@@ -187,6 +217,8 @@ class Workspace:
         self._check(a, shape, key, dtype=dtype)
         ptr = ffi.from_buffer(ctype + "[]", a)
         self._vec[key] = (a, ptr)
+        if key != "c":                   # the kept residual depends on xs and yred
+            self._state[0] = 0
         return ptr
 
     def call(self, layers, c, beta, xs, yred, lo, hi, do_update):
@@ -197,22 +229,43 @@ class Workspace:
         cp = self._vector("c", c, (self.L,), np.dtype(np.float64), "double")
         xp = self._vector("xs", xs, (self.r,), self.dtype, self._ctype)
         yp = self._vector("yred", yred, (self.d_out, self.r), self.dtype, self._ctype)
-        applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, float(beta),
-                           xp, yp, self._form_code, self.block_bytes, self._work_ptr,
-                           float(lo), float(hi), do_update, self._ex)
+        beta = float(beta)
+        if self._single:
+            if beta != self._beta:
+                self._state[0] = 0
+                self._beta = beta
+            applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, beta,
+                               xp, yp, self.block_bytes, self._work_ptr,
+                               float(lo), float(hi), do_update, self._state, self._ex)
+        else:
+            applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, beta,
+                               xp, yp, self._form_code, self.block_bytes, self._work_ptr,
+                               float(lo), float(hi), do_update, self._ex)
         return float(self._ex[0]), bool(applied)
 
 
-def workspace(layers, r, d_out, dtype, form=None):
-    """Workspace for these layers (B_1 first, shapes (d_{i+1}, d_i), d_0 = r)."""
+def workspace(layers, r, d_out, dtype, form=None, schedule=None):
+    """Workspace for these layers (B_1 first, shapes (d_{i+1}, d_i), d_0 = r).
+
+    ``form`` "P" or "T" asks for the two-pass schedule in that chain form;
+    with ``form=None`` the schedule is ``schedule`` or the module's
+    ``SCHEDULE``, and the two-pass form is chosen by cost (``choose_form``).
+    """
     if not available:
         raise RuntimeError(f"the cblas backend is unavailable: {reason}")
+    if schedule is None:
+        schedule = "two-pass" if form is not None else SCHEDULE
     form = form or choose_form(r, d_out)
     shapes = [np.shape(a) for a in layers]
     for i, s in enumerate(shapes):
         if len(s) != 2:
             raise ValueError(f"layers[{i}]: must be a 2-D array, got shape {s}")
-    return Workspace(shapes, r, d_out, dtype, form)
+    return Workspace(shapes, r, d_out, dtype, form, schedule)
+
+
+def reset(ws):
+    """Forget state carried between steps (called whenever a stepper is bound)."""
+    _ws(ws).reset()
 
 
 def _ws(ws):
