@@ -418,3 +418,26 @@ def test_built_but_broken_extension_is_reported_as_such(monkeypatch):
     spec.loader.exec_module(mod)
     assert mod.available is False
     assert "was built but failed to load" in mod.reason and "simulated" in mod.reason
+
+
+# Thread counts only change how BLAS splits its products (not the kernel's own
+# order of operations); 1e-12 allows for a K-split reduction in BLAS.
+RTOL_THREADS = 1e-12
+
+
+@needs_cblas
+@pytest.mark.parametrize("schedule_name", ["two-pass", "single-pass"])
+def test_independent_of_blas_thread_count(schedule_name, monkeypatch):
+    from threadpoolctl import threadpool_limits
+    monkeypatch.setattr(cblas, "SCHEDULE", schedule_name)
+    X, Y = engine.synthetic(64, 40, 12, seed=0)
+    prob = engine.Problem(X, Y)
+    lr = engine.theory.lr_bound("orthogonal", prob, 4)
+    runs = []
+    for threads in (1, 2):
+        net = engine.init.orthogonal([64, 160, 160, 160, 12], seed=1)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            runs.append(engine.train(net, prob, lr=lr, steps=20, backend="cblas"))
+    np.testing.assert_allclose(runs[1].loss, runs[0].loss, rtol=RTOL_THREADS)
+    for a, b in zip(runs[1].net.normalized(), runs[0].net.normalized()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=RTOL_THREADS * np.abs(b).max())
