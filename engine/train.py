@@ -339,6 +339,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     st = _Stepper(net, prob, lr, backend)
     if saved is None:
         _warn_above_bound(net, prob, lr)
+    elif saved.meta.get("backend") == st.backend.name:
+        _set_schedule_state(st, saved.meta.get("backend_state"))
     start_net = None
     if record:
         if saved is not None:
@@ -368,7 +370,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         try:
             _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
                              limit, record_every, record, st.backend.name, checkpoint_every,
-                             prev_wall + time.perf_counter() - t0)
+                             prev_wall + time.perf_counter() - t0, _get_schedule_state(st))
         except (OSError, ckpt.CheckpointError) as exc:
             warnings.warn(f"checkpoint: writing {checkpoint!r} at step {t} failed "
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
@@ -491,15 +493,43 @@ def _check_writable_dir(path):
         raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
 
 
+def _get_schedule_state(st):
+    """The backend's schedule state carried between steps (JSON-able), or None.
+
+    A backend may define ``get_state(ws)`` / ``set_state(ws, state)``; without
+    them an integer ``ws.phase`` (the sweep direction of an alternating
+    single-pass schedule) is what a resumed run needs to take the same
+    rounding path as the uninterrupted one (the carried chain itself is
+    rebuilt bit for bit after ``reset``).
+    """
+    get = getattr(st.backend, "get_state", None)
+    if get is not None:
+        return get(st.ws)
+    phase = getattr(st.ws, "phase", None)
+    if isinstance(phase, (int, np.integer)) and not isinstance(phase, bool):
+        return {"phase": int(phase)}
+    return None
+
+
+def _set_schedule_state(st, state):
+    if state is None:
+        return
+    put = getattr(st.backend, "set_state", None)
+    if put is not None:
+        put(st.ws, state)
+    elif "phase" in state and hasattr(st.ws, "phase"):
+        st.ws.phase = int(state["phase"])
+
+
 def _save_checkpoint(path, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol, steps,
-                     record_every, record, backend_name, every, wall):
+                     record_every, record, backend_name, every, wall, backend_state=None):
     from . import __version__, checkpoint as ckpt
 
     arrays, net_meta = ckpt.pack_network(net)
     meta = {"engine_version": __version__, "net": net_meta, "t": int(t), "lr": lr, "tol": tol,
             "steps": int(steps), "record_every": record_every, "record": record or None,
-            "backend": backend_name, "checkpoint_every": every, "problem": prob.fingerprint,
-            "hi": repr(float(hi)), "wall_time": wall}
+            "backend": backend_name, "backend_state": backend_state, "checkpoint_every": every,
+            "problem": prob.fingerprint, "hi": repr(float(hi)), "wall_time": wall}
     arrays["hist_t"] = np.asarray(ts, dtype=np.int64)
     arrays["hist_excess"] = np.asarray(exs, dtype=np.float64)
     if start_net is not None:
