@@ -23,7 +23,11 @@ File format (one ``.npz`` zip container, no pickles):
     rec_*     each recorder's steps, values and seconds
     sha256    hex digest over every other entry (name, dtype, shape, bytes)
 
-Writing is atomic: a temp file in the same directory, flush + fsync, then
+followed by a trailer ``\nENGINE-CHECKPOINT-SHA256:<hex>\n`` holding the
+sha256 of every byte of the file before it (zip readers ignore it).
+
+Writing is atomic: a temp file in the same directory, the trailer appended
+after re-reading it, flush + fsync, then
 ``os.replace`` onto the path and an fsync of the directory, so a crash or a
 kill -9 at any moment leaves either the previous checkpoint or the new one,
 never a mixture. Reading verifies the container and the checksum and raises
@@ -49,6 +53,14 @@ __all__ = ["CheckpointError", "CorruptCheckpoint", "CheckpointMismatch", "Checkp
 
 FORMAT = "engine-checkpoint"
 VERSION = 1
+
+# Whole-file integrity: the zip container is followed by this tag, the sha256
+# (hex) of every byte before it, and a newline. Zip readers ignore the
+# trailing bytes; any flipped byte anywhere (data, zip headers, directory) or
+# a truncation fails the check before anything is parsed.
+_TRAILER_TAG = b"\nENGINE-CHECKPOINT-SHA256:"
+_TRAILER_LEN = len(_TRAILER_TAG) + 64 + 1
+_CHUNK = 1 << 24
 
 
 class CheckpointError(RuntimeError):
@@ -89,8 +101,13 @@ def save(path, arrays: dict, meta: dict) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             np.savez(f, **payload)
+            f.flush()
+            f.seek(0)
+            body = _hash_stream(f, None)
+            f.seek(0, os.SEEK_END)
+            f.write(_TRAILER_TAG + body.encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,10 +133,46 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
+def _hash_stream(f, nbytes) -> str:
+    """sha256 (hex) of the next ``nbytes`` bytes of ``f`` (all of it for None), in chunks."""
+    h = hashlib.sha256()
+    left = nbytes
+    while left is None or left > 0:
+        chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
+        if not chunk:
+            break
+        h.update(chunk)
+        if left is not None:
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def _check_file(path) -> None:
+    """Verify the whole-file trailer: sha256 of every byte before it."""
+    size = os.path.getsize(path)
+    if size < _TRAILER_LEN:
+        raise CorruptCheckpoint(f"resume: checkpoint {path!r} is corrupt or truncated and was not "
+                                f"loaded ({size} bytes)")
+    with open(path, "rb") as f:
+        f.seek(size - _TRAILER_LEN)
+        trailer = f.read(_TRAILER_LEN)
+        if not trailer.startswith(_TRAILER_TAG) or not trailer.endswith(b"\n"):
+            raise CorruptCheckpoint(f"resume: {path!r} is corrupt, truncated or not an engine "
+                                    "checkpoint (no intact checksum trailer); it was not loaded")
+        stored = trailer[len(_TRAILER_TAG):-1].decode("ascii", "replace")
+        f.seek(0)
+        actual = _hash_stream(f, size - _TRAILER_LEN)
+    if stored != actual:
+        raise CorruptCheckpoint(
+            f"resume: checkpoint {path!r} fails its checksum (stored sha256 {stored[:16]}..., "
+            f"file hashes to {actual[:16]}...); it is corrupt and was not loaded")
+
+
 def _read(path) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"resume: checkpoint {path!r} does not exist")
+    _check_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -149,13 +149,40 @@ def test_consistent_tampering_fails_checksum(prob, good):
     arrays["layer_2"][0, 0] += 1e-12
     np.savez(good, **arrays)
     os.replace(str(good) + ".npz", good)
-    with pytest.raises(ck.CorruptCheckpoint, match="fails its checksum"):
+    with pytest.raises(ck.CorruptCheckpoint, match="no intact checksum trailer"):
         engine.train(prob=prob, resume=good)
+    # ... even with a valid whole-file trailer the inner sha256 over the arrays fails
+    import hashlib
+    body = good.read_bytes()
+    good.write_bytes(body + ck._TRAILER_TAG + hashlib.sha256(body).hexdigest().encode() + b"\n")
+    with pytest.raises(ck.CorruptCheckpoint, match="fails its checksum .*contents hash"):
+        engine.train(prob=prob, resume=good)
+
+
+def test_every_single_byte_flip_is_rejected(prob, tmp_path):
+    """Exhaustive over a small checkpoint's bytes (every 7th, all regions: headers, data,
+    zip directory, trailer): no flip is ever loaded."""
+    path = tmp_path / "small"
+    engine.train(engine.init.gaussian([3, 2, 1], seed=0), engine.Problem(np.eye(3), np.ones((1, 3))),
+                 lr=1e-3, steps=1, backend="numpy", checkpoint=path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad"
+    for k in range(0, len(data), 7):
+        flipped = bytearray(data)
+        flipped[k] ^= 0x01
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(ck.CorruptCheckpoint):
+            ck.load(bad)
 
 
 def test_not_a_checkpoint(prob, tmp_path):
     p = tmp_path / "other.npz"
     np.savez(p, a=np.ones(3))
+    with pytest.raises(ck.CorruptCheckpoint, match="not an engine checkpoint"):
+        ck.load(p)
+    with open(p, "ab") as f:       # a valid trailer on a plain .npz: still not a checkpoint
+        import hashlib
+        f.write(ck._TRAILER_TAG + hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n")
     with pytest.raises(ck.CorruptCheckpoint, match="not an engine checkpoint"):
         ck.load(p)
     with pytest.raises(FileNotFoundError, match="^resume: .*does not exist"):
