@@ -194,6 +194,50 @@ def figure(res: dict, path: str) -> None:
     plt.close(fig)
 
 
+def record_cost(width: int = 256, depth: int = 64, data=(1024, 16, 10), repeat: int = 5,
+                backend: str = "numpy") -> list[tuple[str, float, float]]:
+    """Seconds to compute each recordable diagnostic once, and that time in units of one GD step.
+
+    HXP's data shape by default; an orthogonal network after 5 GD steps (so
+    nothing is exactly isometric). Each time is the minimum over ``repeat``
+    calls (the least disturbed by other load); the step is timed like
+    ``bench/step_time.py`` (the bound stepper that ``engine.train`` runs).
+    Returns [(name, seconds, seconds / step)], the step itself first.
+    """
+    from .train import _Stepper
+    d_in, n, d_out = data
+    prob = Problem(*synthetic(d_in, n, d_out, seed=0))
+    net = _init.orthogonal([d_in] + [width] * (depth - 1) + [d_out], seed=0)
+    net0 = net.copy()
+    st = _Stepper(net, prob, theory.lr_bound("orthogonal", prob, depth), backend)
+    for _ in range(5):
+        st.step()
+
+    def best(fn, k):
+        ts = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    step = best(st.step, 4 * repeat)
+    pairs = dg.default_pairs(depth)
+    items = [
+        ("GD step", None),
+        ("gram (exact, r d_out = %d)" % (prob.rank * d_out), lambda: dg.gram_eigs(net, prob, method="exact")),
+        ("gram (matrix-free, eigsh)", lambda: dg.gram_eigs(net, prob, method="matrix-free")),
+        ("spectra", lambda: dg.partial_spectra(net, prob)),
+        ("interior (%d pairs)" % len(pairs), lambda: dg.interior_norms(net, pairs)),
+        ("distance", lambda: dg.distance_from_init(net, net0)),
+    ]
+    out = [("GD step", step, 1.0)]
+    for name, fn in items[1:]:
+        t = best(fn, 1 if name.startswith("interior") else repeat)
+        out.append((name, t, t / step))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine.theorycheck", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,7 +249,20 @@ def main(argv=None) -> int:
     p.add_argument("--kappa", type=float, default=2.0, help="condition number of X^T X (0: iid N(0,1) X)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="numpy")
+    p.add_argument("--record-cost", metavar="M,L",
+                   help="instead: time each diagnostic at width M, depth L (HXP data 1024x16, d_out 10) "
+                        "relative to one GD step, e.g. --record-cost 256,64")
     a = p.parse_args(argv)
+    if a.record_cost:
+        try:
+            m, L = (int(v) for v in a.record_cost.split(","))
+        except ValueError:
+            p.error(f"--record-cost: expected M,L, got {a.record_cost!r}")
+        print(f"| diagnostic at (m, L) = ({m}, {L}), {a.backend} backend | seconds | in GD steps |")
+        print("|---|---|---|")
+        for name, sec, rel in record_cost(m, L, backend=a.backend):
+            print(f"| {name} | {sec:.4f} | {rel:.2f} |")
+        return 0
     for nm in ("steps", "width", "depth"):
         if getattr(a, nm) < (2 if nm == "depth" else 1):
             p.error(f"--{nm}: too small")
