@@ -191,8 +191,8 @@ CURSE_GRIDS = {
     "tiny": {"ks": [1, 2], "depths": [2, 4, 8], "seeds": [0, 1], "steps": 2000},
     "quick": {"ks": [1, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64], "seeds": [0, 1, 2, 3, 4],
               "steps": 20000},
-    "default": {"ks": [1, 2, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128],
-                "seeds": list(range(9)), "steps": 100000},
+    "default": {"ks": [1, 2, 4], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96],
+                "seeds": list(range(7)), "steps": 50000},
     "full": {"ks": [1, 2, 4, 8], "depths": [2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256],
              "seeds": list(range(25)), "steps": 1000000},
 }
@@ -218,8 +218,8 @@ def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, s
     All widths equal k (d_in = d_out = width = k; k = 1 is Shamir 2018's
     1-D network), data X (k x 8), Y = W* X; lr = the init's theorem rate; a
     run that has not escaped after ``steps`` steps is censored
-    (``escape_steps`` None). Default: k in {1, 2, 4}, depths 2..128, 9
-    seeds, budget 1e5 steps.
+    (``escape_steps`` None). Default: k in {1, 2, 4}, depths 2..96, 7
+    seeds, budget 5e4 steps.
     """
     size = "full" if full else (size or "default")
     cfgs = curse_configs(ks, depths, seeds, steps, inits, size)
@@ -359,8 +359,8 @@ THRESHOLD_GRIDS = {
     "tiny": {"depths": [2, 4, 8], "widths": [8, 16, 32, 64, 128], "seeds": [0], "steps": 300},
     "quick": {"depths": [4, 8, 16, 32], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256],
               "seeds": [0], "steps": 1000},
-    "default": {"depths": [4, 8, 16, 32, 64, 96], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362],
-                "seeds": [0, 1, 2], "steps": 1000},
+    "default": {"depths": [4, 8, 16, 32, 48, 64], "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256],
+                "seeds": [0, 1], "steps": 1000},
     "full": {"depths": [4, 8, 16, 32, 64, 128, 256, 512],
              "widths": [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024],
              "seeds": [0, 1, 2, 3, 4], "steps": 1000},
