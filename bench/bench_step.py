@@ -18,7 +18,10 @@ step. What is timed is the bound stepper ``engine.train`` runs each step.
 Unavailable backends and configurations whose weights exceed
 ``common.MAX_WEIGHT_BYTES`` are skipped (NotImplementedError in setup).
 """
-from . import common
+try:
+    from . import common
+except ImportError:  # imported as a top-level module (bench/ on sys.path)
+    import common
 
 D_IN, D_OUT = 1024, 10
 WIDTHS = [32, 128, 512, 1024]

@@ -1,0 +1,423 @@
+"""ms per GD step: every engine backend vs plain NumPy backprop, PyTorch, JAX.
+
+    python bench/compare.py                  # the table (markdown) on the issue's configs
+    python bench/compare.py --quick          # fewer repeats (noisy; for a smoke run)
+    python bench/compare.py --check          # assert every implementation computes the same step
+    python bench/compare.py --scaling        # n-, L- and m-scaling and the ensemble ratio
+    python bench/compare.py --configs 64,16,10,32,8 --quick    # any (d_in, n, d_out, m, L)
+
+All in float64, one GD step of the same network in the same normalized
+parametrization (DESIGN.md: A_i = W_i / s_i, per-layer step c_i = lr / s_i^2,
+output scale beta), same machine, same run:
+
+* engine backends (``numpy``, ``numba``, ``cblas`` where available): the bound
+  stepper ``engine.train`` runs each step (reduced data, chain products);
+* (a) ``numpy-backprop``: forward through activations H_i = A_i H_{i-1}
+  (stored), backward G <- A_i^T G, on the raw data (d_in x n);
+* (b) ``torch``: PyTorch eager CPU autograd (``loss.backward()``), if importable;
+* (c) ``jax``: ``jax.jit`` of a step built on ``jax.value_and_grad`` with
+  ``jax_enable_x64``, hidden layers stacked and scanned (``lax.scan``), if importable.
+
+Columns: the median ms per step (of repeats in this run) for each; the floor
+t_floor = 2 * (engine's trained weight bytes) / bandwidth, with the bandwidth
+measured in this run (NumPy copy of 256 MiB); the fraction t_floor / t_best;
+and for each baseline the ratio baseline / engine best. Torch and JAX are
+optional and never imported by ``engine``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+CONFIGS = [(1024, 16, 10, 64, 32), (1024, 16, 10, 256, 64), (1024, 16, 10, 1024, 32),
+           (32, 8192, 4, 256, 32), (16, 64, 4, 32, 512)]
+ENGINE_BACKENDS = ("numpy", "numba", "cblas")
+BASELINES = ("numpy-backprop", "torch", "jax")
+# --check: one step of every implementation from the same init agrees with the
+# engine's numpy backend to this relative error. The step is exact algebra in
+# every implementation; only summation order differs (rounding ~1e-15 times
+# a condition factor of a few hundred at depth 6).
+CHECK_RTOL = 1e-10
+CHECK_CONFIG = (24, 40, 5, 16, 6)          # r = 24 > d_out: reduction matters, first layer is wide
+
+
+# --------------------------------------------------------------------------
+# the network every implementation steps, as plain arrays
+# --------------------------------------------------------------------------
+def _setup(cfg, seed=0):
+    """(prob, net, lr, c (L,), beta, A list of normalized float64 copies)."""
+    import engine
+    d_in, n, d_out, m, L = cfg
+    prob = common.problem(d_in, n, d_out)
+    net = common.network(d_in, d_out, m, L, seed=seed)
+    lr = engine.theory.lr_bound("orthogonal", prob, L)
+    c = lr / np.exp(2.0 * net._log_s)
+    return prob, net, lr, c, net.beta, net.normalized()
+
+
+class NumpyBackprop:
+    """Plain NumPy: forward storing activations, backward through them (float64)."""
+    name = "numpy-backprop"
+
+    def __init__(self, A, c, beta, X, Y):
+        self.A = [np.ascontiguousarray(a) for a in A]
+        self.c, self.beta, self.X, self.Y = c, beta, X, Y
+        self.H = [None] * (len(A) + 1)
+
+    def step(self):
+        A, H = self.A, self.H
+        H[0] = self.X
+        for i, a in enumerate(A):
+            H[i + 1] = a @ H[i]
+        R = self.beta * H[-1] - self.Y
+        loss = 0.5 * float(np.sum(R * R))
+        G = self.beta * R
+        for i in range(len(A) - 1, -1, -1):
+            grad = G @ H[i].T
+            if i > 0:
+                G = A[i].T @ G                  # from the old A_i
+            A[i] -= self.c[i] * grad
+        return loss
+
+    def weights(self):
+        return self.A
+
+
+class TorchEager:
+    """PyTorch eager autograd on CPU, float64."""
+    name = "torch"
+
+    def __init__(self, A, c, beta, X, Y):
+        import torch
+        self.torch = torch
+        self.A = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in A]
+        self.c = [float(v) for v in c]
+        self.beta = float(beta)
+        self.X = torch.tensor(X, dtype=torch.float64)
+        self.Y = torch.tensor(Y, dtype=torch.float64)
+
+    def step(self):
+        torch = self.torch
+        H = self.X
+        for a in self.A:
+            H = a @ H
+        R = self.beta * H - self.Y
+        loss = 0.5 * (R * R).sum()
+        loss.backward()
+        with torch.no_grad():
+            for a, ci in zip(self.A, self.c):
+                a -= ci * a.grad
+                a.grad = None
+        return float(loss.detach())
+
+    def weights(self):
+        return [a.detach().numpy() for a in self.A]
+
+
+class JaxJit:
+    """jax.jit(step) with step built on jax.value_and_grad; hidden layers scanned."""
+    name = "jax"
+
+    def __init__(self, A, c, beta, X, Y):
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        self.jax = jax
+        L = len(A)
+        self.L = L
+        first, last = jnp.asarray(A[0]), jnp.asarray(A[-1])
+        hidden = jnp.asarray(np.stack(A[1:-1])) if L >= 3 else None
+        self.params = (first, hidden, last) if L >= 2 else (first, None, None)
+        cs = jnp.asarray(c)
+        Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
+        bj = float(beta)
+
+        def forward(params):
+            f, h, la = params
+            H = f @ Xj
+            if h is not None:
+                H, _ = jax.lax.scan(lambda H, a: (a @ H, None), H, h)
+            if la is not None:
+                H = la @ H
+            R = bj * H - Yj
+            return 0.5 * jnp.sum(R * R)
+
+        vg = jax.value_and_grad(forward)
+
+        def step(params):
+            loss, g = vg(params)
+            f, h, la = params
+            gf, gh, gl = g
+            f = f - cs[0] * gf
+            if h is not None:
+                h = h - cs[1] * gh                 # uniform hidden widths: one c for all
+            if la is not None:
+                la = la - cs[L - 1] * gl
+            return loss, (f, h, la)
+
+        self._step = jax.jit(step)
+
+    def step(self):
+        loss, self.params = self._step(self.params)
+        loss.block_until_ready()
+        return float(loss)
+
+    def weights(self):
+        f, h, la = self.params
+        out = [np.asarray(f)]
+        if h is not None:
+            out += list(np.asarray(h))
+        if la is not None:
+            out.append(np.asarray(la))
+        return out
+
+
+_BASELINE_CLASSES = {"numpy-backprop": NumpyBackprop, "torch": TorchEager, "jax": JaxJit}
+
+
+def baseline_available(name):
+    if name == "numpy-backprop":
+        return True, ""
+    try:
+        __import__("torch" if name == "torch" else "jax")
+        return True, ""
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def _engine_available():
+    return [b for b in ENGINE_BACKENDS if common.backend_available(b)[0]]
+
+
+# --------------------------------------------------------------------------
+# --check
+# --------------------------------------------------------------------------
+def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
+    """Assert one step of every implementation equals the engine's numpy backend.
+
+    Compares the loss l(0) and the gradient of every layer, recovered in each
+    implementation as (A_i(0) - A_i(1)) / c_i in normalized storage.
+    """
+    import engine
+    from engine.train import _Stepper
+    prob, net0, lr, c, beta, A0 = _setup(cfg)
+    ref_loss = None
+    ref_grads = None
+    rows = []
+
+    def grads_from(A1):
+        return [(a0 - a1) / ci for a0, a1, ci in zip(A0, A1, c)]
+
+    for be in _engine_available():
+        net = net0.copy()
+        st = _Stepper(net, prob, lr, be)
+        ex, applied = st.step()
+        assert applied
+        loss = prob.opt + ex
+        g = grads_from(net.normalized())
+        if ref_loss is None:
+            ref_loss, ref_grads = loss, g
+        rows.append((f"engine {be}", loss, g))
+    from engine.ensemble import Ensemble, member_kernel_available
+    from engine.ensemble import train as ens_train
+    if member_kernel_available()[0]:
+        ens = Ensemble.from_networks([net0, net0])
+        res = ens_train(ens, prob, lr=lr, steps=1, backend="numba")
+        assert res.schedule == "members-parallel"
+        rows.append(("engine ensemble", prob.opt + res.excess[0, 0], grads_from(ens.member(1).normalized())))
+    for name in baselines:
+        ok, why = baseline_available(name)
+        if not ok:
+            if verbose:
+                print(f"check: {name} skipped ({why})")
+            continue
+        impl = _BASELINE_CLASSES[name]([a.copy() for a in A0], c, beta, prob.X, prob.Y)
+        loss = impl.step()
+        rows.append((name, loss, grads_from(impl.weights())))
+    worst = 0.0
+    for label, loss, g in rows:
+        el = abs(loss - ref_loss) / abs(ref_loss)
+        eg = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(g, ref_grads))
+        worst = max(worst, el, eg)
+        if verbose:
+            print(f"check {label:16s} loss {loss:.15g}  rel.err loss {el:.1e}  max rel.err grad {eg:.1e}")
+        assert el <= CHECK_RTOL and eg <= CHECK_RTOL, f"{label} disagrees with the engine's numpy backend"
+    if verbose:
+        print(f"check: all {len(rows)} implementations agree to {worst:.1e} (tolerance {CHECK_RTOL:g}) "
+              f"at (d_in, n, d_out, m, L) = {cfg}")
+    return worst
+
+
+# --------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------
+def time_engine(cfg, backend, repeat, min_time):
+    d_in, n, d_out, m, L = cfg
+    st = common.stepper(d_in, n, d_out, m, L, backend)
+    return common.median_step_seconds(st.step, repeat=repeat, min_time=min_time, warmup=2)
+
+
+def time_baseline(cfg, name, repeat, min_time):
+    prob, net, lr, c, beta, A = _setup(cfg)
+    impl = _BASELINE_CLASSES[name](A, c, beta, prob.X, prob.Y)
+    return common.median_step_seconds(impl.step, repeat=repeat, min_time=min_time, warmup=2)
+
+
+def _fmt_ms(s):
+    if s is None:
+        return "n/a"
+    ms = 1e3 * s
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
+    eng = _engine_available()
+    base = [b for b in baselines if baseline_available(b)[0]]
+    bw = common.bandwidth()
+    results = []
+    for cfg in configs:
+        d_in, n, d_out, m, L = cfg
+        row = {"cfg": cfg}
+        for be in eng:
+            row[be] = time_engine(cfg, be, repeat, min_time)
+        for b in base:
+            row[b] = time_baseline(cfg, b, repeat, min_time)
+        row["floor"] = common.floor_seconds(common.weight_bytes(d_in, n, d_out, m, L))
+        row["best"] = min(row[be] for be in eng)
+        row["best_name"] = min(eng, key=lambda be: row[be])
+        results.append(row)
+    head = (["(d_in, n, d_out, m, L)"] + [f"engine {be}" for be in eng] + list(base)
+            + ["floor", "floor / best"] + [f"{b} / best" for b in base])
+    out(_env_line(bw))
+    out("")
+    out("ms per GD step (median of repeats in one run), float64:")
+    out("")
+    out("| " + " | ".join(head) + " |")
+    out("|" + "---|" * len(head))
+    for row in results:
+        cells = [str(row["cfg"]).replace(" ", "")]
+        cells += [("**" + _fmt_ms(row[be]) + "**") if be == row["best_name"] else _fmt_ms(row[be]) for be in eng]
+        cells += [_fmt_ms(row[b]) for b in base]
+        cells += [_fmt_ms(row["floor"]), f"{row['floor'] / row['best']:.2f}"]
+        cells += [f"{row[b] / row['best']:.1f}x" for b in base]
+        out("| " + " | ".join(cells) + " |")
+    return results
+
+
+def _env_line(bw):
+    import engine
+    parts = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs", f"bandwidth {bw / 1e9:.1f} GB/s (NumPy copy)",
+             f"numpy {np.__version__}"]
+    try:
+        import numba
+        parts.append(f"numba {numba.__version__} ({numba.get_num_threads()} threads)")
+    except Exception:
+        pass
+    for mod in ("torch", "jax"):
+        if baseline_available(mod)[0]:
+            parts.append(f"{mod} {__import__(mod).__version__}")
+    parts.append(f"engine {engine.__version__}")
+    return "Environment: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# --scaling
+# --------------------------------------------------------------------------
+def _fit_exponent(xs, ts):
+    return float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
+
+
+def scaling(quick=False, out=print):
+    """The issue's scaling targets, with the engine's best available backend per point."""
+    eng = _engine_available()
+    repeat, min_time = (5, 0.2) if quick else (15, 0.5)
+
+    def best(cfg):
+        return min(time_engine(cfg, be, repeat, min_time) for be in eng)
+
+    out(_env_line(common.bandwidth()))
+    out("")
+    out("| target | measured | configs |")
+    out("|---|---|---|")
+    # n-independence
+    n_big = 8192 if quick else 65536
+    m_n, L_n = (256, 32)
+    t16 = best((1024, 16, 10, m_n, L_n))
+    tbig = best((1024, n_big, 10, m_n, L_n))
+    out(f"| step time independent of n (within 10%) | t(n={n_big}) / t(n=16) = {tbig / t16:.3f} "
+        f"({1e3 * t16:.3g} vs {1e3 * tbig:.3g} ms) | d_in=1024, d_out=10, m={m_n}, L={L_n} |")
+    # L exponent
+    Ls = [16, 64, 256] if quick else [16, 32, 64, 128, 256, 512]
+    m_L = 128
+    tL = [best((1024, 16, 10, m_L, L)) for L in Ls]
+    out(f"| linear in L (exponent 1.00 +- 0.1) | exponent {_fit_exponent(Ls, tL):.3f} "
+        f"(ms: {', '.join(_fmt_ms(t) for t in tL)}) | m={m_L}, L={Ls} |")
+    # m exponent
+    ms = [256, 512, 1024] if quick else [256, 512, 1024, 2048]
+    L_m = 16 if quick else 32
+    tm = [best((1024, 16, 10, m, L_m)) for m in ms]
+    out(f"| quadratic in m for m >= 256 (exponent 2) | exponent {_fit_exponent(ms, tm):.3f} "
+        f"(ms: {', '.join(_fmt_ms(t) for t in tm)}) | L={L_m}, m={ms} |")
+    # fraction of floor at m >= 512
+    for dtype in ("float64", "float32"):
+        for m in (512, 1024):
+            cfg = (1024, 16, 10, m, 32)
+            itemsize = 8 if dtype == "float64" else 4
+            ts = {}
+            for be in eng:
+                st = common.stepper(*cfg, backend=be, dtype=dtype)
+                ts[be] = common.median_step_seconds(st.step, repeat=repeat, min_time=min_time, warmup=2)
+            b = min(ts, key=ts.get)
+            fl = common.floor_seconds(common.weight_bytes(*cfg, itemsize=itemsize))
+            out(f"| m >= 512: step <= 1.3 x t_floor ({dtype}) | {ts[b] / fl:.2f} x t_floor "
+                f"({_fmt_ms(ts[b])} ms, {b}; floor {_fmt_ms(fl)} ms) | {cfg} |")
+    # ensemble
+    import bench_ensemble
+    e, s, r = bench_ensemble.speedup(16, 32, 32, repeat=3 if quick else 5)
+    out(f"| ensemble of 16 (m=32, L=32) >= 1.7x 16 sequential calls | {r:.2f}x "
+        f"({1e3 * e / bench_ensemble.STEPS:.3g} vs {1e3 * s / bench_ensemble.STEPS:.3g} ms per step of all 16) "
+        f"| d_in=1024, n=16, d_out=10, {bench_ensemble.STEPS} steps |")
+
+
+def _parse_cfg(text):
+    vals = tuple(int(v) for v in text.split(","))
+    if len(vals) != 5 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"config must be d_in,n,d_out,m,L (positive ints), got {text!r}")
+    return vals
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few repeats (noisy), smaller scaling sweeps")
+    p.add_argument("--check", action="store_true", help="only assert that all implementations agree")
+    p.add_argument("--scaling", action="store_true", help="the n-, L-, m-scaling and ensemble targets")
+    p.add_argument("--configs", nargs="+", type=_parse_cfg, default=None, metavar="d_in,n,d_out,m,L")
+    p.add_argument("--repeat", type=int, default=None, help="timed steps per measurement (median)")
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                   help="baselines to run when importable (default: all)")
+    a = p.parse_args(argv)
+    if a.check:
+        check(baselines=a.baselines)
+        return 0
+    check(verbose=False, baselines=a.baselines)   # never time implementations that compute something else
+    if a.scaling:
+        scaling(quick=a.quick)
+        return 0
+    repeat = a.repeat or (3 if a.quick else 15)
+    compare(a.configs or CONFIGS, repeat=repeat, min_time=0.0 if a.quick else 0.5, baselines=a.baselines)
+    print("")
+    print(f"Command: python bench/compare.py{' --quick' if a.quick else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
