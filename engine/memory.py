@@ -32,6 +32,11 @@ __all__ = ["estimate_bytes", "breakdown", "available_bytes", "check", "Insuffici
 
 ENV_LIMIT = "ENGINE_MEMORY_LIMIT"
 
+# float64 layer-sized temporaries alive at once while the orthogonal init draws
+# one layer (G, LAPACK's working copy, Q, R, the transpose); measured with
+# tracemalloc in tests/test_memory.py.
+TRANSIENT_LAYERS = 5
+
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 
 
@@ -59,9 +64,11 @@ def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
                chain, at most sum_i d_i * d_out numbers, + O(d_out d_0))
                * itemsize: the numpy backend's buffers for one step
                (``kernels.numpy_backend.Workspace``); faster backends use no more.
-    transient  3 * max_i d_i d_{i-1} * 8: float64 temporaries of the init while
-               one layer is drawn (Gaussian draw or QR), not multiplied by K
-               since members are drawn one after another.
+    transient  TRANSIENT_LAYERS * max_i d_i d_{i-1} * 8: float64 temporaries of
+               the init while one layer is drawn (the Gaussian draw; for the
+               orthogonal init the Gaussian matrix, LAPACK's copy, Q, R and a
+               transpose), not multiplied by K since members are drawn one
+               after another.
 
     Not counted: the Problem's data (X, Y, U_r), optional recorders such as
     ``record={"distance": k}`` (one more copy of the weights), checkpoint
@@ -78,7 +85,7 @@ def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
     bind = K * 2 * widths[1] * widths[0] * isz
     chain = sum(widths[1:]) * d_out + 2 * d_out * widths[0]
     workspace = K * (sum(a * b for a, b in shapes) + chain) * isz
-    transient = 3 * max(sizes) * 8
+    transient = TRANSIENT_LAYERS * max(sizes) * 8
     return {"weights": int(weights), "bind": int(bind), "workspace": int(workspace),
             "transient": int(transient)}
 

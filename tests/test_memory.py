@@ -90,3 +90,26 @@ def test_check_limit_keyword_and_float32_hint():
         memory.check(w, limit=10)
     with pytest.raises(memory.InsufficientMemory, match="smaller ensemble"):
         memory.check(w, ensemble=4, limit=need)
+
+
+AVAILABLE = [nm for nm, (ok, _) in engine.kernels.availability().items() if ok]
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("widths", [[50, 40, 5], [50, 64, 64, 64, 5], [50, 8, 100, 3, 5], [50, 5],
+                                    [50, 200, 200, 5]])
+def test_estimate_bounds_measured_peak(widths, dtype, backend):
+    """tracemalloc's peak over init + bind + 3 steps stays below the estimate (numpy-allocated
+    memory; warm-up first so caches and compiled code are not counted)."""
+    import tracemalloc
+    prob = engine.Problem(*engine.synthetic(50, 30, 5, seed=0))
+    engine.train(engine.init.gaussian(widths, seed=0, dtype=dtype), prob, lr=1e-4, steps=2, backend=backend)
+    tracemalloc.start()
+    try:
+        net = engine.init.orthogonal(widths, seed=0, dtype=dtype)
+        engine.train(net, prob, lr=1e-4, steps=3, backend=backend)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= memory.estimate_bytes(widths, dtype)
