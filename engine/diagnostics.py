@@ -82,6 +82,9 @@ def _renorm(M):
 def _svd_factor(M, rows_side: bool):
     """Singular values of M (descending) and a factor G with G^T G = M M^T
     (rows_side) or M^T M (otherwise), G having min(M.shape) rows."""
+    if not np.all(np.isfinite(M)):
+        raise ValueError("net: a partial product of the weights is not finite (NaN/Inf weights, "
+                         "e.g. after a diverged run)")
     U, sv, Vt = np.linalg.svd(M, full_matrices=False)
     G = (sv[:, None] * U.T) if rows_side else (sv[:, None] * Vt)
     return sv, G

@@ -242,3 +242,11 @@ def test_bad_input():
         dg.gram_eigs(net, "prob")
     with pytest.raises(TypeError, match="net"):
         dg.interior_norms("net")
+
+
+def test_non_finite_weights_fail_clearly():
+    prob = engine.Problem(*engine.synthetic(6, 4, 2, seed=0))
+    net = engine.init.gaussian([6, 8, 8, 2], seed=0)
+    net._layers[1][0, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        dg.gram_eigs(net, prob)

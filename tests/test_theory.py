@@ -130,3 +130,20 @@ def test_bad_input(prob):
         theory.narrow_regime([3, 3, 3], gamma=2)
     with pytest.raises(ValueError, match="sigma"):
         theory.condition_7([3, 3, 3], sigma=[1.0])
+
+
+def test_theorycheck_cli(tmp_path, capsys):
+    """python -m engine.theorycheck: the table, the figure and --record-cost run (tiny sizes)."""
+    from engine import theorycheck
+    out = tmp_path / "tc.png"
+    assert theorycheck.main(["--steps", "6", "--width", "24", "--depth", "3", "--data", "6,4,2",
+                             "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "theorem's per-step factor" in text and "eq. (10) lower" in text
+    assert out.stat().st_size > 10_000
+    assert theorycheck.main(["--record-cost", "16,4"]) == 0
+    text = capsys.readouterr().out
+    for name in ("GD step", "gram (exact", "gram (matrix-free", "spectra", "interior", "distance"):
+        assert name in text
+    with pytest.raises(SystemExit):
+        theorycheck.main(["--data", "6,4"])
