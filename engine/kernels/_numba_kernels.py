@@ -70,12 +70,15 @@ def _nblocks(n_par, n_other, nt):
 # vectorizes (with runtime-variable bounds it does not).
 @_jit(fastmath=FASTMATH_DOT)
 def _dot_row(M, j, V, vi, q, n):
-    """sum_k M[j, k] V[vi, q, k] for k < n (n >= 1)."""
-    a = M[j, :n]
-    v = V[vi, q, :n]
-    s = a[0] * v[0]
-    for k in range(1, n):
-        s += a[k] * v[k]
+    """sum_k M[j, k] V[vi, q, k] for k < n.
+
+    The loop starts at 0 (so the index is provably non-negative and a short
+    row, e.g. 32, still fills the vectorized body); the zero is taken from M
+    to keep its dtype (a non-finite M[j, 0] makes it nan, and the dot would
+    be non-finite anyway)."""
+    s = M[j, 0] - M[j, 0]
+    for k in range(n):
+        s += M[j, k] * V[vi, q, k]
     return s
 
 
