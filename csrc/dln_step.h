@@ -18,6 +18,13 @@
 #define DLN_FORM_T 1   /* suffix chain S_i = beta M_L...M_{i+1} stored (r >= d_out) */
 #define DLN_SINGLE 2   /* single-pass alternating schedule: both chains stored */
 
+/* Threads the kernels may use (omp_get_max_threads), 0 if built without
+ * OpenMP.  Parallel loops split layers into disjoint row or column ranges,
+ * never a reduction, so results do not depend on the thread count beyond
+ * what BLAS does inside one product.  The caller should keep BLAS itself
+ * single-threaded while the kernel runs (nested threading oversubscribes). */
+int dln_openmp_threads(void);
+
 /* Number of scalars of scratch the step needs for these widths and form. */
 long long dln_work_size(int L, const int *widths, int form);
 

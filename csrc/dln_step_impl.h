@@ -48,6 +48,194 @@ static double SFX(half_sq)(const REAL *R, long long n)
     return 0.5 * s;
 }
 
+/* Read-only pass computing the suffix chain S_{L-1} .. S_1 (stored at
+ * Sch + sum_{1<=k<j} d_out d_k) and S_0 (d_out x r), DESIGN.md pass 1 of the
+ * T form.  Each product S_j = S_{j+1} M_{j+1} is split by columns across
+ * threads (disjoint outputs: deterministic). */
+static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **layers, REAL rbeta,
+                             REAL *Sch, long long totS, REAL *s0)
+{
+    const int r = widths[0], d_out = widths[L];
+    if (L == 1) {
+        for (long long k = 0; k < (long long)d_out * r; k++) s0[k] = layers[0][k] * rbeta;
+        return;
+    }
+    REAL *S = Sch + totS - (long long)d_out * widths[L - 1];       /* S_{L-1} = beta M_L */
+    for (long long k = 0; k < (long long)d_out * widths[L - 1]; k++) S[k] = layers[L - 1][k] * rbeta;
+    for (int j = L - 2; j >= 0; j--) {       /* S_j = S_{j+1} M_{j+1}; j = 0 gives S_0 */
+        const int dn = widths[j + 1], dp = widths[j];
+        REAL *Sj = j > 0 ? S - (long long)d_out * dp : s0;
+        const REAL *M = layers[j];
+        const int nt = dln_threads((long long)dn * dp);
+        (void)nt;                                /* unused without OpenMP */
+        #pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            int t = 0, nth = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            nth = omp_get_num_threads();
+#endif
+            const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1);
+            if (c1 > c0)
+                SFX(mm)(gemm, 'N', 'N', d_out, c1 - c0, dn, (REAL)1, S, dn, M + c0, dp, (REAL)0,
+                        Sj + c0, dp);
+        }
+        S = Sj;
+    }
+}
+
+/* Read-only pass computing the prefix chain P_1 .. P_L (stored at
+ * Pch + sum_{1<=k<j} d_k r), DESIGN.md pass 1 of the P form.  Each product
+ * P_{j+1} = M_{j+1} P_j is split by rows across threads. */
+static void SFX(prefix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **layers,
+                             const REAL *xs, REAL *Pch)
+{
+    const int r = widths[0];
+    REAL *P = Pch;                           /* P_1 = B_1 diag(xs) */
+    for (int p = 0; p < widths[1]; p++)
+        for (int q = 0; q < r; q++)
+            P[(long long)p * r + q] = layers[0][(long long)p * r + q] * xs[q];
+    for (int j = 1; j < L; j++) {
+        const int dn = widths[j + 1], dp = widths[j];
+        REAL *Pn = P + (long long)dp * r;
+        const REAL *M = layers[j];
+        const int nt = dln_threads((long long)dn * dp);
+        (void)nt;                                /* unused without OpenMP */
+        #pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            int t = 0, nth = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            nth = omp_get_num_threads();
+#endif
+            const int r0 = dln_split(dn, nth, t), r1 = dln_split(dn, nth, t + 1);
+            if (r1 > r0)
+                SFX(mm)(gemm, 'N', 'N', r1 - r0, r, dp, (REAL)1, M + (long long)r0 * dp, dp, P, r,
+                        (REAL)0, Pn + (long long)r0 * r, r);
+        }
+        P = Pn;
+    }
+}
+
+/* Row blocks of a dn x dp layer for the fused passes: at most block_bytes
+ * each, and at least one block per thread when the layer is split. */
+static int SFX(fused_rows)(long long block_bytes, int dn, int dp, int nt)
+{
+    int rb = SFX(block_rows)(block_bytes, dp);
+    const int share = (dn + nt - 1) / nt;
+    return rb < share ? rb : share;
+}
+
+
+/* Top-down fused sweep over layer i (0-based, i >= 1) of the P-form update:
+ *   S_old_i = S_old_{i+1} M_i           (old block; i = L-1: beta M_L)
+ *   M_i    -= Q P_i^T                    (Q = c_i S_{i+1}^T R, rank r)
+ *   S_new_i = S_new_{i+1} M_i            (new block; only if Snew != NULL)
+ * Threads own disjoint column ranges of M_i (so of S_i: no reduction, same
+ * arithmetic for any thread count); each walks its columns in row blocks,
+ * and every tile is used by all products while it is in cache. */
+static void SFX(topdown_layer)(GEMM_FN gemm, int top, int dn, int dp, int d_out, int r, REAL rbeta,
+                               REAL *M, const REAL *S, REAL *Sn, const REAL *Q, const REAL *Pi,
+                               const REAL *SnewUp, REAL *Snew, long long block_bytes)
+{
+    const int nt = dln_threads((long long)dn * dp);
+    (void)nt;                                /* unused without OpenMP */
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0, nth = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nth = omp_get_num_threads();
+#endif
+        const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1), cw = c1 - c0;
+        const int rb = cw > 0 ? SFX(block_rows)(block_bytes, cw) : 1;
+        for (int a = 0; cw > 0 && a < dn; a += rb) {
+            const int nb = (dn - a < rb) ? dn - a : rb;
+            REAL *Mt = M + (long long)a * dp + c0;           /* tile nb x cw, ld dp */
+            const REAL b0 = a == 0 ? (REAL)0 : (REAL)1;
+            if (top) {
+                for (int p = 0; p < nb; p++)
+                    for (int q = 0; q < cw; q++)
+                        Sn[(long long)(a + p) * dp + c0 + q] = Mt[(long long)p * dp + q] * rbeta;
+            } else {
+                SFX(mm)(gemm, 'N', 'N', d_out, cw, nb, (REAL)1, S + a, dn, Mt, dp, b0, Sn + c0, dp);
+            }
+            SFX(mm)(gemm, 'N', 'T', nb, cw, r, (REAL)-1, Q + (long long)a * r, r,
+                    Pi + (long long)c0 * r, r, (REAL)1, Mt, dp);
+            if (Snew == NULL) continue;
+            if (top) {
+                for (int p = 0; p < nb; p++)
+                    for (int q = 0; q < cw; q++)
+                        Snew[(long long)(a + p) * dp + c0 + q] = Mt[(long long)p * dp + q] * rbeta;
+            } else {
+                SFX(mm)(gemm, 'N', 'N', d_out, cw, nb, (REAL)1, SnewUp + a, dn, Mt, dp, b0,
+                        Snew + c0, dp);
+            }
+        }
+    }
+}
+
+/* Bottom-up fused sweep over layer i (0-based, i < L-1) of the T-form update:
+ *   T_{i+1} = M T_i                      (old block)
+ *   M      -= c_i S_{i+1}^T T_i^T        (rank d_out)
+ *   P_{i+1} = M P_i                      (new block; only if Pn != NULL;
+ *                                         i = 0: P_1 = M diag(xs))
+ * Rows are independent: threads own disjoint row blocks. */
+static void SFX(bottomup_layer)(GEMM_FN gemm, int first, int dn, int dp, int d_out, int r, REAL mci,
+                                REAL *M, const REAL *T, REAL *Tn, const REAL *S, const REAL *xs,
+                                const REAL *Pp, REAL *Pn, long long block_bytes)
+{
+    const int nt = dln_threads((long long)dn * dp);
+    (void)nt;                                /* unused without OpenMP */
+    const int rb = SFX(fused_rows)(block_bytes, dn, dp, nt);
+    const int nblk = (dn + rb - 1) / rb;
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int bi = 0; bi < nblk; bi++) {
+        const int a = bi * rb, nb = (dn - a < rb) ? dn - a : rb;
+        REAL *Mb = M + (long long)a * dp;
+        SFX(mm)(gemm, 'N', 'N', nb, d_out, dp, (REAL)1, Mb, dp, T, d_out, (REAL)0,
+                Tn + (long long)a * d_out, d_out);
+        SFX(mm)(gemm, 'T', 'T', nb, dp, d_out, mci, S + a, dn, T, d_out, (REAL)1, Mb, dp);
+        if (Pn == NULL) continue;
+        if (first) {
+            for (int p = 0; p < nb; p++)
+                for (int q = 0; q < r; q++)
+                    Pn[(long long)(a + p) * r + q] = Mb[(long long)p * r + q] * xs[q];
+        } else {
+            SFX(mm)(gemm, 'N', 'N', nb, r, dp, (REAL)1, Mb, dp, Pp, r, (REAL)0,
+                    Pn + (long long)a * r, r);
+        }
+    }
+}
+
+/* Q = c_i S_{i+1}^T R (dn x r); the top layer has S_L = beta I. */
+static void SFX(make_Q)(GEMM_FN gemm, int top, int dn, int d_out, int r, REAL rbeta, REAL ci,
+                        const REAL *S, const REAL *R, REAL *Q)
+{
+    if (top) {
+        for (long long k = 0; k < (long long)dn * r; k++) Q[k] = (R[k] * rbeta) * ci;
+    } else {
+        SFX(mm)(gemm, 'T', 'N', dn, r, d_out, (REAL)1, S, dn, R, r, (REAL)0, Q, r);
+        for (long long k = 0; k < (long long)dn * r; k++) Q[k] *= ci;
+    }
+}
+
+/* T_0 = X_red R^T (r x d_out). */
+static void SFX(make_T0)(int d_out, int r, const REAL *R, const REAL *xs, REAL *T)
+{
+    for (int p = 0; p < d_out; p++)
+        for (int q = 0; q < r; q++)
+            T[(long long)q * d_out + p] = R[(long long)p * r + q] * xs[q];
+}
+
+/* Top layer of a bottom-up sweep: S_L = beta I, so M_L -= beta c_L T^T. */
+static void SFX(top_T_update)(int dn, int dp, int d_out, REAL bc, REAL *M, const REAL *T)
+{
+    for (int p = 0; p < dn; p++)
+        for (int q = 0; q < dp; q++)
+            M[(long long)p * dp + q] -= T[(long long)q * d_out + p] * bc;
+}
+
 int SFX(dln_step)(void *gemm_ptr, int L, const int *widths, REAL **layers,
                   const double *c, double beta, const REAL *xs, const REAL *yred,
                   int form, long long block_bytes, REAL *work, double lo, double hi,
@@ -55,146 +243,75 @@ int SFX(dln_step)(void *gemm_ptr, int L, const int *widths, REAL **layers,
 {
     GEMM_FN gemm = (GEMM_FN)gemm_ptr;
     const int r = widths[0], d_out = widths[L];
+    const long long ndr = (long long)d_out * r;
     const REAL rbeta = (REAL)beta;
     int maxd = 0, maxd0 = r;                 /* max d_1..d_L, max d_0..d_{L-1} */
+    long long totS = 0, totP = 0;
     for (int i = 1; i <= L; i++) {
         if (widths[i] > maxd) maxd = widths[i];
         if (i < L && widths[i] > maxd0) maxd0 = widths[i];
+        if (i < L) totS += (long long)d_out * widths[i];
+        totP += (long long)widths[i] * r;
     }
-    REAL *R;
     double e;
 
     if (form == DLN_FORM_P) {
-        /* ---- pass 1, bottom-up: P_1 .. P_L, then R = beta P_L - Y_red ---- */
-        REAL *chain = work;                  /* P_i at chain + off[i] */
-        long long tot = 0;
-        for (int i = 1; i <= L; i++) tot += (long long)widths[i] * r;
-        R = chain + tot;
-        REAL *Q = R + (long long)d_out * r;
-        REAL *Sa = Q + (long long)maxd * r;
-        REAL *Sb = Sa + (long long)d_out * maxd;
-
-        REAL *P = chain;                     /* P_1 = B_1 diag(xs) */
-        {
-            const REAL *B = layers[0];
-            for (int p = 0; p < widths[1]; p++)
-                for (int q = 0; q < r; q++)
-                    P[(long long)p * r + q] = B[(long long)p * r + q] * xs[q];
-        }
-        for (int j = 1; j < L; j++) {        /* P_{j+1} = M_{j+1} P_j */
-            REAL *Pn = P + (long long)widths[j] * r;
-            SFX(mm)(gemm, 'N', 'N', widths[j + 1], r, widths[j], (REAL)1, layers[j], widths[j],
-                    P, r, (REAL)0, Pn, r);
-            P = Pn;
-        }
-        for (long long k = 0; k < (long long)d_out * r; k++) R[k] = P[k] * rbeta - yred[k];
-        e = SFX(half_sq)(R, (long long)d_out * r);
+        /* work: P_1..P_L | R | Q | S ping-pong */
+        REAL *Pch = work;
+        REAL *R = Pch + totP;
+        REAL *Q = R + ndr;
+        REAL *S = Q + (long long)maxd * r, *Sn = S + (long long)d_out * maxd;
+        /* ---- pass 1, bottom-up (read-only): P_1 .. P_L, R = beta P_L - Y_red ---- */
+        SFX(prefix_pass)(gemm, L, widths, layers, xs, Pch);
+        const REAL *PL = Pch + totP - ndr;
+        for (long long k = 0; k < ndr; k++) R[k] = PL[k] * rbeta - yred[k];
+        e = SFX(half_sq)(R, ndr);
         *excess = e;
         if (!do_update || !(isfinite(e) && lo < e && e <= hi)) return 0;
-
-        /* ---- pass 2, top-down: carry S, update each block of M_i ---- */
-        REAL *S = Sa, *Sn = Sb;              /* S = S_{i+1} for layer i (0-based) */
-        /* P_i (paper), used by 0-based layer i >= 1, starts at chain + sum_{j=1}^{i-1} d_j r */
-        long long offP = tot - (long long)widths[L] * r    /* start of P_{L-1} */
-                         - (L >= 2 ? (long long)widths[L - 1] * r : 0);
+        /* ---- pass 2, top-down: carry S from old blocks, rank-r update ---- */
+        long long offP = totP - (long long)widths[L] * r;
         for (int i = L - 1; i >= 0; i--) {
             const int dn = widths[i + 1], dp = widths[i];
             REAL *M = layers[i];
-            const REAL ci = (REAL)c[i];
-            /* Q = c_i S_{i+1}^T R  (dn x r); the top layer has S_L = beta I */
-            if (i == L - 1) {
-                for (long long k = 0; k < (long long)dn * r; k++) Q[k] = (R[k] * rbeta) * ci;
-            } else {
-                SFX(mm)(gemm, 'T', 'N', dn, r, d_out, (REAL)1, S, dn, R, r, (REAL)0, Q, r);
-                for (long long k = 0; k < (long long)dn * r; k++) Q[k] *= ci;
-            }
+            SFX(make_Q)(gemm, i == L - 1, dn, d_out, r, rbeta, (REAL)c[i], S, R, Q);
             if (i == 0) {                    /* P_0 = diag(xs): M_1 -= Q diag(xs) */
                 for (int p = 0; p < dn; p++)
                     for (int q = 0; q < r; q++)
                         M[(long long)p * r + q] -= Q[(long long)p * r + q] * xs[q];
                 break;
             }
-            const REAL *Pi = chain + offP;   /* P_i, dp x r */
-            const int rb = SFX(block_rows)(block_bytes, dp);
-            for (int a = 0; a < dn; a += rb) {
-                const int nb = (dn - a < rb) ? dn - a : rb;
-                REAL *Mb = M + (long long)a * dp;
-                /* S_i = S_{i+1} M_i from the OLD block */
-                if (i == L - 1) {
-                    for (long long k = 0; k < (long long)nb * dp; k++)
-                        Sn[(long long)a * dp + k] = Mb[k] * rbeta;
-                } else {
-                    SFX(mm)(gemm, 'N', 'N', d_out, dp, nb, (REAL)1, S + a, dn, Mb, dp,
-                            a == 0 ? (REAL)0 : (REAL)1, Sn, dp);
-                }
-                /* M_i[a:b] -= Q[a:b] P_i^T while the block is in cache */
-                SFX(mm)(gemm, 'N', 'T', nb, dp, r, (REAL)-1, Q + (long long)a * r, r, Pi, r,
-                        (REAL)1, Mb, dp);
-            }
+            offP -= (long long)dp * r;       /* P_i, dp x r */
+            SFX(topdown_layer)(gemm, i == L - 1, dn, dp, d_out, r, rbeta, M, S, Sn, Q, Pch + offP,
+                               NULL, NULL, block_bytes);
             REAL *tmp = S; S = Sn; Sn = tmp;
-            if (i >= 2) offP -= (long long)widths[i - 1] * r;
         }
         return 1;
     }
 
-    /* ---- T form.  pass 1, top-down: S_{L-1} .. S_1, S_0, then R ---- */
-    long long tot = 0;
-    for (int i = 1; i < L; i++) tot += (long long)d_out * widths[i];
-    REAL *chain = work;                      /* S_j at chain + sum_{i<j} d_out d_i */
-    REAL *s0 = chain + tot;
-    R = s0 + (long long)d_out * r;
-    REAL *Ta = R + (long long)d_out * r;
-    REAL *Tb = Ta + (long long)maxd0 * d_out;
-    if (L == 1) {
-        for (long long k = 0; k < (long long)d_out * r; k++) s0[k] = layers[0][k] * rbeta;
-    } else {
-        REAL *S = chain + tot - (long long)d_out * widths[L - 1];   /* S_{L-1} = beta M_L */
-        for (long long k = 0; k < (long long)d_out * widths[L - 1]; k++)
-            S[k] = layers[L - 1][k] * rbeta;
-        for (int j = L - 2; j >= 1; j--) {   /* S_j = S_{j+1} M_{j+1} */
-            REAL *Sj = S - (long long)d_out * widths[j];
-            SFX(mm)(gemm, 'N', 'N', d_out, widths[j], widths[j + 1], (REAL)1, S, widths[j + 1],
-                    layers[j], widths[j], (REAL)0, Sj, widths[j]);
-            S = Sj;
-        }
-        SFX(mm)(gemm, 'N', 'N', d_out, r, widths[1], (REAL)1, S, widths[1], layers[0], r,
-                (REAL)0, s0, r);             /* S_0 = S_1 M_1 */
-    }
+    /* ---- T form.  work: S_1..S_{L-1} | S_0 | R | T ping-pong ---- */
+    REAL *Sch = work;
+    REAL *s0 = Sch + totS;
+    REAL *R = s0 + ndr;
+    REAL *T = R + ndr, *Tn = T + (long long)maxd0 * d_out;
+    /* pass 1, top-down (read-only): S_{L-1} .. S_0, then R = S_0 X_red - Y_red */
+    SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0);
     for (int p = 0; p < d_out; p++)
         for (int q = 0; q < r; q++)
             R[(long long)p * r + q] = s0[(long long)p * r + q] * xs[q] - yred[(long long)p * r + q];
-    e = SFX(half_sq)(R, (long long)d_out * r);
+    e = SFX(half_sq)(R, ndr);
     *excess = e;
     if (!do_update || !(isfinite(e) && lo < e && e <= hi)) return 0;
-
-    /* ---- pass 2, bottom-up: carry T, update each block of M_i ---- */
-    REAL *T = Ta, *Tn = Tb;
-    for (int p = 0; p < d_out; p++)          /* T_0 = X_red R^T (r x d_out) */
-        for (int q = 0; q < r; q++)
-            T[(long long)q * d_out + p] = R[(long long)p * r + q] * xs[q];
+    /* pass 2, bottom-up: carry T from old blocks, rank-d_out update */
+    SFX(make_T0)(d_out, r, R, xs, T);
     long long offS = 0;                      /* S_{i+1} for 0-based layer i */
     for (int i = 0; i < L; i++) {
         const int dn = widths[i + 1], dp = widths[i];
-        REAL *M = layers[i];
-        if (i == L - 1) {                    /* S_L = beta I: M_L -= beta c_L T^T */
-            const REAL bc = (REAL)(beta * c[i]);
-            for (int p = 0; p < dn; p++)
-                for (int q = 0; q < dp; q++)
-                    M[(long long)p * dp + q] -= T[(long long)q * d_out + p] * bc;
+        if (i == L - 1) {
+            SFX(top_T_update)(dn, dp, d_out, (REAL)(beta * c[i]), layers[i], T);
             break;
         }
-        const REAL *S = chain + offS;        /* S_{i+1}, d_out x dn */
-        const REAL mci = (REAL)(-c[i]);
-        const int rb = SFX(block_rows)(block_bytes, dp);
-        for (int a = 0; a < dn; a += rb) {
-            const int nb = (dn - a < rb) ? dn - a : rb;
-            REAL *Mb = M + (long long)a * dp;
-            /* T_{i+1}[a:b] = M_{i+1}[a:b] T_i from the OLD block */
-            SFX(mm)(gemm, 'N', 'N', nb, d_out, dp, (REAL)1, Mb, dp, T, d_out, (REAL)0,
-                    Tn + (long long)a * d_out, d_out);
-            /* M[a:b] -= c_i S_{i+1}[:, a:b]^T T_i^T while the block is in cache */
-            SFX(mm)(gemm, 'T', 'T', nb, dp, d_out, mci, S + a, dn, T, d_out, (REAL)1, Mb, dp);
-        }
+        SFX(bottomup_layer)(gemm, i == 0, dn, dp, d_out, r, (REAL)(-c[i]), layers[i], T, Tn,
+                            Sch + offS, xs, NULL, NULL, block_bytes);
         REAL *tmp = T; T = Tn; Tn = tmp;
         offS += (long long)d_out * dn;
     }
@@ -227,6 +344,7 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
 {
     GEMM_FN gemm = (GEMM_FN)gemm_ptr;
     const int r = widths[0], d_out = widths[L];
+    const long long ndr = (long long)d_out * r;
     const REAL rbeta = (REAL)beta;
     int maxd = 0, maxd0 = r;
     long long totS = 0, totP = 0;
@@ -236,34 +354,19 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
         if (i < L) totS += (long long)d_out * widths[i];
         totP += (long long)widths[i] * r;
     }
-    REAL *Sch = work;                          /* S_j at Sch + sum_{1<=k<j} d_out d_k */
-    REAL *s0 = Sch + totS;                     /* S_0, d_out x r */
-    REAL *Pch = s0 + (long long)d_out * r;     /* P_j at Pch + sum_{1<=k<j} d_k r */
+    /* work: S_1..S_{L-1} | S_0 | P_1..P_L | R | Q | S ping-pong | T ping-pong */
+    REAL *Sch = work;
+    REAL *s0 = Sch + totS;
+    REAL *Pch = s0 + ndr;
     REAL *R = Pch + totP;
-    REAL *Q = R + (long long)d_out * r;
+    REAL *Q = R + ndr;
     REAL *Sa = Q + (long long)maxd * r;
     REAL *Sb = Sa + (long long)d_out * maxd;
     REAL *Ta = Sb + (long long)d_out * maxd;
     REAL *Tb = Ta + (long long)maxd0 * d_out;
-    const long long ndr = (long long)d_out * r;
 
-    if (*state != 1 && *state != 2) {
-        /* read-only pass: the suffix chain and R, exactly as pass 1 of the T form */
-        if (L == 1) {
-            for (long long k = 0; k < ndr; k++) s0[k] = layers[0][k] * rbeta;
-        } else {
-            REAL *S = Sch + totS - (long long)d_out * widths[L - 1];
-            for (long long k = 0; k < (long long)d_out * widths[L - 1]; k++)
-                S[k] = layers[L - 1][k] * rbeta;
-            for (int j = L - 2; j >= 1; j--) {
-                REAL *Sj = S - (long long)d_out * widths[j];
-                SFX(mm)(gemm, 'N', 'N', d_out, widths[j], widths[j + 1], (REAL)1, S, widths[j + 1],
-                        layers[j], widths[j], (REAL)0, Sj, widths[j]);
-                S = Sj;
-            }
-            SFX(mm)(gemm, 'N', 'N', d_out, r, widths[1], (REAL)1, S, widths[1], layers[0], r,
-                    (REAL)0, s0, r);
-        }
+    if (*state != 1 && *state != 2) {        /* read-only pass: suffix chain and R */
+        SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0);
         for (int p = 0; p < d_out; p++)
             for (int q = 0; q < r; q++)
                 R[(long long)p * r + q] = s0[(long long)p * r + q] * xs[q] - yred[(long long)p * r + q];
@@ -276,20 +379,15 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
     if (*state == 1) {
         /* ---- bottom-up sweep: T-form update + new prefix chain ---- */
         REAL *T = Ta, *Tn = Tb;
-        for (int p = 0; p < d_out; p++)        /* T_0 = X_red R^T (r x d_out) */
-            for (int q = 0; q < r; q++)
-                T[(long long)q * d_out + p] = R[(long long)p * r + q] * xs[q];
-        long long offS = 0, offP = 0;          /* S_{i+1}, P_{i+1} for 0-based layer i */
+        SFX(make_T0)(d_out, r, R, xs, T);
+        long long offS = 0, offP = 0;        /* S_{i+1}, P_{i+1} for 0-based layer i */
         for (int i = 0; i < L; i++) {
             const int dn = widths[i + 1], dp = widths[i];
             REAL *M = layers[i];
-            REAL *Pn = Pch + offP;             /* new P_{i+1}, dn x r */
-            const REAL *Pp = Pn - (long long)dp * r;   /* new P_i (i >= 1), dp x r */
-            if (i == L - 1) {                  /* S_L = beta I: M_L -= beta c_L T^T */
-                const REAL bc = (REAL)(beta * c[i]);
-                for (int p = 0; p < dn; p++)
-                    for (int q = 0; q < dp; q++)
-                        M[(long long)p * dp + q] -= T[(long long)q * d_out + p] * bc;
+            REAL *Pn = Pch + offP;           /* new P_{i+1}, dn x r */
+            const REAL *Pp = Pn - (long long)dp * r;   /* new P_i (i >= 1) */
+            if (i == L - 1) {
+                SFX(top_T_update)(dn, dp, d_out, (REAL)(beta * c[i]), M, T);
                 if (i == 0) {
                     for (int p = 0; p < dn; p++)
                         for (int q = 0; q < r; q++)
@@ -299,24 +397,8 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
                 }
                 break;
             }
-            const REAL *S = Sch + offS;        /* stored S_{i+1} (old weights), d_out x dn */
-            const REAL mci = (REAL)(-c[i]);
-            const int rb = SFX(block_rows)(block_bytes, dp);
-            for (int a = 0; a < dn; a += rb) {
-                const int nb = (dn - a < rb) ? dn - a : rb;
-                REAL *Mb = M + (long long)a * dp;
-                SFX(mm)(gemm, 'N', 'N', nb, d_out, dp, (REAL)1, Mb, dp, T, d_out, (REAL)0,
-                        Tn + (long long)a * d_out, d_out);           /* old chain */
-                SFX(mm)(gemm, 'T', 'T', nb, dp, d_out, mci, S + a, dn, T, d_out, (REAL)1, Mb, dp);
-                if (i == 0) {                                         /* new chain */
-                    for (int p = 0; p < nb; p++)
-                        for (int q = 0; q < r; q++)
-                            Pn[(long long)(a + p) * r + q] = Mb[(long long)p * r + q] * xs[q];
-                } else {
-                    SFX(mm)(gemm, 'N', 'N', nb, r, dp, (REAL)1, Mb, dp, Pp, r, (REAL)0,
-                            Pn + (long long)a * r, r);
-                }
-            }
+            SFX(bottomup_layer)(gemm, i == 0, dn, dp, d_out, r, (REAL)(-c[i]), M, T, Tn,
+                                Sch + offS, xs, Pp, Pn, block_bytes);
             REAL *tmp = T; T = Tn; Tn = tmp;
             offS += (long long)d_out * dn;
             offP += (long long)dn * r;
@@ -328,21 +410,15 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
     }
 
     /* ---- state 2: top-down sweep: P-form update + new suffix chain ---- */
-    REAL *S = Sa, *Sn = Sb;                    /* old S_{i+1}, old S_i */
-    long long offP = totP - (long long)widths[L] * r;   /* P_L; P_i = offP - d_i r */
-    long long offSn = totS;                    /* new S_i = Sch + offSn - d_out d_i */
+    REAL *S = Sa, *Sn = Sb;                  /* old S_{i+1}, old S_i */
+    long long offP = totP - (long long)widths[L] * r;   /* P_i = offP - d_i r */
+    long long offSn = totS;                  /* new S_i = Sch + offSn - d_out d_i */
     for (int i = L - 1; i >= 0; i--) {
         const int dn = widths[i + 1], dp = widths[i];
         REAL *M = layers[i];
-        const REAL ci = (REAL)c[i];
-        if (i == L - 1) {
-            for (long long k = 0; k < (long long)dn * r; k++) Q[k] = (R[k] * rbeta) * ci;
-        } else {
-            SFX(mm)(gemm, 'T', 'N', dn, r, d_out, (REAL)1, S, dn, R, r, (REAL)0, Q, r);
-            for (long long k = 0; k < (long long)dn * r; k++) Q[k] *= ci;
-        }
-        const REAL *SnewUp = Sch + offSn;      /* new S_{i+1} (i < L-1), d_out x dn */
-        if (i == 0) {                          /* M_1 -= Q diag(xs); new S_0 = S_1 M_1 */
+        SFX(make_Q)(gemm, i == L - 1, dn, d_out, r, rbeta, (REAL)c[i], S, R, Q);
+        const REAL *SnewUp = Sch + offSn;    /* new S_{i+1} (i < L-1), d_out x dn */
+        if (i == 0) {                        /* M_1 -= Q diag(xs); new S_0 = S_1 M_1 */
             for (int p = 0; p < dn; p++)
                 for (int q = 0; q < r; q++)
                     M[(long long)p * r + q] -= Q[(long long)p * r + q] * xs[q];
@@ -354,30 +430,9 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
             break;
         }
         offP -= (long long)dp * r;
-        const REAL *Pi = Pch + offP;           /* stored P_i (old weights), dp x r */
         offSn -= (long long)d_out * dp;
-        REAL *Snew = Sch + offSn;              /* new S_i, d_out x dp */
-        const int rb = SFX(block_rows)(block_bytes, dp);
-        for (int a = 0; a < dn; a += rb) {
-            const int nb = (dn - a < rb) ? dn - a : rb;
-            REAL *Mb = M + (long long)a * dp;
-            const REAL b0 = a == 0 ? (REAL)0 : (REAL)1;
-            if (i == L - 1) {                  /* old chain */
-                for (long long k = 0; k < (long long)nb * dp; k++)
-                    Sn[(long long)a * dp + k] = Mb[k] * rbeta;
-            } else {
-                SFX(mm)(gemm, 'N', 'N', d_out, dp, nb, (REAL)1, S + a, dn, Mb, dp, b0, Sn, dp);
-            }
-            SFX(mm)(gemm, 'N', 'T', nb, dp, r, (REAL)-1, Q + (long long)a * r, r, Pi, r,
-                    (REAL)1, Mb, dp);
-            if (i == L - 1) {                  /* new chain */
-                for (long long k = 0; k < (long long)nb * dp; k++)
-                    Snew[(long long)a * dp + k] = Mb[k] * rbeta;
-            } else {
-                SFX(mm)(gemm, 'N', 'N', d_out, dp, nb, (REAL)1, SnewUp + a, dn, Mb, dp, b0,
-                        Snew, dp);
-            }
-        }
+        SFX(topdown_layer)(gemm, i == L - 1, dn, dp, d_out, r, rbeta, M, S, Sn, Q, Pch + offP,
+                           SnewUp, Sch + offSn, block_bytes);
         REAL *tmp = S; S = Sn; Sn = tmp;
     }
     for (int p = 0; p < d_out; p++)

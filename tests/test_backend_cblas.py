@@ -420,24 +420,50 @@ def test_built_but_broken_extension_is_reported_as_such(monkeypatch):
     assert "was built but failed to load" in mod.reason and "simulated" in mod.reason
 
 
-# Thread counts only change how BLAS splits its products (not the kernel's own
-# order of operations); 1e-12 allows for a K-split reduction in BLAS.
+# The kernel's parallel loops split a layer into disjoint row or column
+# ranges (no reductions), and BLAS is held to one thread inside; a different
+# thread count can only change how a BLAS kernel tiles one product. 1e-12
+# allows for that and is far below any algebraic error.
 RTOL_THREADS = 1e-12
 
 
 @needs_cblas
-@pytest.mark.parametrize("schedule_name", ["two-pass", "single-pass"])
-def test_independent_of_blas_thread_count(schedule_name, monkeypatch):
+@pytest.mark.parametrize("variant", ["P", "T", "single-pass"])
+def test_independent_of_thread_count_and_equal_to_numpy(variant, monkeypatch):
+    """m = 192: layers large enough for the kernel's parallel loops (>= 32768
+    entries), with 4 KiB blocks so each thread walks several blocks."""
     from threadpoolctl import threadpool_limits
-    monkeypatch.setattr(cblas, "SCHEDULE", schedule_name)
+    from engine.train import _Stepper
+    monkeypatch.setattr(cblas, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(cblas, "SCHEDULE", "single-pass")
+    form = None if variant == "single-pass" else variant
     X, Y = engine.synthetic(64, 40, 12, seed=0)
     prob = engine.Problem(X, Y)
+    widths = [64, 192, 192, 192, 12]
     lr = engine.theory.lr_bound("orthogonal", prob, 4)
-    runs = []
-    for threads in (1, 2):
-        net = engine.init.orthogonal([64, 160, 160, 160, 12], seed=1)
-        with threadpool_limits(limits=threads, user_api="blas"):
-            runs.append(engine.train(net, prob, lr=lr, steps=20, backend="cblas"))
-    np.testing.assert_allclose(runs[1].loss, runs[0].loss, rtol=RTOL_THREADS)
-    for a, b in zip(runs[1].net.normalized(), runs[0].net.normalized()):
+    nets, losses = [], []
+    for backend, threads in (("numpy", 2), ("cblas", 1), ("cblas", 2)):
+        net = engine.init.orthogonal(widths, seed=1)
+        with threadpool_limits(limits=threads):
+            st = _Stepper(net, prob, lr, backend, form=form)
+            losses.append([st.step()[0] for _ in range(20)])
+        nets.append(net)
+    np.testing.assert_allclose(losses[2], losses[1], rtol=RTOL_THREADS)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=RTOL64)
+    for a, b, ref in zip(nets[2].normalized(), nets[1].normalized(), nets[0].normalized()):
         np.testing.assert_allclose(a, b, rtol=0, atol=RTOL_THREADS * np.abs(b).max())
+        np.testing.assert_allclose(b, ref, rtol=0, atol=RTOL64 * np.abs(ref).max())
+
+
+@needs_cblas
+def test_blas_threads_restored_after_a_step():
+    """BLAS is held to one thread only while the kernel runs (STYLE.md habit 5)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    X, Y = engine.synthetic(16, 8, 4, seed=0)
+    prob = engine.Problem(X, Y)
+    net = engine.init.orthogonal([16, 12, 12, 4], seed=0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+        engine.train(net, prob, lr=1e-3, steps=3, backend="cblas")
+        after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    assert after == before

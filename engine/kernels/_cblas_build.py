@@ -13,13 +13,45 @@ as the extension's ``sources`` and ``depends``.
 The kernel links no BLAS: engine/kernels/cblas_backend.py passes it the
 address of the ?gemm that SciPy already ships (scipy.linalg.cython_blas).
 """
+import os
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+
 from cffi import FFI
+
+
+def _openmp_flags():
+    """["-fopenmp"] if the C compiler builds and links an OpenMP program, else [].
+
+    The kernel's parallel loops are OpenMP pragmas; without OpenMP it still
+    builds and runs serially (BLAS then provides the only parallelism). Set
+    ENGINE_CBLAS_OPENMP=0 to build without it.
+    """
+    if os.environ.get("ENGINE_CBLAS_OPENMP", "1") == "0":
+        return []
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as fh:
+            fh.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
+        try:
+            res = subprocess.run(shlex.split(cc) + ["-fopenmp", src, "-o", os.path.join(tmp, "omp_probe")],
+                                 capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return []
+    return ["-fopenmp"] if res.returncode == 0 else []
+
+
+OPENMP_FLAGS = _openmp_flags()
 
 ffibuilder = FFI()
 ffibuilder.cdef("""
 #define DLN_FORM_P 0
 #define DLN_FORM_T 1
 #define DLN_SINGLE 2
+int dln_openmp_threads(void);
 long long dln_work_size(int L, const int *widths, int form);
 int dln_step_f64(void *dgemm, int L, const int *widths, double **layers,
                  const double *c, double beta, const double *xs,
@@ -49,5 +81,6 @@ ffibuilder.set_source(
     sources=["csrc/dln_step.c"],
     include_dirs=["csrc"],
     depends=["csrc/dln_step.h", "csrc/dln_step_impl.h"],
-    extra_compile_args=["-O3", "-std=c99"],
+    extra_compile_args=["-O3", "-std=c99"] + OPENMP_FLAGS,
+    extra_link_args=OPENMP_FLAGS,
 )

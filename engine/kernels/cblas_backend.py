@@ -30,6 +30,14 @@ passed into the C code, so the extension links no BLAS. It is built by
 backend reports ``available = False`` and ``reason`` says why, distinguishing
 "not built" from "built but failed to load".
 
+Parallelism: when the extension was built with OpenMP (``openmp_threads`` >
+0), each fused layer is split across threads into disjoint row ranges (T
+chain, P chain) or column ranges (S chain) -- no reductions, so the result
+does not depend on the thread count -- and BLAS is held to one thread for the
+duration of the call (restored afterwards) so the two never oversubscribe
+the cores. Without OpenMP the kernel is serial and BLAS threads as it likes.
+The thread count follows OMP_NUM_THREADS / threadpoolctl's "openmp" limit.
+
 float64 (dgemm) and float32 (sgemm). The wrapper checks dtype,
 C-contiguity, writability and shapes of every array before any pointer goes
 to C, and raises TypeError / ValueError naming the argument otherwise.
@@ -111,6 +119,23 @@ def _load():
 
 ffi, lib, _GEMM, reason = _load()
 available = not reason
+# Threads the kernel's own parallel loops may use; 0 = built without OpenMP.
+openmp_threads = int(lib.dln_openmp_threads()) if available else 0
+
+_BLAS_CONTROLLER = None
+
+
+def _serial_blas():
+    """Context manager holding BLAS to one thread (restored on exit).
+
+    The ThreadpoolController is built once (it scans the loaded libraries);
+    entering and leaving its limit then costs ~10 us per step.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 _CTYPE = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
 
@@ -230,6 +255,12 @@ class Workspace:
         xp = self._vector("xs", xs, (self.r,), self.dtype, self._ctype)
         yp = self._vector("yred", yred, (self.d_out, self.r), self.dtype, self._ctype)
         beta = float(beta)
+        if openmp_threads > 1:
+            with _serial_blas():
+                return self._run(cp, beta, xp, yp, lo, hi, do_update)
+        return self._run(cp, beta, xp, yp, lo, hi, do_update)
+
+    def _run(self, cp, beta, xp, yp, lo, hi, do_update):
         if self._single:
             if beta != self._beta:
                 self._state[0] = 0
