@@ -391,7 +391,7 @@ def test_resume_into_a_given_network(prob, tmp_path):
     _same_run(res, ref)
 
 
-def _odd_step_resume(backend, every=3, stop=4):
+def _odd_step_resume(backend, every=3, stop=4, dtype="float64"):
     """Interrupt right after a checkpoint at an odd step (3) of a run where alternating
     single-pass schedules are chosen (r = 16 <= 2 d_out = 20) and compare with an
     uninterrupted run: bit-identical requires the sweep phase to be resumed too."""
@@ -399,11 +399,11 @@ def _odd_step_resume(backend, every=3, stop=4):
     prob = engine.Problem(*engine.synthetic(64, 16, 10, seed=0))
     widths = [64, 32, 32, 32, 10]
     kw = dict(lr="theory", steps=20, backend=backend)
-    ref = engine.train(engine.init.gaussian(widths, seed=1), prob, **kw)
+    ref = engine.train(engine.init.gaussian(widths, seed=1, dtype=dtype), prob, **kw)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "c")
         with pytest.raises(Interrupt):
-            engine.train(engine.init.gaussian(widths, seed=1), prob, checkpoint=path,
+            engine.train(engine.init.gaussian(widths, seed=1, dtype=dtype), prob, checkpoint=path,
                          checkpoint_every=every, callback=_interrupt_at(stop), **kw)
         assert ck.load(path).step == every
         res = engine.train(prob=prob, resume=path)
@@ -411,8 +411,9 @@ def _odd_step_resume(backend, every=3, stop=4):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
-def test_resume_at_odd_step_with_default_schedule(backend):
-    _odd_step_resume(backend)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_resume_at_odd_step_with_default_schedule(backend, dtype):
+    _odd_step_resume(backend, dtype=dtype)
 
 
 def test_resume_at_odd_step_cblas_single_pass(monkeypatch):
