@@ -98,7 +98,7 @@ def table(res: dict) -> str:
     row("eq. (10) upper / (L/d_out), max over t", lambda r: _fmt(r["gram"][:, 3].max() / scale))
     row("theorem's Gram bounds / (L/d_out)",
         lambda r: f"[{_fmt(r['gram_bounds'][0] / scale)}, {_fmt(r['gram_bounds'][1] / scale)}]")
-    rows.append(f"| sigma_r^2(X), ||X||^2 (the ideal range) | {_fmt(prob.lambda_r)}, {_fmt(prob.x_norm ** 2)} | same |")
+    rows.append(f"| sigma_r^2(X), ‖X‖^2 (the ideal range) | {_fmt(prob.lambda_r)}, {_fmt(prob.x_norm ** 2)} | same |")
 
     def spec(r, k):
         sp = r["spectra"][k]
@@ -195,10 +195,13 @@ def figure(res: dict, path: str) -> None:
 
 
 def record_cost(width: int = 256, depth: int = 64, data=(1024, 16, 10), repeat: int = 5,
-                backend: str = "numpy") -> list[tuple[str, float, float]]:
+                backend: str = "numpy", init: str = "orthogonal") -> list[tuple[str, float, float]]:
     """Seconds to compute each recordable diagnostic once, and that time in units of one GD step.
 
-    HXP's data shape by default; an orthogonal network after 5 GD steps. Each time is the minimum over ``repeat``
+    HXP's data shape by default; a network of the given init after 5 GD steps.
+    The init matters for ``interior``: power iteration stops at once on the
+    near-isometric orthogonal products and needs tens of iterations on
+    Gaussian ones (small top singular-value gaps of short products). Each time is the minimum over ``repeat``
     calls (the least disturbed by other load); the step is timed like
     ``bench/step_time.py`` (the bound stepper that ``engine.train`` runs).
     Returns [(name, seconds, seconds / step)], the step itself first.
@@ -206,11 +209,11 @@ def record_cost(width: int = 256, depth: int = 64, data=(1024, 16, 10), repeat: 
     from .train import _Stepper
     d_in, n, d_out = data
     prob = Problem(*synthetic(d_in, n, d_out, seed=0))
-    net0 = _init.orthogonal([d_in] + [width] * (depth - 1) + [d_out], seed=0)
+    net0 = _init.by_name(init)([d_in] + [width] * (depth - 1) + [d_out], seed=0)
     net = net0.copy()
     # 1% of HXP's rate: a step costs the same at any lr, and narrow widths
     # (m < d_in, where HXP's rate is outside the theorem and diverges) stay finite
-    st = _Stepper(net, prob, 0.01 * theory.lr_bound("orthogonal", prob, depth), backend)
+    st = _Stepper(net, prob, 0.01 * theory.lr_bound(init, prob, depth), backend)
     for _ in range(5):
         st.step()
     state = net.copy()       # diagnostics see this state; the step timing goes on with ``net``
@@ -260,10 +263,12 @@ def main(argv=None) -> int:
             m, L = (int(v) for v in a.record_cost.split(","))
         except ValueError:
             p.error(f"--record-cost: expected M,L, got {a.record_cost!r}")
-        print(f"| diagnostic at (m, L) = ({m}, {L}), {a.backend} backend | seconds | in GD steps |")
-        print("|---|---|---|")
-        for name, sec, rel in record_cost(m, L, backend=a.backend):
-            print(f"| {name} | {sec:.4f} | {rel:.2f} |")
+        res = {nm: record_cost(m, L, backend=a.backend, init=nm) for nm in ("orthogonal", "gaussian")}
+        print(f"| (m, L) = ({m}, {L}), {a.backend} backend | orthogonal: seconds | in GD steps "
+              "| gaussian: seconds | in GD steps |")
+        print("|---|---|---|---|---|")
+        for (name, so, ro), (_, sg, rg) in zip(res["orthogonal"], res["gaussian"]):
+            print(f"| {name} | {so:.4f} | {ro:.2f} | {sg:.4f} | {rg:.2f} |")
         return 0
     for nm in ("steps", "width", "depth"):
         if getattr(a, nm) < (2 if nm == "depth" else 1):
