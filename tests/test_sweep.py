@@ -124,29 +124,75 @@ def _kill_sweep_part_way(cmd, db, min_rows, cwd):
     return proc.returncode
 
 
-def test_sweep_killed_with_sigkill_resumes_to_the_same_database(tmp_path):
-    """A sweep killed part-way (SIGKILL of the driver) and restarted gives the same
-    database as an uninterrupted one: no duplicate and no missing rows."""
+def _kill_grid(tmp_path, seeds):
     spec = {"name": "killme", "grid": dict(d_in=32, n=8, d_out=3, init=["gaussian", "orthogonal"],
-                                           width=[12, 16, 20], depth=[20, 24], seed=[0], steps=1500, tol=0)}
+                                           width=[12, 16, 20], depth=[20, 24], seed=list(seeds), steps=1500,
+                                           tol=0)}
     gfile = tmp_path / "g.json"
     gfile.write_text(json.dumps(spec))
-    n_total = 12
+    return gfile, 12 * len(seeds)
+
+
+@pytest.mark.parametrize("mode", ["serial", "dask"])
+def test_sweep_killed_with_sigkill_resumes_to_the_same_database(tmp_path, mode):
+    """A sweep killed part-way (SIGKILL of the driver) and restarted gives the same
+    database as an uninterrupted one: no duplicate and no missing rows."""
+    if mode == "dask":
+        pytest.importorskip("distributed")
+    gfile, n_total = _kill_grid(tmp_path, [0])
     killed, whole = str(tmp_path / "killed.db"), str(tmp_path / "whole.db")
-    base = [sys.executable, "-m", "engine", "sweep", str(gfile), "--serial", "--backend", "numpy", "--no-progress"]
-    rc = _kill_sweep_part_way(base + ["--db", killed], killed, 3, tmp_path)
+    how = ["--serial"] if mode == "serial" else ["--workers", "2"]
+    base = [sys.executable, "-m", "engine", "sweep", str(gfile), "--backend", "numpy", "--no-progress"]
+    rc = _kill_sweep_part_way(base + how + ["--db", killed], killed, 3, tmp_path)
     assert rc == -signal.SIGKILL, "the sweep finished before it could be killed; make the runs longer"
     _, _, n_part = _db_content(killed)
     assert 3 <= n_part < n_total
-    r = subprocess.run(base + ["--db", killed], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(base + how + ["--db", killed], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"{n_part} already in the database" in r.stdout
-    r = subprocess.run(base + ["--db", whole], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(base + ["--serial", "--db", whole], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     rows_k, curves_k, n_k = _db_content(killed)
     rows_w, curves_w, n_w = _db_content(whole)
     assert n_k == n_w == n_total
     assert rows_k == rows_w and curves_k == curves_w
+
+
+def test_sigkill_of_a_dask_worker_loses_no_run(tmp_path):
+    """kill -9 of one worker process mid-sweep: its run is retried on another worker
+    (the nanny restarts the dead one) and the sweep completes with every run."""
+    pytest.importorskip("distributed")
+    gfile, n_total = _kill_grid(tmp_path, [0])
+    db = str(tmp_path / "w.db")
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "sweep", str(gfile), "--backend", "numpy",
+                             "--no-progress", "--workers", "2", "--db", db], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        if not os.path.exists(db):
+            continue
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            continue
+        if n >= 2:
+            kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True,
+                                  text=True).stdout.split()
+            if kids:
+                killed = int(kids[0])
+                os.kill(killed, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert killed is not None, "no worker process found to kill"
+    assert proc.returncode == 0, err
+    rows, _, n = _db_content(db)
+    assert n == n_total
+    assert sum(r["status"] == "failed" for r in rows) <= 1   # at most the run in flight
+    assert sum(r["status"] == "ok" for r in rows) >= n_total - 1
 
 
 dask = pytest.importorskip("distributed")
@@ -264,3 +310,25 @@ def test_export_csv(tmp_path):
     assert n == len(rows) == len(cfgs)
     assert {"key", "init", "width", "depth", "seed", "d_in", "lr", "final_excess", "status",
             "engine_version", "backend"} <= set(rows[0])
+
+
+def test_sweep_on_a_running_scheduler_by_address(tmp_path):
+    from dask.distributed import LocalCluster
+    cfgs = _tiny(width=[8], depth=[3])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        s = run_sweep(cfgs, tmp_path / "a.db", scheduler=cluster.scheduler_address, backend="numpy",
+                      progress=False)
+    assert s.done == len(cfgs) and cluster.scheduler_address in s.mode
+
+
+def test_parquet_export_or_a_clear_message(tmp_path):
+    path = tmp_path / "p.db"
+    run_sweep(_tiny(width=[8], depth=[3]), path, workers=0, backend="numpy", progress=False)
+    with ResultsDB(path, readonly=True) as db:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            with pytest.raises(ResultsDBError, match="needs pyarrow"):
+                db.export_parquet(tmp_path / "p.parquet")
+        else:
+            assert db.export_parquet(tmp_path / "p.parquet") == 2
