@@ -53,7 +53,7 @@ PHASE_GRIDS = {
     "tiny": {"widths": [10, 40, 80], "depths": [1, 4, 8], "seeds": [0], "steps": 200},
     "quick": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160], "depths": [1, 8, 16, 32, 64, 96],
               "seeds": [0], "steps": 1000},
-    "default": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320],
+    "default": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226],
                 "depths": [1, 8, 16, 24, 32, 48, 64, 96, 128], "seeds": [0, 1], "steps": 1000},
     "full": {"widths": [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320, 450, 640, 1000],
              "depths": [1, 10, 25, 50, 100, 150, 200, 300, 400, 500, 600, 700], "seeds": [0, 1, 2],
@@ -139,7 +139,7 @@ def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, s
 
     HXP data (X 1024 x 16, Y = W* X), widths [1024, m, ..., m, 10], lr = the
     init's theorem rate, stop early at l - OPT <= 1e-12 ||Y||_F^2. Grid
-    ``size``: "default" (11 widths 10..320 x 9 depths 1..128 x 2 seeds x 2
+    ``size``: "default" (10 widths 10..226 x 9 depths 1..128 x 2 seeds x 2
     inits, a few minutes on 2 cores), "quick", or "full" (= ``full=True``:
     widths 10..1000, depths 1..700, 3 seeds, hours; resumable through ``db``).
     """

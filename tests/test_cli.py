@@ -74,6 +74,9 @@ def test_reproduce_tiny_writes_db_and_figure(tmp_path, name):
     assert r.returncode == 0, r.stderr
     assert _png(tmp_path / f"{name}.png") and (tmp_path / f"engine-{name}.db").exists()
     assert "0 failed" in r.stdout and "Traceback" not in r.stderr
+    r = _run("plot", "--db", f"engine-{name}.db", "--out-dir", "again", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _png(tmp_path / "again" / f"{name}.png")
 
 
 def test_sweep_grid_file_plot_export_end_to_end(tmp_path):
