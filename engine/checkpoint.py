@@ -2,7 +2,8 @@
 
 ``engine.train(net, prob, ..., checkpoint="run.ckpt", checkpoint_every=k)``
 writes the state of the run every k steps (and the final state), and
-``engine.train(prob=prob, resume="run.ckpt")`` continues it. The resumed
+``engine.train(resume="run.ckpt")`` (or with ``prob=`` for data too large to
+store) continues it. The resumed
 trajectory is bit-identical to an uninterrupted one on the same backend:
 weights are stored exactly as trained (normalized storage A_i in their dtype,
 the first layer as the bound pair B_1 = A_1 U_r and A_1 (I - U_r U_r^T), the
@@ -18,6 +19,7 @@ File format (one ``.npz`` zip container, no pickles):
     perp      A_1 (I - U_r U_r^T) (only when bound)
     log_s, log_beta, sigma            scales and init parameters
     hist_t, hist_excess               history recorded so far (t < step)
+    data_X, data_Y                    the data (only up to DATA_LIMIT bytes)
     start_*   the network at the start of the run (only with ``record=``,
               whose diagnostics such as "distance" refer to it)
     rec_*     each recorder's steps, values and seconds
@@ -61,6 +63,10 @@ VERSION = 1
 _TRAILER_TAG = b"\nENGINE-CHECKPOINT-SHA256:"
 _TRAILER_LEN = len(_TRAILER_TAG) + 64 + 1
 _CHUNK = 1 << 24
+
+# X and Y are stored in the checkpoint (so ``train(resume=path)`` needs no
+# ``prob``) when together they take at most this many bytes.
+DATA_LIMIT = 64 * 1024 ** 2
 
 
 class CheckpointError(RuntimeError):
@@ -269,6 +275,21 @@ class Checkpoint:
                 f"prob: this checkpoint was trained on different data (its problem fingerprint "
                 f"{self.meta['problem'][:16]}... differs from this problem's "
                 f"{prob.fingerprint[:16]}...); resuming on other data would not continue the run")
+
+    def problem(self):
+        """The Problem the run was trained on, rebuilt from the stored X and Y.
+
+        Raises TypeError naming ``prob`` when the data were too large to store
+        (``DATA_LIMIT``): pass the Problem yourself then.
+        """
+        if "data_X" not in self.arrays:
+            raise TypeError(
+                f"prob: checkpoint {self.path!r} does not store the data (X and Y exceed "
+                f"{DATA_LIMIT // 1024 ** 2} MiB); pass prob=engine.Problem(X, Y)")
+        from .problem import Problem
+        prob = Problem(self.arrays["data_X"], self.arrays["data_Y"], rtol=float(self.meta["rtol"]))
+        self.check_problem(prob)
+        return prob
 
     def network(self, prob) -> Network:
         """The network at step ``self.step``, bound to ``prob`` (which must match)."""

@@ -256,8 +256,10 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     checkpoint_every : int >= 1, optional
         Steps between checkpoints; None writes only the final state.
     resume : path, optional
-        Continue the run saved in this checkpoint: ``train(prob=prob,
-        resume=path)``. The network comes from the file: with ``net=None`` a new
+        Continue the run saved in this checkpoint: ``train(resume=path)``
+        (the data X, Y are stored in the checkpoint when they take at most
+        ``checkpoint.DATA_LIMIT`` bytes; otherwise pass ``prob=``), or
+        ``train(prob=prob, resume=path)``. The network comes from the file: with ``net=None`` a new
         Network is returned in ``run.net``; a given ``net`` of the same widths
         and dtype has its state replaced by the checkpoint's (so
         ``train(net, prob, resume=path)`` works too). ``prob`` must hold the
@@ -286,10 +288,12 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     if resume is not None:
         if net is not None and not isinstance(net, Network):
             raise TypeError(f"net: must be an engine Network or None, got {type(net).__name__}")
-        if not isinstance(prob, Problem):
+        if prob is not None and not isinstance(prob, Problem):
             raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
         resume = _path_arg(resume, "resume")
         saved = ckpt.load(resume)
+        if prob is None:
+            prob = saved.problem()
         loaded = saved.network(prob)
         if net is None:
             net = loaded
@@ -530,6 +534,9 @@ def _save_checkpoint(path, net, prob, start_net, recorders, t, ts, exs, hi, lr, 
             "steps": int(steps), "record_every": record_every, "record": record or None,
             "backend": backend_name, "backend_state": backend_state, "checkpoint_every": every,
             "problem": prob.fingerprint, "hi": repr(float(hi)), "wall_time": wall}
+    if prob.X.nbytes + prob.Y.nbytes <= ckpt.DATA_LIMIT:
+        arrays["data_X"], arrays["data_Y"] = prob.X, prob.Y
+        meta["rtol"] = prob.rtol
     arrays["hist_t"] = np.asarray(ts, dtype=np.int64)
     arrays["hist_excess"] = np.asarray(exs, dtype=np.float64)
     if start_net is not None:

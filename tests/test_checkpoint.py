@@ -212,7 +212,7 @@ def test_resume_refuses_other_data_and_other_settings(prob, good):
     with pytest.raises(TypeError, match="^net"):
         engine.train("net", prob, resume=good)
     with pytest.raises(TypeError, match="^prob"):
-        engine.train(resume=good)
+        engine.train(prob=(prob.X, prob.Y), resume=good)
     with pytest.raises(TypeError, match="^resume"):
         engine.train(prob=prob, resume=3)
     # the same values passed explicitly are fine
@@ -312,7 +312,7 @@ def test_kill9_during_write_leaves_previous_checkpoint(prob, tmp_path, mode, uni
     assert c.step == 10
     leftovers = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     assert leftovers, "the kill should have hit a write in progress"
-    res = engine.train(prob=prob, resume=tmp_path / "run.ckpt")
+    res = engine.train(resume=tmp_path / "run.ckpt")      # data from the checkpoint itself
     _same_run(res, uninterrupted)
 
 
@@ -425,3 +425,22 @@ def test_resume_at_odd_step_cblas_single_pass(monkeypatch):
                      "is not checkpointed, so an odd-step resume differs by rounding (~1e-14)")
     monkeypatch.setattr(cblas_backend, "SCHEDULE", "single-pass")
     _odd_step_resume("cblas")
+
+
+def test_resume_without_prob_uses_stored_data(prob, tmp_path, monkeypatch):
+    path = tmp_path / "c"
+    kw = dict(lr="theory", steps=25, backend="numpy")
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=6), prob, **kw)
+    with pytest.raises(Interrupt):
+        engine.train(engine.init.orthogonal(WIDTHS, seed=6), prob, checkpoint=path, checkpoint_every=5,
+                     callback=_interrupt_at(12), **kw)
+    c = ck.load(path)
+    assert c.problem().fingerprint == prob.fingerprint
+    res = engine.train(resume=path)                 # the call: no prob needed
+    _same_run(res, ref)
+    # data above the limit are not stored: then prob= is required, with a clear message
+    monkeypatch.setattr(ck, "DATA_LIMIT", 10)
+    engine.train(engine.init.orthogonal(WIDTHS, seed=6), prob, checkpoint=path, **kw)
+    with pytest.raises(TypeError, match="^prob: checkpoint .* does not store the data"):
+        engine.train(resume=path)
+    _same_run(engine.train(prob=prob, resume=path), ref)
