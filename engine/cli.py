@@ -105,6 +105,8 @@ def _add_exec(p, workers_default_help="one worker process per core (dask LocalCl
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
                    help="submit to a running dask scheduler instead of a local cluster")
     g.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
+    g.add_argument("--threads-per-run", type=_nonneg_int, default=1,
+                   help="BLAS/Numba threads of each run (default 1; 0 = leave the libraries' defaults)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -381,7 +383,8 @@ def cmd_reproduce(args) -> int:
     out = args.out or f"{name}.png"
     workers = _workers(args)
     t0 = time.perf_counter()
-    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress)
+    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
+              threads_per_run=args.threads_per_run)
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
     if name == "hxp":
@@ -470,7 +473,8 @@ def cmd_sweep(args) -> int:
     size = _size(args)
     workers = _workers(args)
     t0 = time.perf_counter()
-    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress)
+    kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
+              threads_per_run=args.threads_per_run)
     target = args.target
     if target in ex.EXPERIMENTS:
         from engine.results import ResultsDB

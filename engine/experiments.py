@@ -63,12 +63,12 @@ PHASE_GRIDS = {
 
 # --------------------------------------------------------------------------- helpers
 
-def _sweep(name, cfgs, db, workers, scheduler, backend, progress, client=None):
+def _sweep(name, cfgs, db, workers, scheduler, backend, progress, client=None, threads_per_run=1):
     own = db is None
     store = ResultsDB(":memory:") if own else (db if isinstance(db, ResultsDB) else ResultsDB(db))
     try:
         summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
-                            backend=backend, progress=progress, client=client)
+                            backend=backend, progress=progress, client=client, threads_per_run=threads_per_run)
         rows = store.rows(keys=summary.keys)
         if own:
             for r in rows:   # no database to read the curves back from later: attach them
@@ -134,7 +134,8 @@ def phase_configs(widths=None, depths=None, seeds=None, steps=None, inits=INITS,
 
 
 def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, seeds=None, steps=None,
-                  inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
+                  inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
+        threads_per_run=1):
     """HXP's phase diagram: log10 relative excess after ``steps`` GD steps over (depth, width), per init.
 
     HXP data (X 1024 x 16, Y = W* X), widths [1024, m, ..., m, 10], lr = the
@@ -145,7 +146,7 @@ def phase_diagram(db=None, *, full=False, size=None, widths=None, depths=None, s
     """
     size = "full" if full else (size or "default")
     cfgs = phase_configs(widths, depths, seeds, steps, inits, size)
-    rows = _sweep("phase_diagram", cfgs, db, workers, scheduler, backend, progress, client)
+    rows = _sweep("phase_diagram", cfgs, db, workers, scheduler, backend, progress, client, threads_per_run)
     if plot:
         plot_phase_diagram(rows, plot)
     return rows
@@ -212,7 +213,8 @@ def curse_configs(ks=None, depths=None, seeds=None, steps=None, inits=INITS, siz
 
 
 def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, seeds=None, steps=None,
-                      inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
+                      inits=INITS, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
+        threads_per_run=1):
     """Steps until l(t) <= 0.4 ||Y||_F^2 (leaving HXP Thm 4.1's [0.4, 0.6] ||Y||_F^2 band) vs depth.
 
     All widths equal k (d_in = d_out = width = k; k = 1 is Shamir 2018's
@@ -223,7 +225,7 @@ def exponential_curse(db=None, *, full=False, size=None, ks=None, depths=None, s
     """
     size = "full" if full else (size or "default")
     cfgs = curse_configs(ks, depths, seeds, steps, inits, size)
-    rows = _sweep("exponential_curse", cfgs, db, workers, scheduler, backend, progress, client)
+    rows = _sweep("exponential_curse", cfgs, db, workers, scheduler, backend, progress, client, threads_per_run)
     if plot:
         plot_exponential_curse(rows, plot)
     return rows
@@ -302,7 +304,8 @@ def kappa_configs(kappas=None, width=None, depth=None, seeds=None, steps=None, e
 
 
 def rate_vs_kappa(db=None, *, full=False, size=None, kappas=None, width=None, depth=None, seeds=None,
-                  steps=None, eps=1e-8, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None):
+                  steps=None, eps=1e-8, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
+        threads_per_run=1):
     """DH's O(kappa log 1/eps): steps until l - OPT <= eps ||Y||_F^2 vs kappa of X.
 
     X (16 x 16) with prescribed condition number kappa (engine.synthetic),
@@ -312,7 +315,7 @@ def rate_vs_kappa(db=None, *, full=False, size=None, kappas=None, width=None, de
     """
     size = "full" if full else (size or "default")
     cfgs = kappa_configs(kappas, width, depth, seeds, steps, eps, size)
-    rows = _sweep("rate_vs_kappa", cfgs, db, workers, scheduler, backend, progress, client)
+    rows = _sweep("rate_vs_kappa", cfgs, db, workers, scheduler, backend, progress, client, threads_per_run)
     if plot:
         plot_rate_vs_kappa(rows, plot)
     return rows
@@ -369,7 +372,8 @@ THRESHOLD_GRIDS = {
 
 def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None, seeds=None, steps=None,
                     inits=INITS, threshold=TRAINABLE_LOG10, workers=0, scheduler=None, backend="auto",
-                    progress=False, plot=None, client=None):
+                    progress=False, plot=None, client=None,
+        threads_per_run=1):
     """For each depth and init, the smallest width on a grid at which GD is trainable
     (median log10 relative excess over seeds <= ``threshold`` after ``steps`` steps; HXP data,
     theorem lr), found by bisection over the sorted width grid (assumes trainability is
@@ -381,7 +385,7 @@ def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None,
         with dask_client(workers, scheduler) as cl:
             return width_threshold(db, full=full, size=size, depths=depths, widths=widths, seeds=seeds,
                                    steps=steps, inits=inits, threshold=threshold, backend=backend,
-                                   progress=progress, plot=plot, client=cl)
+                                   progress=progress, plot=plot, client=cl, threads_per_run=threads_per_run)
     size = "full" if full else (size or "default")
     g = THRESHOLD_GRIDS[size]
     depths = g["depths"] if depths is None else list(depths)
@@ -401,7 +405,7 @@ def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None,
         cfgs = []
         for (init, d), j in probes.items():
             cfgs += cfgs_for(init, d, widths[j])
-        for r in _sweep("width_threshold", cfgs, db, workers, scheduler, backend, progress, client):
+        for r in _sweep("width_threshold", cfgs, db, workers, scheduler, backend, progress, client, threads_per_run):
             all_rows[r["key"]] = r
         nxt = {}
         for (init, d), j in probes.items():
@@ -466,16 +470,18 @@ def plot_width_threshold(rows, path, threshold=TRAINABLE_LOG10, widths=None):
 # --------------------------------------------------------------------------- README demo
 
 def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=False, plot=None, client=None,
+             threads_per_run=1,
              width=128, depth=64, steps=2000, size="quick"):
     """The README's main job: HXP's phase diagram on the "quick" grid (``size``), plus the
     Gaussian vs orthogonal loss curves at one (width, depth). Returns (phase rows, curve rows)."""
     if client is None:
         with dask_client(workers, scheduler) as cl:
             return hxp_demo(db, backend=backend, progress=progress, plot=plot, client=cl,
-                            width=width, depth=depth, steps=steps, size=size)
-    rows = phase_diagram(db, size=size, backend=backend, progress=progress, client=client)
+                            width=width, depth=depth, steps=steps, size=size, threads_per_run=threads_per_run)
+    rows = phase_diagram(db, size=size, backend=backend, progress=progress, client=client,
+                         threads_per_run=threads_per_run)
     cfgs = grid(**HXP_DATA, init=list(INITS), width=width, depth=depth, seed=0, steps=steps, tol=1e-12)
-    curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress, client)
+    curves = _sweep("hxp_demo_curves", cfgs, db, workers, scheduler, backend, progress, client, threads_per_run)
     if db is not None:
         store = ResultsDB(db, readonly=True) if not isinstance(db, ResultsDB) else db
         try:

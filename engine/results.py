@@ -282,9 +282,16 @@ class ResultsDB:
     def experiments(self) -> list:
         return [r[0] for r in self.con.execute("SELECT DISTINCT experiment FROM runs ORDER BY 1")]
 
-    def export_csv(self, path, experiment=None) -> int:
-        """Write the tidy rows to CSV; returns the number of rows."""
+    def _export_rows(self, experiment):
         rows = self.rows(experiment)
+        raw = {r[0]: r[1] for r in self.con.execute("SELECT key, config FROM runs")}
+        for r in rows:
+            r["config"] = raw[r["key"]]   # the full config as JSON (its lr may be "theory")
+        return rows
+
+    def export_csv(self, path, experiment=None) -> int:
+        """Write the tidy rows (plus the config as JSON) to CSV; returns the number of rows."""
+        rows = self._export_rows(experiment)
         cols = _columns(rows)
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
@@ -300,7 +307,7 @@ class ResultsDB:
             import pyarrow.parquet as pq
         except ImportError:
             raise ResultsDBError("Parquet export needs pyarrow (pip install pyarrow); CSV export works without it") from None
-        rows = self.rows(experiment)
+        rows = self._export_rows(experiment)
         cols = _columns(rows)
         table = pa.table({c: [_csv_value(r.get(c)) if isinstance(r.get(c), (list, dict)) else r.get(c)
                               for r in rows] for c in cols})

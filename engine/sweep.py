@@ -15,9 +15,10 @@ killing the driver or a worker (even with SIGKILL) loses at most the runs in
 flight. A run that raises, or whose worker dies, is stored with
 status "failed" and the error, and the sweep goes on.
 
-Each run executes with BLAS limited to ``threads_per_run`` threads
-(threadpoolctl) in the serial and the distributed mode alike, so both modes
-give identical numbers on the same backend.
+Each run executes with BLAS (threadpoolctl) and Numba limited to
+``threads_per_run`` threads (default 1: one run per core, in parallel) in the
+serial and the distributed mode alike, so both modes give identical numbers
+on the same backend.
 """
 from __future__ import annotations
 
@@ -201,11 +202,20 @@ def _execute(func, config, backend, threads):
             limits = threadpool_limits(limits=threads) if threads else None
         except ImportError:  # pragma: no cover - threadpoolctl is a dependency
             limits = None
+        nb, nb_old = sys.modules.get("numba"), None
+        if threads and nb is not None:   # the numba backend's parallel kernels, likewise
+            try:
+                nb_old = nb.get_num_threads()
+                nb.set_num_threads(max(1, min(int(threads), nb.config.NUMBA_NUM_THREADS)))
+            except Exception:  # pragma: no cover - a numba without threading control
+                nb_old = None
         try:
             out = func(config, backend)
         finally:
             if limits is not None:
                 limits.restore_original_limits()
+            if nb_old is not None:
+                nb.set_num_threads(nb_old)
         if not isinstance(out, dict) or "result" not in out:
             raise TypeError(f"run function returned {type(out).__name__}, expected a dict with 'result'")
         return out
@@ -242,7 +252,7 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
     client : a client from ``dask_client(...)`` to share one cluster between sweeps
              (overrides workers and scheduler).
     backend : engine backend for every run ("auto" picks the fastest available).
-    threads_per_run : BLAS threads per run (threadpoolctl); 0 leaves them alone.
+    threads_per_run : BLAS and Numba threads per run; 0 leaves them alone.
     retry_failed : re-run configs stored with status "failed" (default True).
     func : the run function, ``func(config, backend) -> {"result", "curve"}``
            (default ``run_config``); must be importable by the workers.
