@@ -295,12 +295,10 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         if prob is None:
             prob = saved.problem()
         loaded = saved.network(prob)
-        if net is None:
-            net = loaded
-        else:
-            _adopt(net, loaded)
+        if net is not None:
+            _check_adoptable(net, loaded)   # the given net is changed only once all checks passed
         meta = saved.meta
-        lr = _same_as_saved(lr, meta["lr"], "lr", net, prob)
+        lr = _same_as_saved(lr, meta["lr"], "lr", loaded, prob)
         tol = _same_as_saved(tol, meta["tol"], "tol")
         record_every = _same_as_saved(record_every, meta["record_every"], "record_every")
         rec_saved = meta["record"]
@@ -339,6 +337,12 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     elif checkpoint_every is not None:
         raise ValueError("checkpoint_every: needs checkpoint=<path> to write to")
+    if saved is not None:
+        kernels.get(backend, shape=(loaded.widths, prob.rank))   # refuse an unknown/unavailable one first
+        if net is None:
+            net = loaded
+        else:
+            _adopt(net, loaded)
 
     st = _Stepper(net, prob, lr, backend)
     if saved is None:
@@ -436,13 +440,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     return res
 
 
-def _adopt(net, loaded):
-    """Give ``net`` the state of ``loaded`` (same widths and dtype, else refuse)."""
+def _check_adoptable(net, loaded):
     if net.widths != loaded.widths or net.dtype != loaded.dtype:
         raise ValueError(
             f"net: has widths {list(net.widths)} and dtype {net.dtype}, but the checkpoint holds "
             f"widths {list(loaded.widths)} and dtype {loaded.dtype}; pass net=None to get the "
             "checkpoint's network")
+
+
+def _adopt(net, loaded):
+    """Give ``net`` the state of ``loaded`` (same widths and dtype, else refuse)."""
+    _check_adoptable(net, loaded)
     for name in ("_layers", "_stack", "_perp", "_bound", "_log_s", "_log_beta", "init", "seed", "sigma"):
         setattr(net, name, getattr(loaded, name))
     net._ws = None

@@ -386,6 +386,12 @@ def test_resume_into_a_given_network(prob, tmp_path):
         engine.train(engine.init.orthogonal(WIDTHS, seed=5), prob, checkpoint=path, checkpoint_every=4,
                      callback=_interrupt_at(9), **kw)
     mine = engine.init.orthogonal(WIDTHS, seed=123)       # another seed: its state is replaced
+    before = mine.normalized()
+    for bad in (dict(lr=1.0), dict(steps=-1), dict(backend="cuda"), dict(tol=1e-3)):
+        with pytest.raises(ValueError):                   # refused: the given net is untouched
+            engine.train(mine, prob, resume=path, **bad)
+        for a, b in zip(before, mine.normalized()):
+            np.testing.assert_array_equal(a, b)
     res = engine.train(mine, prob, resume=path, lr="theory", steps=20, tol=None)
     assert res.net is mine and mine.hidden_uniform
     _same_run(res, ref)
