@@ -188,3 +188,15 @@ def test_bad_grid_file_and_database_errors_are_one_line(tmp_path):
         holder.rollback()
         holder.close()
     assert r.returncode == 2 and "is locked by another process" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sweep_named_experiment_then_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = _run("sweep", "rate_vs_kappa", "--size", "tiny", "--db", "k.db", "--serial", "--backend", "numpy",
+             "--no-progress", "--export", "k.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "rate_vs_kappa: 6 runs in k.db (0 failed)" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "k.csv")))
+    assert len(rows) == 6 and json.loads(rows[0]["config"])["lr"] == "theory"
+    r = _run("plot", "--db", "k.db", cwd=tmp_path)
+    assert r.returncode == 0 and _png(tmp_path / "rate_vs_kappa.png")
