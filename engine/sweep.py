@@ -329,6 +329,18 @@ class _Serial:
     mode = "serial"
 
 
+class _Lazy:
+    """A dask client started on first use: a sweep with nothing left to run starts no cluster."""
+    client = None
+    cluster = None
+    start = None
+
+    def get(self):
+        if self.client is None:
+            self.client = self.start()
+        return self.client
+
+
 def dask_client(workers=None, scheduler=None):
     """Context manager yielding what ``run_sweep(client=...)`` takes, so several sweeps
     (bisection rounds, an experiment's parts) share one cluster:
@@ -359,35 +371,42 @@ def dask_client(workers=None, scheduler=None):
             yield s
             return
         import logging
-        cluster = None
-        # A task whose worker dies is retried once on another worker; if that one dies
-        # too the task is reported as KilledWorker and stored as failed. Worker
-        # saturation 1.0 with one thread per worker keeps exactly one run on each
-        # worker, so a dying worker takes no innocent queued run down with it.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1,
-                              "distributed.scheduler.worker-saturation": 1.0}):
-            if scheduler is not None:
-                try:
-                    client = Client(scheduler, timeout="10s")
-                except OSError as exc:
-                    raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
-                client.engine_mode = f"dask scheduler {scheduler}"
-            else:
-                n = workers if workers else (os.cpu_count() or 1)
-                cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.CRITICAL)
-                client = Client(cluster)
-                client.engine_mode = f"dask LocalCluster, {n} worker processes"
-            try:
-                yield client
-            finally:
+        lazy = _Lazy()
+
+        def start():
+            # A task whose worker dies is retried once on another worker; if that one
+            # dies too the task is reported as KilledWorker and stored as failed. Worker
+            # saturation 1.0 with one thread per worker keeps exactly one run on each
+            # worker, so a dying worker takes no innocent queued run down with it.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
+                if scheduler is not None:
+                    try:
+                        client = Client(scheduler, timeout="10s")
+                    except OSError as exc:
+                        raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
+                    client.engine_mode = f"dask scheduler {scheduler}"
+                else:
+                    n = workers if workers else (os.cpu_count() or 1)
+                    lazy.cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                                dashboard_address=None, silence_logs=logging.CRITICAL)
+                    client = Client(lazy.cluster)
+                    client.engine_mode = f"dask LocalCluster, {n} worker processes"
+            return client
+
+        lazy.start = start
+        try:
+            yield lazy
+        finally:
+            if lazy.client is not None or lazy.cluster is not None:
                 quiet = logging.getLogger("distributed")
                 level = quiet.level
                 quiet.setLevel(logging.CRITICAL)
                 try:
-                    client.close()
-                    if cluster is not None:
-                        cluster.close()
+                    if lazy.client is not None:
+                        lazy.client.close()
+                    if lazy.cluster is not None:
+                        lazy.cluster.close()
                 finally:
                     quiet.setLevel(level)
     return cm()
@@ -399,6 +418,8 @@ def _run_on(client, pending, record, func, backend, threads) -> str:
             record(k, c, _execute(func, c, backend, threads))
         return client.mode
     from dask.distributed import as_completed
+    if isinstance(client, _Lazy):
+        client = client.get()
     futs = {}
     for k, c in pending:
         f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
