@@ -12,15 +12,21 @@ rates are in W-space units.
     net = engine.init.orthogonal([1024] + [64] * 31 + [10], seed=0)
     run = engine.train(net, prob, lr="theory", steps=500)
 """
-from . import init, kernels, theory
+from . import checkpoint, diagnostics, init, kernels, memory, theory
+from .checkpoint import CheckpointError, CheckpointMismatch, CorruptCheckpoint
 from .kernels import BackendUnavailable
+from .memory import InsufficientMemory
 from .network import Network
 from .problem import Problem, synthetic
-from .train import DivergenceError, TrainResult, fit_rate, gd_step, train
+from .train import (CheckpointWarning, DivergenceError, EngineWarning, LearningRateWarning,
+                    TrainResult, fit_rate, gd_step, train)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Problem", "synthetic", "init", "Network", "gd_step", "train", "TrainResult",
-    "DivergenceError", "BackendUnavailable", "fit_rate", "theory", "kernels", "__version__",
+    "DivergenceError", "BackendUnavailable", "fit_rate", "theory", "kernels", "diagnostics",
+    "checkpoint", "memory", "InsufficientMemory", "CheckpointError", "CorruptCheckpoint",
+    "CheckpointMismatch", "EngineWarning", "LearningRateWarning", "CheckpointWarning",
+    "__version__",
 ]
