@@ -67,18 +67,19 @@ static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **laye
         REAL *Sj = j > 0 ? S - (long long)d_out * dp : s0;
         const REAL *M = layers[j];
         const int nt = dln_threads((long long)dn * dp);
-        (void)nt;                                /* unused without OpenMP */
-        #pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            int t = 0, nth = 1;
+        if (nt > 1) {
 #ifdef _OPENMP
-            t = omp_get_thread_num();
-            nth = omp_get_num_threads();
+            #pragma omp parallel num_threads(nt)
+            {
+                const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+                const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1);
+                if (c1 > c0)
+                    SFX(mm)(gemm, 'N', 'N', d_out, c1 - c0, dn, (REAL)1, S, dn, M + c0, dp, (REAL)0,
+                            Sj + c0, dp);
+            }
 #endif
-            const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1);
-            if (c1 > c0)
-                SFX(mm)(gemm, 'N', 'N', d_out, c1 - c0, dn, (REAL)1, S, dn, M + c0, dp, (REAL)0,
-                        Sj + c0, dp);
+        } else {                             /* no team: a fork costs ~1 us per layer */
+            SFX(mm)(gemm, 'N', 'N', d_out, dp, dn, (REAL)1, S, dn, M, dp, (REAL)0, Sj, dp);
         }
         S = Sj;
     }
@@ -100,18 +101,19 @@ static void SFX(prefix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **laye
         REAL *Pn = P + (long long)dp * r;
         const REAL *M = layers[j];
         const int nt = dln_threads((long long)dn * dp);
-        (void)nt;                                /* unused without OpenMP */
-        #pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            int t = 0, nth = 1;
+        if (nt > 1) {
 #ifdef _OPENMP
-            t = omp_get_thread_num();
-            nth = omp_get_num_threads();
+            #pragma omp parallel num_threads(nt)
+            {
+                const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+                const int r0 = dln_split(dn, nth, t), r1 = dln_split(dn, nth, t + 1);
+                if (r1 > r0)
+                    SFX(mm)(gemm, 'N', 'N', r1 - r0, r, dp, (REAL)1, M + (long long)r0 * dp, dp, P, r,
+                            (REAL)0, Pn + (long long)r0 * r, r);
+            }
 #endif
-            const int r0 = dln_split(dn, nth, t), r1 = dln_split(dn, nth, t + 1);
-            if (r1 > r0)
-                SFX(mm)(gemm, 'N', 'N', r1 - r0, r, dp, (REAL)1, M + (long long)r0 * dp, dp, P, r,
-                        (REAL)0, Pn + (long long)r0 * r, r);
+        } else {
+            SFX(mm)(gemm, 'N', 'N', dn, r, dp, (REAL)1, M, dp, P, r, (REAL)0, Pn, r);
         }
         P = Pn;
     }
@@ -134,19 +136,11 @@ static int SFX(fused_rows)(long long block_bytes, int dn, int dp, int nt)
  * Threads own disjoint column ranges of M_i (so of S_i: no reduction, same
  * arithmetic for any thread count); each walks its columns in row blocks,
  * and every tile is used by all products while it is in cache. */
-static void SFX(topdown_layer)(GEMM_FN gemm, int top, int dn, int dp, int d_out, int r, REAL rbeta,
-                               REAL *M, const REAL *S, REAL *Sn, const REAL *Q, const REAL *Pi,
-                               const REAL *SnewUp, REAL *Snew, long long block_bytes)
+static void SFX(topdown_part)(int t, int nth, GEMM_FN gemm, int top, int dn, int dp, int d_out, int r,
+                              REAL rbeta, REAL *M, const REAL *S, REAL *Sn, const REAL *Q,
+                              const REAL *Pi, const REAL *SnewUp, REAL *Snew, long long block_bytes)
 {
-    const int nt = dln_threads((long long)dn * dp);
-    (void)nt;                                /* unused without OpenMP */
-    #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        int t = 0, nth = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nth = omp_get_num_threads();
-#endif
         const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1), cw = c1 - c0;
         const int rb = cw > 0 ? SFX(block_rows)(block_bytes, cw) : 1;
         for (int a = 0; cw > 0 && a < dn; a += rb) {
@@ -175,22 +169,36 @@ static void SFX(topdown_layer)(GEMM_FN gemm, int top, int dn, int dp, int d_out,
     }
 }
 
+static void SFX(topdown_layer)(GEMM_FN gemm, int top, int dn, int dp, int d_out, int r, REAL rbeta,
+                               REAL *M, const REAL *S, REAL *Sn, const REAL *Q, const REAL *Pi,
+                               const REAL *SnewUp, REAL *Snew, long long block_bytes)
+{
+    const int nt = dln_threads((long long)dn * dp);
+    if (nt > 1) {
+#ifdef _OPENMP
+        #pragma omp parallel num_threads(nt)
+        SFX(topdown_part)(omp_get_thread_num(), omp_get_num_threads(), gemm, top, dn, dp, d_out, r,
+                          rbeta, M, S, Sn, Q, Pi, SnewUp, Snew, block_bytes);
+#endif
+    } else {
+        SFX(topdown_part)(0, 1, gemm, top, dn, dp, d_out, r, rbeta, M, S, Sn, Q, Pi, SnewUp, Snew,
+                          block_bytes);
+    }
+}
+
 /* Bottom-up fused sweep over layer i (0-based, i < L-1) of the T-form update:
  *   T_{i+1} = M T_i                      (old block)
  *   M      -= c_i S_{i+1}^T T_i^T        (rank d_out)
  *   P_{i+1} = M P_i                      (new block; only if Pn != NULL;
  *                                         i = 0: P_1 = M diag(xs))
  * Rows are independent: threads own disjoint row blocks. */
-static void SFX(bottomup_layer)(GEMM_FN gemm, int first, int dn, int dp, int d_out, int r, REAL mci,
-                                REAL *M, const REAL *T, REAL *Tn, const REAL *S, const REAL *xs,
-                                const REAL *Pp, REAL *Pn, long long block_bytes)
+static void SFX(bottomup_part)(int t, int nth, int rb, GEMM_FN gemm, int first, int dn, int dp,
+                               int d_out, int r, REAL mci, REAL *M, const REAL *T, REAL *Tn,
+                               const REAL *S, const REAL *xs, const REAL *Pp, REAL *Pn)
 {
-    const int nt = dln_threads((long long)dn * dp);
-    (void)nt;                                /* unused without OpenMP */
-    const int rb = SFX(fused_rows)(block_bytes, dn, dp, nt);
-    const int nblk = (dn + rb - 1) / rb;
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int bi = 0; bi < nblk; bi++) {
+    const int nblk = (dn + rb - 1) / rb;     /* this thread: blocks [b0, b1) */
+    const int b0 = (int)((long long)nblk * t / nth), b1 = (int)((long long)nblk * (t + 1) / nth);
+    for (int bi = b0; bi < b1; bi++) {
         const int a = bi * rb, nb = (dn - a < rb) ? dn - a : rb;
         REAL *Mb = M + (long long)a * dp;
         SFX(mm)(gemm, 'N', 'N', nb, d_out, dp, (REAL)1, Mb, dp, T, d_out, (REAL)0,
@@ -205,6 +213,23 @@ static void SFX(bottomup_layer)(GEMM_FN gemm, int first, int dn, int dp, int d_o
             SFX(mm)(gemm, 'N', 'N', nb, r, dp, (REAL)1, Mb, dp, Pp, r, (REAL)0,
                     Pn + (long long)a * r, r);
         }
+    }
+}
+
+static void SFX(bottomup_layer)(GEMM_FN gemm, int first, int dn, int dp, int d_out, int r, REAL mci,
+                                REAL *M, const REAL *T, REAL *Tn, const REAL *S, const REAL *xs,
+                                const REAL *Pp, REAL *Pn, long long block_bytes)
+{
+    const int nt = dln_threads((long long)dn * dp);
+    const int rb = SFX(fused_rows)(block_bytes, dn, dp, nt);
+    if (nt > 1) {
+#ifdef _OPENMP
+        #pragma omp parallel num_threads(nt)
+        SFX(bottomup_part)(omp_get_thread_num(), omp_get_num_threads(), rb, gemm, first, dn, dp,
+                           d_out, r, mci, M, T, Tn, S, xs, Pp, Pn);
+#endif
+    } else {
+        SFX(bottomup_part)(0, 1, rb, gemm, first, dn, dp, d_out, r, mci, M, T, Tn, S, xs, Pp, Pn);
     }
 }
 
