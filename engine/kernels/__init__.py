@@ -16,6 +16,8 @@ reference and the oracle for every faster path.
 """
 from __future__ import annotations
 
+import contextlib
+
 from . import numpy_backend
 
 BACKEND_NAMES = ("auto", "numpy", "numba", "cblas")
@@ -50,8 +52,26 @@ for _nm in ("numba", "cblas"):
     _load_optional(_nm)
 del _nm
 
-# Order in which ``auto`` prefers available backends.
-_AUTO_ORDER = ("numba", "cblas", "numpy")
+# ``auto``: the measured rule. Median ms/step (bench/step_time.py, float64,
+# orthogonal init, the 2-core AMD EPYC (Zen 4) development machine, OpenBLAS
+# 2 threads, numba 2 threads; 2026-11-23, machine shared with other jobs, so
+# the numba medians carry straggler noise from its parallel regions -- the
+# minimum is given next to it):
+#
+#   (d_in, n, d_out, m, L)     numpy     numba (min)    numba 1 thread   cblas
+#   (1024, 16, 10,   64, 32)      -      0.40 (0.38)          -          0.27
+#   (1024, 16, 10,  128, 32)      -      1.71 (1.36)          -          0.90
+#   (1024, 16, 10,  256, 64)   160 (91)   67 (14.5)          9.0         8.3
+#   (1024, 16, 10, 1024, 32)      -       219 (58)            -          41.6
+#   (  16, 64,  4,   32, 512)   11 (2.8)  1.65 (1.45)        1.44         0.69
+#   (  32, 8192, 4,  256, 32)  11.8 (3.8) 30 (3.0)            2.0         2.26
+#   (  12, 30,  4,   16,  4)    0.02      0.01                -          0.004
+#
+# The fused C kernel was the fastest wherever it was built, and numba beat
+# numpy at every shape; so ``auto`` prefers cblas, then numba, then numpy,
+# for every shape. ``shape`` is accepted so that a later measurement can make
+# the rule shape-dependent without changing callers.
+_AUTO_ORDER = ("cblas", "numba", "numpy")
 
 
 class BackendUnavailable(RuntimeError):
@@ -79,7 +99,7 @@ def get(name: str = "auto", *, shape=None):
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"backend: unknown backend {name!r}; choose one of {list(BACKEND_NAMES)}")
     if name == "auto":
-        for nm in _AUTO_ORDER:
+        for nm in _auto_order(shape):
             mod = _REGISTRY.get(nm)
             if mod is not None and mod.available:
                 return mod
@@ -90,3 +110,53 @@ def get(name: str = "auto", *, shape=None):
     if not mod.available:
         raise BackendUnavailable(f"backend: {name!r} is unavailable: {mod.reason}")
     return mod
+
+
+def _auto_order(shape=None):
+    """Backends in the order ``auto`` tries them for ``shape`` = (widths, rank)."""
+    return _AUTO_ORDER
+
+
+# -- threads -------------------------------------------------------------------
+_CONTROLLER = None
+
+
+def _controller():
+    """A threadpoolctl controller, built on first use (building one scans the
+    loaded libraries, ~2 ms; entering a limit then costs ~7 us). The optional
+    backends, and the BLAS libraries they load, are imported before that."""
+    global _CONTROLLER
+    import threadpoolctl
+    if _CONTROLLER is None:
+        _CONTROLLER = threadpoolctl.ThreadpoolController()
+    return _CONTROLLER
+
+
+@contextlib.contextmanager
+def thread_limits(backend, threads=None):
+    """Keep BLAS threads and Numba threads from oversubscribing the cores.
+
+    Inside the block:
+
+    * ``numba`` backend: BLAS pools are limited to 1 thread (its kernels call
+      no BLAS; an idle OpenBLAS pool that spins after a call would steal the
+      cores from Numba's threads), and Numba uses ``threads`` threads if given.
+    * ``cblas`` / ``numpy``: their parallelism is the BLAS pool, so BLAS gets
+      ``threads`` threads if given (else is left as is) and Numba's pool,
+      which sleeps, is left alone.
+
+    ``backend`` is a backend module or its name. Global state (threadpoolctl
+    limits, ``numba.set_num_threads``) is restored on exit, also on error.
+    """
+    name = backend if isinstance(backend, str) else getattr(backend, "name", "")
+    with contextlib.ExitStack() as stack:
+        if name == "numba":
+            stack.enter_context(_controller().limit(limits=1, user_api="blas"))
+            if threads is not None:
+                import numba
+                old = numba.get_num_threads()
+                numba.set_num_threads(int(threads))
+                stack.callback(numba.set_num_threads, old)
+        elif threads is not None:
+            stack.enter_context(_controller().limit(limits=int(threads), user_api="blas"))
+        yield

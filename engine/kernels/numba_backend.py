@@ -153,6 +153,9 @@ class Workspace:
         self.Ub = np.zeros((1, r, dmax), dtype=dt) if uses_P and not self.tform else dummy
         self.Wb = np.zeros((1, D, dmax), dtype=dt) if uses_P and self.tform else dummy
         self.R = np.zeros((D, r), dtype=dt)
+        # any layer big enough for parallel blocks (see _numba_kernels.PAR_MIN)?
+        w = self.widths
+        self.parallel = bool(np.any(w[1:] * w[:-1] >= _k.PAR_MIN))
         self.phase = 1 if self.schedule == 1 else 0
         self.valid = False
         self.ex = float("nan")
@@ -219,6 +222,11 @@ def step(layers, c, beta, xs, yred, ws, lo=-1.0, hi=np.inf):
     update was written (only if finite and ``lo < excess <= hi``; otherwise the
     weights are untouched).
     """
+    if ws.parallel:
+        # BLAS pools limited to 1 thread while Numba's threads run (restored after)
+        from . import thread_limits
+        with thread_limits(name):
+            return ws.run(layers, c, beta, xs, yred, lo, hi, True)
     return ws.run(layers, c, beta, xs, yred, lo, hi, True)
 
 
