@@ -191,8 +191,19 @@ class Ensemble:
         return [self.member(k) for k in range(self.size)]
 
     def _member_layers(self, k: int) -> list[np.ndarray]:
-        """Views of member k's layers (M_1 = B_1 while bound), each C-contiguous."""
-        return [a[k] for a in self._layers]
+        """Views of member k's layers (M_1 = B_1 while bound), each C-contiguous.
+
+        With uniform hidden widths, layers 2..L-1 are slices of one (L-2, m, m)
+        view of ``hidden[k]`` that is its own ``base`` (as_strided), so a
+        backend that passes a contiguous hidden stack whole (numba) sees one.
+        """
+        out = [a[k] for a in self._layers]
+        if self.hidden is not None:
+            from numpy.lib.stride_tricks import as_strided
+            hk = self.hidden[k]
+            stack = as_strided(hk, hk.shape, hk.strides)
+            out[1:-1] = [stack[i] for i in range(stack.shape[0])]
+        return out
 
     @property
     def hidden_uniform(self) -> bool:

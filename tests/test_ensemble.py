@@ -235,3 +235,18 @@ def test_bad_input():
         E.train(engine.init.gaussian(widths), prob, steps=1)
     with pytest.raises(IndexError, match="k"):
         ens.member(2)
+
+
+@pytest.mark.parametrize("backend,widths", [("cblas", [8, 12, 12, 12, 12, 4]), ("numba", [8, 10, 7, 9, 4])])
+def test_member_by_member_with_fast_backends_is_bitwise_separate_runs(backend, widths):
+    ok, why = engine.kernels.availability()[backend]
+    if not ok:
+        pytest.skip(f"{backend} unavailable: {why}")
+    prob = _prob(8, 16, 4)
+    seeds = [0, 1]
+    res = E.train(Ensemble.orthogonal(widths, seeds=seeds), prob, steps=30, backend=backend)
+    assert res.schedule == "sequential" and res.backend == backend
+    for k, rr in enumerate(_separate("orthogonal", widths, seeds, prob, steps=30, backend=backend)):
+        np.testing.assert_array_equal(res.member(k).excess, rr.excess)
+        for a, b in zip(res.member(k).net.weights(), rr.net.weights()):
+            np.testing.assert_array_equal(a, b)
