@@ -22,7 +22,6 @@ independent); rank-K updates are elementwise and follow either split.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
