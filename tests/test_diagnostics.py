@@ -250,3 +250,18 @@ def test_non_finite_weights_fail_clearly():
     net._layers[1][0, 0] = np.nan
     with pytest.raises(ValueError, match="not finite"):
         dg.gram_eigs(net, prob)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+def test_interior_norms_lanczos_path(init):
+    """Width 48 > 32 takes the Lanczos path; near-orthogonal products (clustered
+    singular values, where power iteration stalls ~1% low) must be exact too."""
+    prob = engine.Problem(*engine.synthetic(8, 6, 2, seed=0))
+    net = engine.init.by_name(init)([8] + [48] * 7 + [2], seed=3)
+    engine.train(net, prob, lr=0.05 * engine.theory.lr_bound(init, prob, 8), steps=3, backend="numpy")
+    Ws, w = net.weights(), net.widths
+    it = dg.interior_norms(net)
+    assert len(it.i) == 21
+    for i, j, v in zip(it.i, it.j, it.norm):
+        exact = np.linalg.norm(chain(Ws, j, i, w[i - 1]), 2) / np.sqrt(np.prod(w[i:j + 1], dtype=float))
+        assert v == pytest.approx(exact, rel=1e-6)

@@ -124,7 +124,7 @@ def test_dh_props_6_2_to_6_4_at_init():
         # (finite-m corrections at m = 1024 are O(m^(-2/3)) ~ 1%).
         if seed > 0:
             continue
-        it = dg.interior_norms(net, tol=1e-4)
+        it = dg.interior_norms(net)
         k = it.j - it.i + 1
         limit = np.sqrt((k + 1.0) ** (k + 1) / k ** k)
         np.testing.assert_allclose(it.norm, limit, rtol=0.05)
