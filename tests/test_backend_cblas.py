@@ -467,3 +467,32 @@ def test_blas_threads_restored_after_a_step():
         engine.train(net, prob, lr=1e-3, steps=3, backend="cblas")
         after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
     assert after == before
+
+
+@needs_cblas
+def test_blas_threads_restored_after_concurrent_steps():
+    """Steps overlapping in several Python threads restore the original BLAS limits."""
+    import threading
+    from threadpoolctl import threadpool_info, threadpool_limits
+    X, Y = engine.synthetic(64, 40, 12, seed=0)
+    prob = engine.Problem(X, Y)
+    nets = [engine.init.orthogonal([64, 192, 192, 12], seed=s) for s in range(3)]
+    lr = engine.theory.lr_bound("orthogonal", prob, 3)
+    errors = []
+
+    def work(net):
+        try:
+            engine.train(net, prob, lr=lr, steps=15, backend="cblas")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+        threads = [threading.Thread(target=work, args=(n,)) for n in nets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    assert not errors and after == before
+    assert cblas._serial_depth == 0

@@ -44,9 +44,11 @@ to C, and raises TypeError / ValueError naming the argument otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -131,19 +133,38 @@ available = not reason
 openmp_threads = int(lib.dln_openmp_threads()) if available else 0
 
 _BLAS_CONTROLLER = None
+_SERIAL_LOCK = threading.Lock()
+_serial_depth = 0
+_serial_limiter = None
 
 
+@contextlib.contextmanager
 def _serial_blas():
-    """Context manager holding BLAS to one thread (restored on exit).
+    """Hold BLAS to one thread while inside; the original limits come back on exit.
 
-    The ThreadpoolController is built once (it scans the loaded libraries);
-    entering and leaving its limit then costs ~10 us per step.
+    BLAS thread counts are process-wide, so steps running concurrently in
+    several Python threads share one limit: the first to enter sets it, the
+    last to leave restores the original (a per-call save/restore would let
+    overlapping calls restore each other's "1"). The ThreadpoolController is
+    built once (it scans the loaded libraries); entering and leaving then
+    costs ~10 us per step.
     """
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    global _BLAS_CONTROLLER, _serial_depth, _serial_limiter
+    with _SERIAL_LOCK:
+        if _serial_depth == 0:
+            if _BLAS_CONTROLLER is None:
+                from threadpoolctl import ThreadpoolController
+                _BLAS_CONTROLLER = ThreadpoolController()
+            _serial_limiter = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        _serial_depth += 1
+    try:
+        yield
+    finally:
+        with _SERIAL_LOCK:
+            _serial_depth -= 1
+            if _serial_depth == 0:
+                _serial_limiter.restore_original_limits()
+                _serial_limiter = None
 
 _CTYPE = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
 
