@@ -103,8 +103,15 @@ def stepper(d_in, n, d_out, m, L, backend="numpy", dtype="float64", seed=0):
     return _Stepper(net, prob, lr, backend)
 
 
-def median_step_seconds(fn, repeat=20, min_time=0.0, warmup=1):
-    """Median seconds of ``fn()``; at least ``repeat`` calls and ``min_time`` seconds."""
+# A measurement stops early once it has taken this long (seconds) and has at
+# least MIN_SAMPLES samples: slow baselines (seconds per step) keep a run short.
+MAX_TIME = 10.0
+MIN_SAMPLES = 3
+
+
+def median_step_seconds(fn, repeat=20, min_time=0.0, warmup=1, max_time=MAX_TIME):
+    """Median seconds of ``fn()`` over ``repeat`` calls (more while under ``min_time``
+    seconds; fewer, but at least MIN_SAMPLES, once past ``max_time`` seconds)."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -113,7 +120,10 @@ def median_step_seconds(fn, repeat=20, min_time=0.0, warmup=1):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-        if len(ts) >= 10 * max(repeat, 1) and (time.perf_counter() - start) >= min_time:
+        elapsed = time.perf_counter() - start
+        if len(ts) >= 10 * max(repeat, 1) and elapsed >= min_time:
+            break
+        if len(ts) >= MIN_SAMPLES and elapsed >= max_time:
             break
     return float(np.median(ts))
 

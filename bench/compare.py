@@ -269,7 +269,8 @@ def time_engine(cfg, backend, repeat, min_time):
 def time_baseline(cfg, name, repeat, min_time):
     prob, net, lr, c, beta, A = _setup(cfg)
     impl = _BASELINE_CLASSES[name](A, c, beta, prob.X, prob.Y)
-    return common.median_step_seconds(impl.step, repeat=repeat, min_time=min_time, warmup=2)
+    impl.step()                                   # warm-up (JAX compiles here)
+    return common.median_step_seconds(impl.step, repeat=repeat, min_time=min_time, warmup=0)
 
 
 def _fmt_ms(s):
