@@ -66,13 +66,13 @@ def test_thread_count_does_not_change_a_bit(form):
     prob = _problem(d_in=16, n=30, d_out=4 if form != "P" else 20)
     m = 256                                  # 256 x 256 layers are split into parallel blocks
     widths = [16, m, m, m, prob.d_out]
-    lr = 0.5 * engine.theory.lr_bound("orthogonal", prob, 4)
+    lr = 0.5 * engine.theory.lr_bound("gaussian", prob, 4)
     runs = []
     old = numba.get_num_threads()
     try:
         for nt in (1, 2):
             numba.set_num_threads(nt)
-            net = engine.init.orthogonal(widths, seed=1)
+            net = engine.init.gaussian(widths, seed=1)
             losses, st = _steps(net, prob, lr, form, 6)
             assert st.ws.parallel
             runs.append((losses, net.normalized()))

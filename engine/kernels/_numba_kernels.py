@@ -196,18 +196,71 @@ def _down_cols(M, n_out, k0, k1, Sc, p, has_old, Usrc, ui, cu, K, Wsrc, wi, R, P
 
 
 # --------------------------------------------------------------- row blocks
+@_jit(fastmath=FASTMATH_DOT)
+def _dot4(M, j, V, vi, q, n):
+    """(sum_k M[j+g, k] V[vi, q, k] for g = 0..3): four rows share each load of V."""
+    z = M[j, 0] - M[j, 0]
+    s0 = z
+    s1 = z
+    s2 = z
+    s3 = z
+    for k in range(n):
+        v = V[vi, q, k]
+        s0 += M[j, k] * v
+        s1 += M[j + 1, k] * v
+        s2 += M[j + 2, k] * v
+        s3 += M[j + 3, k] * v
+    return s0, s1, s2, s3
+
+
 @_jit()
-def _prefix_rows(M, n_in, Pst, i, j0, j1):
+def _dots_into(out, oi, M, j, g, V, vi, Q, n):
+    """out[oi, q, j+gg] = M[j+gg, :n] . V[vi, q, :n] for q < Q, gg < g (g = 4, or 1)."""
+    for q in range(Q):
+        if g == 4:
+            s0, s1, s2, s3 = _dot4(M, j, V, vi, q, n)
+            out[oi, q, j] = s0
+            out[oi, q, j + 1] = s1
+            out[oi, q, j + 2] = s2
+            out[oi, q, j + 3] = s3
+        else:
+            out[oi, q, j] = _dot_row(M, j, V, vi, q, n)
+
+
+@_jit()
+def _row_group(j, j1, n_out):
+    """Rows in the group starting at j: 4 inside [0, n_out // 4 * 4), else 1.
+
+    Groups are aligned to absolute row indices and block bounds are multiples
+    of 4 (``_row_bound``), so every row is computed by the same code whatever
+    the partition (thread count)."""
+    if j + 4 <= j1 and j + 4 <= n_out // 4 * 4:
+        return 4
+    return 1
+
+
+@_jit()
+def _row_bound(b, nb, n_out):
+    """Start of row block b of nb: a multiple of 4 (n_out for b = nb)."""
+    if b >= nb:
+        return n_out
+    return (b * n_out // nb) // 4 * 4
+
+
+@_jit()
+def _prefix_rows(M, n_in, n_out, Pst, i, j0, j1):
     """Pst[i+1][:, j] = (M[j, :] Pst[i]^T) for rows j in [j0, j1)   (P_{i+1} = M_i P_i)."""
     r = Pst.shape[1]
-    for j in range(j0, j1):
-        for q in range(r):
-            Pst[i + 1, q, j] = _dot_row(M, j, Pst, i, q, n_in)
+    j = j0
+    while j < j1:
+        g = _row_group(j, j1, n_out)
+        _dots_into(Pst, i + 1, M, j, g, Pst, i, r, n_in)
+        j += g
 
 
 @_jit()
-def _up_rows(M, n_in, j0, j1, Tc, p, not_last, Sst, i, c, Pst, new_chain):
-    """Rows [j0, j1) of a fused bottom-up sweep at layer i.
+def _up_rows(M, n_in, n_out, j0, j1, Tc, p, not_last, Sst, i, c, Pst, new_chain):
+    """Rows [j0, j1) of a fused bottom-up sweep at layer i, in groups of 4 rows.
 
     old T chain  Tc[1-p][:, j] = M_old[j, :] Tc[p]^T                  (if not_last)
     update       M[j, :] -= (c Sst[i+1][:, j])^T Tc[p]                (rank D)
@@ -215,14 +268,16 @@ def _up_rows(M, n_in, j0, j1, Tc, p, not_last, Sst, i, c, Pst, new_chain):
     """
     D = Tc.shape[1]
     r = Pst.shape[1]
-    for j in range(j0, j1):
+    j = j0
+    while j < j1:
+        g = _row_group(j, j1, n_out)
         if not_last:
-            for d in range(D):
-                Tc[1 - p, d, j] = _dot_row(M, j, Tc, p, d, n_in)
-        _update_row(M, j, Sst, i + 1, c, Tc, p, D, j0 - j0, n_in)   # (k0 = 0 as a runtime value)
+            _dots_into(Tc, 1 - p, M, j, g, Tc, p, D, n_in)
+        for jj in range(j, j + g):
+            _update_row(M, jj, Sst, i + 1, c, Tc, p, D, j0 - j0, n_in)   # (k0 = 0 as a runtime value)
         if new_chain:
-            for q in range(r):
-                Pst[i + 1, q, j] = _dot_row(M, j, Pst, i, q, n_in)
+            _dots_into(Pst, i + 1, M, j, g, Pst, i, r, n_in)
+        j += g
 
 
 # ------------------------------------------------------------------ passes
@@ -250,17 +305,18 @@ KIND_SUFFIX, KIND_PREFIX, KIND_UP, KIND_DOWN = 0, 1, 2, 3
 @_jit()
 def _block(kind, b, nb, M, n_out, n_in, i, p, ci, flag, new_chain, tform, K,
            Sst, Pst, Tc, Sc, Usrc, ui, Wsrc, wi, R):
-    """Block b of nb of layer i for one kind of work (columns or rows split evenly).
+    """Block b of nb of layer i for one kind of work (columns split evenly, rows
+    at multiples of 4).
 
     ``flag`` is has_old for KIND_DOWN and not_last for KIND_UP.
     """
     if kind == KIND_SUFFIX:
         _suffix_cols(M, n_out, Sst, i, b * n_in // nb, (b + 1) * n_in // nb)
     elif kind == KIND_PREFIX:
-        _prefix_rows(M, n_in, Pst, i, b * n_out // nb, (b + 1) * n_out // nb)
+        _prefix_rows(M, n_in, n_out, Pst, i, _row_bound(b, nb, n_out), _row_bound(b + 1, nb, n_out))
     elif kind == KIND_UP:
-        _up_rows(M, n_in, b * n_out // nb, (b + 1) * n_out // nb, Tc, p, flag, Sst, i, ci,
-                 Pst, new_chain)
+        _up_rows(M, n_in, n_out, _row_bound(b, nb, n_out), _row_bound(b + 1, nb, n_out), Tc, p,
+                 flag, Sst, i, ci, Pst, new_chain)
     else:
         _down_cols(M, n_out, b * n_in // nb, (b + 1) * n_in // nb, Sc, p, flag, Usrc, ui, ci,
                    K, Wsrc, wi, R, Pst, i, tform, Sst, new_chain)
