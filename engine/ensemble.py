@@ -30,7 +30,10 @@ Results are those of K separate ``engine.train`` runs:
 * ``backend="numba"`` with uniform hidden widths runs the member-parallel
   kernel below: one compiled call per GD step for all members, ``prange``
   over members, each member's whole two-pass step (numpy_backend's P or T
-  form) inside. Equal to the numpy backend up to rounding (summation order).
+  form) inside, its products by the ?gemm SciPy ships (numba's np.dot),
+  BLAS held to one thread meanwhile (threadpoolctl). Equal to the numpy
+  backend up to rounding (summation order); each member is stepped by one
+  thread, so results do not depend on the thread count at all.
 * ``backend="auto"`` uses the member-parallel kernel when Numba is available,
   the hidden widths are uniform and each member is small
   (<= ``MEMBER_KERNEL_MAX_BYTES``, latency-bound networks, where running
@@ -335,19 +338,6 @@ if _HAVE_NUMBA:
     prange = _nb.prange
 
     @_jit
-    def _mm(A, B, out):
-        """out = A @ B, row-major loop order (out row += A[i,k] * B row k)."""
-        n, kk = A.shape
-        p = B.shape[1]
-        for i in range(n):
-            for j in range(p):
-                out[i, j] = 0.0
-            for k in range(kk):
-                a = A[i, k]
-                for j in range(p):
-                    out[i, j] += a * B[k, j]
-
-    @_jit
     def _layer(B1, H, Lw, i, L):
         """M_{i+1} (0-based i): B1, H[i-1] or Lw."""
         if i == 0:
@@ -421,18 +411,24 @@ if _HAVE_NUMBA:
                 applied_out[k] = False
 
     @_jit
-    def _member_P(B1, H, Lw, c, beta, xs, yred, lo, hi, Pch, Pout, R, Sa, Sb, Q):
-        """One GD step of one member, P form (numpy_backend._step, ws.form == "P")."""
+    def _member_P(B1, H, Lw, c, beta, xs, yred, lo, hi, Pch, Pout, R, Sa, Sb, Q, G):
+        """One GD step of one member, P form (numpy_backend._step, ws.form == "P").
+
+        Pass 1 bottom-up stores P_1..P_{L-1} and gives R; pass 2 top-down
+        carries S_i (flat buffers Sa/Sb), forming Q = c_i S_i^T R and advancing
+        S_{i-1} = S_i M_i from the old M_i before M_i -= Q P_{i-1}^T. Products
+        by ?gemm as in ``_member_T``. Q, G: flat scratch.
+        """
         L = H.shape[0] + 2
         d_out, r = R.shape
-        # pass 1, bottom-up: P_1 = B_1 diag(xs), P_{i+1} = M_{i+1} P_i
+        m = B1.shape[0]
         P1 = Pch[0]
-        for a in range(B1.shape[0]):
+        for a in range(m):
             for j in range(r):
                 P1[a, j] = B1[a, j] * xs[j]
         for i in range(1, L - 1):
-            _mm(H[i - 1], Pch[i - 1], Pch[i])
-        _mm(Lw, Pch[L - 2], Pout)
+            np.dot(H[i - 1], Pch[i - 1], Pch[i])
+        np.dot(Lw, Pch[L - 2], Pout)
         ex = 0.0
         for o in range(d_out):
             for j in range(r):
@@ -442,47 +438,36 @@ if _HAVE_NUMBA:
         ex *= 0.5
         if not (math.isfinite(ex) and lo < ex <= hi):
             return ex, False
-        # pass 2, top-down: Q = c_i S_i^T R; S_{i-1} = S_i M_i from the old M_i;
-        # M_i -= Q P_{i-1}^T
-        S = Sa
-        use_b = True                      # S_{i-1} goes to Sb on odd turns, Sa on even
+        S = Sa.reshape((d_out, m))
+        use_b = True                      # S_{i-1} goes to Sb and Sa in turn
         for i in range(L - 1, -1, -1):
             M = _layer(B1, H, Lw, i, L)
             rows, cols = M.shape
-            Qi = Q[:rows]
             ci = c[i]
+            Qi = Q[:rows * r].reshape((rows, r))
             if i == L - 1:
                 for a in range(rows):
                     for j in range(r):
                         Qi[a, j] = (R[a, j] * beta) * ci
             else:
-                for a in range(rows):
-                    for j in range(r):
-                        Qi[a, j] = 0.0
-                for o in range(d_out):
-                    for a in range(rows):
-                        s = S[o, a]
-                        for j in range(r):
-                            Qi[a, j] += s * R[o, j]
+                np.dot(S.T, R, Qi)        # S_{i+1}^T R
                 for a in range(rows):
                     for j in range(r):
                         Qi[a, j] *= ci
             if i > 0:
-                Sn = Sb if use_b else Sa          # (d_out, m): cols == m for every i > 0
+                Sn = (Sb if use_b else Sa).reshape((d_out, cols))   # cols == m for i > 0
                 use_b = not use_b
                 if i == L - 1:
                     for o in range(d_out):
                         for b in range(cols):
                             Sn[o, b] = M[o, b] * beta
                 else:
-                    _mm(S, M, Sn)
-                Pp = Pch[i - 1]
+                    np.dot(S, M, Sn)
+                Gi = G[:rows * cols].reshape((rows, cols))
+                np.dot(Qi, Pch[i - 1].T, Gi)
                 for a in range(rows):
                     for b in range(cols):
-                        g = 0.0
-                        for j in range(r):
-                            g += Qi[a, j] * Pp[b, j]
-                        M[a, b] -= g
+                        M[a, b] -= Gi[a, b]
                 S = Sn
             else:
                 for a in range(rows):
@@ -491,11 +476,11 @@ if _HAVE_NUMBA:
         return ex, True
 
     @_pjit
-    def _ens_step_P(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Pch, Pout, R, Sa, Sb, Q, ex_out, applied_out):
+    def _ens_step_P(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Pch, Pout, R, Sa, Sb, Q, G, ex_out, applied_out):
         for k in prange(B1.shape[0]):
             if active[k]:
                 ex, ok = _member_P(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
-                                   Pch[k], Pout[k], R[k], Sa[k], Sb[k], Q[k])
+                                   Pch[k], Pout[k], R[k], Sa[k], Sb[k], Q[k], G[k])
                 ex_out[k] = ex
                 applied_out[k] = ok
             else:
@@ -518,8 +503,8 @@ class _MemberKernelWS:
                          np.empty((K, m * mm), dtype=dt))
         else:
             self.bufs = (np.empty((K, L - 1, m, r), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
-                         np.empty((K, d_out, m), dtype=dt), np.empty((K, d_out, m), dtype=dt),
-                         np.empty((K, max(m, d_out), r), dtype=dt))
+                         np.empty((K, d_out * m), dtype=dt), np.empty((K, d_out * m), dtype=dt),
+                         np.empty((K, max(m, d_out) * r), dtype=dt), np.empty((K, max(m, d_out) * m), dtype=dt))
         self.ex = np.empty(K, dtype=np.float64)
         self.applied = np.empty(K, dtype=np.bool_)
 
