@@ -260,13 +260,13 @@ def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
 # --------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------
-def time_engine(cfg, backend, repeat, min_time):
+def measure_engine(cfg, backend, repeat, min_time):
     d_in, n, d_out, m, L = cfg
     st = common.stepper(d_in, n, d_out, m, L, backend)
     return common.median_step_seconds(st.step, repeat=repeat, min_time=min_time, warmup=2)
 
 
-def time_baseline(cfg, name, repeat, min_time):
+def measure_baseline(cfg, name, repeat, min_time):
     prob, net, lr, c, beta, A = _setup(cfg)
     impl = _BASELINE_CLASSES[name](A, c, beta, prob.X, prob.Y)
     impl.step()                                   # warm-up (JAX compiles here)
@@ -289,9 +289,9 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
         d_in, n, d_out, m, L = cfg
         row = {"cfg": cfg}
         for be in eng:
-            row[be] = time_engine(cfg, be, repeat, min_time)
+            row[be] = measure_engine(cfg, be, repeat, min_time)
         for b in base:
-            row[b] = time_baseline(cfg, b, repeat, min_time)
+            row[b] = measure_baseline(cfg, b, repeat, min_time)
         row["floor"] = common.floor_seconds(common.weight_bytes(d_in, n, d_out, m, L))
         row["best"] = min(row[be] for be in eng)
         row["best_name"] = min(eng, key=lambda be: row[be])
@@ -343,7 +343,7 @@ def scaling(quick=False, out=print):
     repeat, min_time = (5, 0.2) if quick else (15, 0.5)
 
     def best(cfg):
-        return min(time_engine(cfg, be, repeat, min_time) for be in eng)
+        return min(measure_engine(cfg, be, repeat, min_time) for be in eng)
 
     out(_env_line(common.bandwidth()))
     out("")

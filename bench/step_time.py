@@ -17,7 +17,7 @@ import engine
 from engine.train import _Stepper
 
 
-def time_config(d_in, n, d_out, m, L, backend="numpy", repeat=30, dtype="float64"):
+def measure_config(d_in, n, d_out, m, L, backend="numpy", repeat=30, dtype="float64"):
     X, Y = engine.synthetic(d_in, n, d_out, seed=0)
     prob = engine.Problem(X, Y)
     net = engine.init.orthogonal([d_in] + [m] * (L - 1) + [d_out], seed=0, dtype=dtype)
@@ -41,7 +41,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     for c in a.configs:
         d_in, n, d_out, m, L = (int(v) for v in c.split(","))
-        med, mn, nb = time_config(d_in, n, d_out, m, L, a.backend, a.repeat, a.dtype)
+        med, mn, nb = measure_config(d_in, n, d_out, m, L, a.backend, a.repeat, a.dtype)
         print(f"{a.backend:6s} {a.dtype} (d_in,n,d_out,m,L)=({c}): median {1e3 * med:.2f} ms/step, "
               f"min {1e3 * mn:.2f} ms, trained weights {nb / 1e6:.1f} MB")
 

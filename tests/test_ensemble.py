@@ -250,3 +250,15 @@ def test_member_by_member_with_fast_backends_is_bitwise_separate_runs(backend, w
         np.testing.assert_array_equal(res.member(k).excess, rr.excess)
         for a, b in zip(res.member(k).net.weights(), rr.net.weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_auto_choice_and_fallback_without_numba(monkeypatch):
+    prob, widths = _widths("T-form")
+    res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
+    assert res.schedule == ("members-parallel" if NUMBA else "sequential")
+    monkeypatch.setattr(E, "_HAVE_NUMBA", False)
+    monkeypatch.setattr(E, "_NUMBA_REASON", "numba cannot be imported: (simulated)")
+    res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
+    assert res.schedule == "sequential"
+    with pytest.raises(engine.BackendUnavailable, match="simulated"):
+        E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3, backend="numba")
