@@ -59,7 +59,9 @@ int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
  * Same arguments and gate as dln_step_*, plus `state`, which the caller
  * keeps between steps: 0 = nothing valid (set it to 0 whenever the weights,
  * beta, xs or yred may have changed behind the kernel's back), 1 / 2 = the
- * suffix / prefix chain and R in `work` belong to the current weights.  The
+ * suffix / prefix chain and R in `work` belong to the current weights (the
+ * next sweep is bottom-up / top-down), 3 = nothing valid but the next sweep
+ * must be top-down (to resume a run on its own rounding path).  The
  * excess then comes from the stored residual at no extra pass.  `work` has
  * dln_work_size(L, widths, DLN_SINGLE) scalars and must persist with state. */
 int dln_step1_f64(void *dgemm, int L, const int *widths, double **layers,

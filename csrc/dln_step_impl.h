@@ -53,7 +53,7 @@ static double SFX(half_sq)(const REAL *R, long long n)
  * T form.  Each product S_j = S_{j+1} M_{j+1} is split by columns across
  * threads (disjoint outputs: deterministic). */
 static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **layers, REAL rbeta,
-                             REAL *Sch, long long totS, REAL *s0)
+                             REAL *Sch, long long totS, REAL *s0, long long block_bytes)
 {
     const int r = widths[0], d_out = widths[L];
     if (L == 1) {
@@ -66,7 +66,20 @@ static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **laye
         const int dn = widths[j + 1], dp = widths[j];
         REAL *Sj = j > 0 ? S - (long long)d_out * dp : s0;
         const REAL *M = layers[j];
-        const int nt = dln_threads((long long)dn * dp);
+        if (block_bytes > 0 && j > 0) {
+            /* accumulate over the row blocks the top-down sweep uses, so a
+             * chain rebuilt after reset is bit for bit the one that sweep
+             * would have carried (resume from a checkpoint) */
+            const int rb = SFX(block_rows)(block_bytes, dp);
+            for (int a = 0; a < dn; a += rb) {
+                const int nb = (dn - a < rb) ? dn - a : rb;
+                SFX(mm)(gemm, 'N', 'N', d_out, dp, nb, (REAL)1, S + a, dn, M + (long long)a * dp, dp,
+                        a == 0 ? (REAL)0 : (REAL)1, Sj, dp);
+            }
+            S = Sj;
+            continue;
+        }
+        const int nt = j > 0 ? dln_threads((long long)dn * dp) : 1;   /* S_0 as the sweep does */
         if (nt > 1) {
 #ifdef _OPENMP
             #pragma omp parallel num_threads(nt)
@@ -142,7 +155,9 @@ static void SFX(topdown_part)(int t, int nth, GEMM_FN gemm, int top, int dn, int
 {
     {
         const int c0 = dln_split(dp, nth, t), c1 = dln_split(dp, nth, t + 1), cw = c1 - c0;
-        const int rb = cw > 0 ? SFX(block_rows)(block_bytes, cw) : 1;
+        /* row blocks sized on the full row, not this thread's columns: the
+         * S products then sum the same K blocks for any thread count */
+        const int rb = SFX(block_rows)(block_bytes, dp);
         for (int a = 0; cw > 0 && a < dn; a += rb) {
             const int nb = (dn - a < rb) ? dn - a : rb;
             REAL *Mt = M + (long long)a * dp + c0;           /* tile nb x cw, ld dp */
@@ -319,7 +334,7 @@ int SFX(dln_step)(void *gemm_ptr, int L, const int *widths, REAL **layers,
     REAL *R = s0 + ndr;
     REAL *T = R + ndr, *Tn = T + (long long)maxd0 * d_out;
     /* pass 1, top-down (read-only): S_{L-1} .. S_0, then R = S_0 X_red - Y_red */
-    SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0);
+    SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0, 0);
     for (int p = 0; p < d_out; p++)
         for (int q = 0; q < r; q++)
             R[(long long)p * r + q] = s0[(long long)p * r + q] * xs[q] - yred[(long long)p * r + q];
@@ -357,7 +372,12 @@ int SFX(dln_step)(void *gemm_ptr, int L, const int *widths, REAL **layers,
  *     top-down sweep  = P-form update (carry S_i from old blocks, stored P)
  *                       + new suffix S_i from new blocks  -> state 1
  *   state 0 (nothing valid: first call, or after reset): a read-only pass
- *     computes the suffix chain and R (state 1) first.
+ *     computes the suffix chain and R (state 1) first;
+ *   state 3 (nothing valid, next sweep top-down; resuming a run whose
+ *     next sweep was top-down): a read-only pass computes the prefix chain
+ *     and R (state 2) first.
+ * The read-only passes group their sums as the sweeps do, so a rebuilt
+ * chain is bit for bit the one the uninterrupted run would have carried.
  *
  * A step that is not applied (gate or non-finite excess) leaves weights and
  * state as they were.  Work layout: see dln_work_size (form 2).
@@ -390,8 +410,13 @@ int SFX(dln_step1)(void *gemm_ptr, int L, const int *widths, REAL **layers,
     REAL *Ta = Sb + (long long)d_out * maxd;
     REAL *Tb = Ta + (long long)maxd0 * d_out;
 
-    if (*state != 1 && *state != 2) {        /* read-only pass: suffix chain and R */
-        SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0);
+    if (*state == 3) {                       /* read-only pass: prefix chain and R */
+        SFX(prefix_pass)(gemm, L, widths, layers, xs, Pch);
+        const REAL *PL = Pch + totP - ndr;
+        for (long long k = 0; k < ndr; k++) R[k] = PL[k] * rbeta - yred[k];
+        *state = 2;
+    } else if (*state != 1 && *state != 2) { /* read-only pass: suffix chain and R */
+        SFX(suffix_pass)(gemm, L, widths, layers, rbeta, Sch, totS, s0, block_bytes);
         for (int p = 0; p < d_out; p++)
             for (int q = 0; q < r; q++)
                 R[(long long)p * r + q] = s0[(long long)p * r + q] * xs[q] - yred[(long long)p * r + q];

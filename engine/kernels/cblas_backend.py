@@ -232,12 +232,16 @@ class Workspace:
         """Forget the chain kept for the next step (single-pass schedule)."""
         self._state[0] = 0
 
+    def _invalidate(self):
+        """The kept chain may be stale: rebuild it, keeping the next sweep's direction."""
+        self._state[0] = 3 if self._state[0] in (2, 3) else 0
+
     def _bind_layers(self, layers):
         # Forget the old binding first: a refusal half-way must not leave a
         # pointer table that a later call with the old arrays would trust.
         self._layer_ids = None
         self._layer_keep = None
-        self._state[0] = 0
+        self._invalidate()
         if len(layers) != self.L:
             raise ValueError(f"layers: expected {self.L} layers for this workspace, got {len(layers)}")
         keep = []
@@ -272,7 +276,7 @@ class Workspace:
         ptr = ffi.from_buffer(ctype + "[]", a)
         self._vec[key] = (a, ptr)
         if key != "c":                   # the kept residual depends on xs and yred
-            self._state[0] = 0
+            self._invalidate()
         return ptr
 
     def call(self, layers, c, beta, xs, yred, lo, hi, do_update):
@@ -292,7 +296,7 @@ class Workspace:
     def _run(self, cp, beta, xp, yp, lo, hi, do_update):
         if self._single:
             if beta != self._beta:
-                self._state[0] = 0
+                self._invalidate()
                 self._beta = beta
             applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, beta,
                                xp, yp, self.block_bytes, self._work_ptr,
@@ -326,6 +330,31 @@ def workspace(layers, r, d_out, dtype, form=None, schedule=None):
 def reset(ws):
     """Forget state carried between steps (called whenever a stepper is bound)."""
     _ws(ws).reset()
+
+
+def get_state(ws):
+    """The schedule state a resumed run needs (JSON-able), or None (two-pass).
+
+    Single-pass: ``{"phase": 1}`` when the next sweep is bottom-up, ``2``
+    when it is top-down. The chain itself is not saved: ``set_state`` makes
+    the next step rebuild it with a read-only pass that groups its sums as
+    the sweep would have, so the resumed run is bit for bit the same.
+    """
+    ws = _ws(ws)
+    if not ws._single:
+        return None
+    return {"phase": 2 if ws._state[0] in (2, 3) else 1}
+
+
+def set_state(ws, state):
+    """Restore what ``get_state`` returned (after ``reset``); None is a no-op."""
+    ws = _ws(ws)
+    if state is None or not ws._single:
+        return
+    phase = state.get("phase") if isinstance(state, dict) else None
+    if phase not in (1, 2):
+        raise ValueError(f"state: expected {{'phase': 1 or 2}} from get_state, got {state!r}")
+    ws._state[0] = 0 if phase == 1 else 3
 
 
 def _ws(ws):
