@@ -110,8 +110,7 @@ class Ensemble:
         from . import init, memory
         seeds = _seed_list(seeds)
         memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
-        return cls.from_networks([init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha, dtype=dtype)
-                                  for s in seeds])
+        return cls._build(lambda s: init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha, dtype=dtype), seeds)
 
     @classmethod
     def orthogonal(cls, widths, seeds=range(8), *, dtype=np.float64) -> "Ensemble":
@@ -119,7 +118,30 @@ class Ensemble:
         from . import init, memory
         seeds = _seed_list(seeds)
         memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
-        return cls.from_networks([init.orthogonal(widths, seed=s, dtype=dtype) for s in seeds])
+        return cls._build(lambda s: init.orthogonal(widths, seed=s, dtype=dtype), seeds)
+
+    @classmethod
+    def _build(cls, make, seeds) -> "Ensemble":
+        """Members make(s) for s in seeds, drawn one at a time into the stacked
+        storage (peak memory: the ensemble plus one network)."""
+        first = make(seeds[0])
+        widths, dtype = first.widths, first.dtype
+        K, L = len(seeds), first.depth
+        layers, hidden = _alloc_stacked(widths, K, dtype)
+        log_s = np.empty((K, L))
+        log_beta = np.empty(K)
+        inits, sigmas = [], []
+        for k, sd in enumerate(seeds):
+            net, first = (first, None) if k == 0 else (make(sd), None)
+            for i in range(L):
+                layers[i][k] = net._layers[i]
+            log_s[k] = net._log_s
+            log_beta[k] = net._log_beta
+            inits.append(net.init)
+            sigmas.append(net.sigma)
+            del net
+        return cls(widths, layers, log_s, log_beta, inits=inits, seeds=list(seeds), sigmas=sigmas,
+                   dtype=dtype, hidden=hidden)
 
     @classmethod
     def from_networks(cls, nets) -> "Ensemble":
