@@ -165,3 +165,12 @@ def test_thread_limits_restores_global_state():
     with kernels.thread_limits("numpy", threads=1):
         assert all(n == 1 for n in blas_threads())
     assert blas_threads() == blas0
+
+
+def test_auto_follows_the_measured_rule():
+    avail = {nm for nm, (ok, _) in kernels.availability().items() if ok}
+    wide = ([1024] + [256] * 7 + [10], 16)
+    narrow = ([16] + [32] * 7 + [4], 16)
+    assert kernels.get("auto", shape=wide).name == "numba"
+    assert kernels.get("auto", shape=narrow).name == ("cblas" if "cblas" in avail else "numba")
+    assert kernels.get("auto").name == "numba"

@@ -53,25 +53,26 @@ for _nm in ("numba", "cblas"):
 del _nm
 
 # ``auto``: the measured rule. Median ms/step (bench/step_time.py, float64,
-# orthogonal init, the 2-core AMD EPYC (Zen 4) development machine, OpenBLAS
-# 2 threads, numba 2 threads; 2026-11-23, machine shared with other jobs, so
-# the numba medians carry straggler noise from its parallel regions -- the
-# minimum is given next to it):
+# orthogonal init, the 2-core AMD EPYC (Zen 4) development machine shared
+# with other jobs, OpenBLAS 2 threads, numba 2 threads unless noted;
+# 2026-11-23). Medians of 2-thread numba runs are noisy there: a parallel
+# region waits milliseconds for the second core when another process holds it.
 #
-#   (d_in, n, d_out, m, L)     numpy     numba (min)    numba 1 thread   cblas
-#   (1024, 16, 10,   64, 32)      -      0.40 (0.38)          -          0.27
-#   (1024, 16, 10,  128, 32)      -      1.71 (1.36)          -          0.90
-#   (1024, 16, 10,  256, 64)   160 (91)   67 (14.5)          9.0         8.3
-#   (1024, 16, 10, 1024, 32)      -       219 (58)            -          41.6
-#   (  16, 64,  4,   32, 512)   11 (2.8)  1.65 (1.45)        1.44         0.69
-#   (  32, 8192, 4,  256, 32)  11.8 (3.8) 30 (3.0)            2.0         2.26
-#   (  12, 30,  4,   16,  4)    0.02      0.01                -          0.004
+#   (d_in, n, d_out, m, L)      numpy   numba   numba 1 thr   cblas
+#   (1024, 16, 10,   64, 32)      -      0.40        -         0.27
+#   (1024, 16, 10,  128, 32)      -      1.71        -         0.90
+#   (1024, 16, 10,  256, 64)     7.9     7.2        9.6        6.2
+#   (1024, 16, 10, 1024, 32)      -     34.6       63.8       41.6
+#   (  16, 64,  4,   32, 512)    2.5     1.14       1.19       0.69
+#   (  32, 8192, 4,  256, 32)    3.8     1.01       1.82       2.26
 #
-# The fused C kernel was the fastest wherever it was built, and numba beat
-# numpy at every shape; so ``auto`` prefers cblas, then numba, then numpy,
-# for every shape. ``shape`` is accepted so that a later measurement can make
-# the rule shape-dependent without changing callers.
-_AUTO_ORDER = ("cblas", "numba", "numpy")
+# Rule: hidden width >= 256 -> numba first (its fused, column/row-split
+# kernel uses both cores and streams the weights; at (1024,16,10,256,64) the
+# two are within noise), narrower -> cblas first (the C kernel's per-layer
+# overhead is lower); then the other, then numpy (slowest everywhere).
+_WIDE = 256
+_AUTO_ORDER = ("numba", "cblas", "numpy")
+_AUTO_ORDER_NARROW = ("cblas", "numba", "numpy")
 
 
 class BackendUnavailable(RuntimeError):
@@ -113,7 +114,13 @@ def get(name: str = "auto", *, shape=None):
 
 
 def _auto_order(shape=None):
-    """Backends in the order ``auto`` tries them for ``shape`` = (widths, rank)."""
+    """Backends in the order ``auto`` tries them for ``shape`` = (widths, rank)
+    (see the measured rule above); without a shape, the wide-network order."""
+    if shape is not None:
+        widths = shape[0]
+        hidden = max(widths[1:-1], default=0)
+        if hidden < _WIDE:
+            return _AUTO_ORDER_NARROW
     return _AUTO_ORDER
 
 
