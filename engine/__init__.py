@@ -13,8 +13,10 @@ rates are in W-space units.
     run = engine.train(net, prob, lr="theory", steps=500)
 """
 from . import checkpoint, diagnostics, init, kernels, memory, theory
+from . import ensemble
 from .checkpoint import CheckpointError, CheckpointMismatch, CorruptCheckpoint
 from .kernels import BackendUnavailable
+from .ensemble import Ensemble, EnsembleResult
 from .memory import InsufficientMemory
 from .network import Network
 from .problem import Problem, synthetic
@@ -28,5 +30,5 @@ __all__ = [
     "DivergenceError", "BackendUnavailable", "fit_rate", "theory", "kernels", "diagnostics",
     "checkpoint", "memory", "InsufficientMemory", "CheckpointError", "CorruptCheckpoint",
     "CheckpointMismatch", "EngineWarning", "LearningRateWarning", "CheckpointWarning",
-    "__version__",
+    "ensemble", "Ensemble", "EnsembleResult", "__version__",
 ]

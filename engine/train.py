@@ -272,6 +272,10 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         ``checkpoint_every`` default to the resumed file and its cadence.
         The returned history covers the whole run from step 0.
 
+    An ``engine.ensemble.Ensemble`` as ``net`` trains all its members in one
+    call (``engine.ensemble.train``; no callback, record or checkpoint) and
+    returns an ``EnsembleResult`` with per-member histories.
+
     Returns TrainResult. Raises DivergenceError (carrying the history and the
     network at its last finite state) when the loss becomes non-finite or
     exceeds EXPLODE_FACTOR * max(l(0), ||Y||_F^2 / 2); the last checkpoint
@@ -283,6 +287,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     that cannot be written (OSError: disk full, permissions; or diagnostics
     whose values are not numeric) gives a CheckpointWarning and training goes on.
     """
+    from .ensemble import Ensemble   # deferred: ensemble imports this module
+    if isinstance(net, Ensemble):
+        if callback is not None or _value(record) is not None:
+            raise ValueError("net: an Ensemble does not support callback= or record=; "
+                             "train its members separately (ens.members()) to use them")
+        if checkpoint is not None or checkpoint_every is not None or resume is not None:
+            raise ValueError("net: an Ensemble does not support checkpoint=, checkpoint_every= or resume=")
+        from . import ensemble
+        return ensemble.train(net, prob, lr=_value(lr), steps=_value(steps), tol=_value(tol),
+                              record_every=_value(record_every), backend=_value(backend),
+                              progress=progress)
     ckpt = _checkpoint_module
     saved = None
     if resume is not None:

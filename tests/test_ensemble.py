@@ -262,3 +262,22 @@ def test_auto_choice_and_fallback_without_numba(monkeypatch):
     assert res.schedule == "sequential"
     with pytest.raises(engine.BackendUnavailable, match="simulated"):
         E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3, backend="numba")
+
+
+def test_engine_train_dispatches_an_ensemble():
+    """engine.train(Ensemble, ...) is engine.ensemble.train: per-member results
+    identical to separate engine.train runs; unsupported options refused."""
+    import engine
+    X, Y = engine.synthetic(64, 8, 4, seed=0)
+    prob = engine.Problem(X, Y)
+    widths = [64] + [32] * 7 + [4]
+    ens = engine.Ensemble.orthogonal(widths, seeds=range(3))
+    run = engine.train(ens, prob, steps=30, backend="numpy")
+    assert isinstance(run, engine.EnsembleResult)
+    for k in range(3):
+        sep = engine.train(engine.init.orthogonal(widths, seed=k), prob, steps=30, backend="numpy")
+        np.testing.assert_array_equal(run.member(k).excess, sep.excess)
+    with pytest.raises(ValueError, match="^net: an Ensemble"):
+        engine.train(ens, prob, steps=1, record={"distance": 1})
+    with pytest.raises(ValueError, match="^net: an Ensemble"):
+        engine.train(ens, prob, steps=1, checkpoint="x.npz")
