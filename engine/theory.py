@@ -93,6 +93,12 @@ def lr_bound(init: str, prob, depth: int) -> float:
 
     gaussian:   d_out / (3 L ||X^T X||)   (DH Thm 4.1)
     orthogonal: d_y   / (2 L ||X||^2)     (HXP Thm 3.1)
+
+    Each holds only under its theorem's width condition (DH eq. 4; HXP eq. 5,
+    which includes m >= d_x). Outside it the rate can be far too large: an
+    orthogonal net with m < d_in (d_in = 1024, m = 16, L = 4) has
+    lambda_max(P(0)) ~24x HXP's 2 L ||X||^2 / d_y and diverges within a few
+    steps at this rate; the phase diagrams mark such cells as diverged.
     """
     k, _ = _consts(init)
     L = positive_int(depth, "depth")
