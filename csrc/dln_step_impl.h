@@ -51,7 +51,9 @@ static double SFX(half_sq)(const REAL *R, long long n)
 /* Read-only pass computing the suffix chain S_{L-1} .. S_1 (stored at
  * Sch + sum_{1<=k<j} d_out d_k) and S_0 (d_out x r), DESIGN.md pass 1 of the
  * T form.  Each product S_j = S_{j+1} M_{j+1} is split by columns across
- * threads (disjoint outputs: deterministic). */
+ * threads (disjoint outputs: deterministic).  With block_bytes > 0 (the
+ * single-pass schedule rebuilding its chain after a reset) it instead sums,
+ * serially, over the row blocks of the top-down sweep, to match its bits. */
 static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **layers, REAL rbeta,
                              REAL *Sch, long long totS, REAL *s0, long long block_bytes)
 {

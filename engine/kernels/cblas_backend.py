@@ -18,7 +18,9 @@ blocks of ``BLOCK_BYTES`` (sized for L2):
   advance the old chain, apply the update, advance the next step's chain from
   the new block. The chain and residual of the next step are kept in the
   workspace between calls (``reset`` forgets them); the first step after a
-  reset pays one read-only pass.
+  reset pays one read-only pass. ``get_state`` / ``set_state`` carry the
+  sweep direction through a checkpoint, and the rebuilt chain groups its
+  sums as the sweep did, so a resumed run is bit for bit the same.
 
 ``SCHEDULE`` picks the schedule of new workspaces; an explicit ``form``
 ("P"/"T") asks for the two-pass schedule in that form.
