@@ -360,6 +360,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             _adopt(net, loaded)
 
     st = _Stepper(net, prob, lr, backend)
+    reset = getattr(st.backend, "reset", None)
     if saved is None:
         _warn_above_bound(net, prob, lr)
     elif saved.meta.get("backend") == st.backend.name:
@@ -439,8 +440,13 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             if t % record_every == 0 or stop:
                 ts.append(t)
                 exs.append(ex)
-                if callback is not None and not stop and callback(t, ex, net):
-                    limit = t + 1   # step t is already applied; record state t+1 and stop
+                if callback is not None and not stop:
+                    if callback(t, ex, net):
+                        limit = t + 1   # step t is already applied; record state t+1 and stop
+                    # the callback may have edited the weights in place, which a
+                    # backend carrying the next step's chain (single-pass) cannot see
+                    if reset is not None:
+                        reset(st.ws)
             if stop:
                 break
             t += 1

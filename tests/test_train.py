@@ -109,3 +109,23 @@ def test_record_rejects_unknown(prob):
         engine.train(net, prob, lr=1e-3, steps=2, record={"nope": 1})
     with pytest.raises(ValueError, match="^record"):
         engine.train(net, prob, lr=1e-3, steps=2, record={"distance": 0})
+
+
+@pytest.mark.parametrize("backend", [b for b, (ok, _) in engine.kernels.availability().items() if ok])
+def test_callback_editing_weights_in_place_is_seen_by_every_backend(backend):
+    """A callback that changes the weights in place (here: halves the last layer
+    at step 3) must affect the next step on every backend, including one that
+    carries the next step's chain between steps (numba single-pass)."""
+    X, Y = engine.synthetic(32, 4, 3, seed=1)
+    prob = engine.Problem(X, Y)
+
+    def cb(t, ex, net):
+        if t == 3:
+            net._layers[-1] *= 0.5
+        return False
+
+    runs = []
+    for b in ("numpy", backend):
+        net = engine.init.orthogonal([32] + [16] * 5 + [3], seed=2)
+        runs.append(engine.train(net, prob, steps=10, backend=b, callback=cb))
+    np.testing.assert_allclose(runs[1].excess, runs[0].excess, rtol=1e-10)
