@@ -426,9 +426,6 @@ def test_resume_at_odd_step_cblas_single_pass(monkeypatch):
     if "cblas" not in AVAILABLE:
         pytest.skip("cblas backend not available here")
     from engine.kernels import cblas_backend
-    if not hasattr(cblas_backend, "get_state"):
-        pytest.xfail("cblas_backend has no get_state/set_state yet: its single-pass sweep direction "
-                     "is not checkpointed, so an odd-step resume differs by rounding (~1e-14)")
     monkeypatch.setattr(cblas_backend, "SCHEDULE", "single-pass")
     _odd_step_resume("cblas")
 

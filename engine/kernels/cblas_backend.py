@@ -330,8 +330,14 @@ def workspace(layers, r, d_out, dtype, form=None, schedule=None):
 
 
 def reset(ws):
-    """Forget state carried between steps (called whenever a stepper is bound)."""
-    _ws(ws).reset()
+    """Forget the chain carried between steps (called whenever a stepper is
+    bound, and after a training callback, which may edit weights in place).
+
+    The single-pass sweep direction is kept, so the next step rebuilds the
+    chain with the grouping the uninterrupted run would have used: a run
+    with resets in it stays bit for bit the same.
+    """
+    _ws(ws)._invalidate()
 
 
 def get_state(ws):
