@@ -69,7 +69,9 @@ def test_run_config_rows_and_divergence():
     assert r["engine_version"] == engine.__version__ and r["backend"] == "numpy"
     t, ex = out["curve"]
     assert t[0] == 0 and t[-1] == r["steps_run"] and len(t) <= 210
-    div = run_config(dict(d_in=32, n=8, d_out=3, width=16, depth=3, steps=50, lr_scale=100.0), backend="numpy")
+    with pytest.warns(engine.LearningRateWarning):
+        div = run_config(dict(d_in=32, n=8, d_out=3, width=16, depth=3, steps=50, lr_scale=100.0),
+                         backend="numpy")
     assert div["result"]["status"] == "diverged" and "diverged" in div["result"]["error"]
 
 

@@ -240,7 +240,9 @@ def test_hxp_theorem_4_1_narrow_gaussian_stuck():
     lo, hi = theory.stuck_band(prob)
     lr = theory.hxp_lr_bound(prob, L)
     for seed in range(10):
-        run = engine.train(engine.init.gaussian(widths, seed=seed), prob, lr=lr, steps=N, backend="numpy")
+        # HXP's rate on a Gaussian net is above DH's bound: the warning is expected
+        with pytest.warns(engine.LearningRateWarning):
+            run = engine.train(engine.init.gaussian(widths, seed=seed), prob, lr=lr, steps=N, backend="numpy")
         assert np.all((lo < run.loss) & (run.loss < hi)), seed
     for seed in range(2):
         run = engine.train(engine.init.orthogonal(widths, seed=seed), prob, lr=lr, steps=N, backend="numpy")

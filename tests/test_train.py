@@ -57,7 +57,8 @@ def test_fit_rate_exact_on_synthetic_sequence():
 def test_divergence_raises_with_history_and_finite_net(prob):
     net = engine.init.orthogonal([16, 20, 20, 4], seed=0)
     lr = 50 * engine.theory.lr_bound("orthogonal", prob, 3)
-    with pytest.raises(engine.DivergenceError, match="diverged") as info:
+    with pytest.raises(engine.DivergenceError, match="diverged") as info, \
+            pytest.warns(engine.LearningRateWarning, match="^lr: .* exceeds the theorem's bound"):
         engine.train(net, prob, lr=lr, steps=1000)
     err = info.value
     assert err.net is net and err.step > 0
