@@ -268,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--experiment", default=None, help="only this experiment")
     e.set_defaults(func=cmd_export)
 
+    tc = sub.add_parser(
+        "theorycheck", add_help=False,
+        help="one trajectory per init measured against DH Thm 4.1 / HXP Thm 3.1 (table + figure)",
+        description="Runs engine.theorycheck; all arguments are passed on "
+                    "('python -m engine theorycheck --help' lists them).")
+    tc.add_argument("rest", nargs=argparse.REMAINDER)
+    tc.set_defaults(func=cmd_theorycheck)
+
     i = sub.add_parser("info", help="version, backends, threads, BLAS, memory estimate",
                        description="Print the engine version, each backend's availability (and why not), "
                                    "the thread settings and BLAS libraries, and with --widths the memory a "
@@ -283,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["theorycheck"]:
+        # its options belong to engine.theorycheck (argparse REMAINDER cannot
+        # pass options through a subparser)
+        return cmd_theorycheck(argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -315,6 +328,14 @@ def _fmt_bytes(n):
         n /= 1024
 
 
+def cmd_theorycheck(args) -> int:
+    from engine import theorycheck
+    try:
+        return int(theorycheck.main(args.rest) or 0)
+    except SystemExit as exc:   # argparse inside theorycheck: --help (0) or bad arguments (2)
+        return int(exc.code or 0)
+
+
 def cmd_info(args) -> int:
     import engine
     from engine import kernels
@@ -323,7 +344,11 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (ok, why) in kernels.availability().items():
         print(f"  {name:7s} {'available' if ok else 'unavailable: ' + why}")
-    print(f"  auto  -> {kernels.get('auto').name}")
+    print(f"  auto  -> {kernels.get('auto').name} (for the widest layers; narrow nets may get another, "
+          "see engine/kernels/__init__.py)")
+    if kernels.availability()["cblas"][0]:
+        from engine.kernels import cblas_backend
+        print(f"  cblas schedule={cblas_backend.SCHEDULE} openmp_threads={cblas_backend.openmp_threads}")
     print(f"cpu cores: {os.cpu_count()}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         if var in os.environ:

@@ -200,3 +200,12 @@ def test_sweep_named_experiment_then_plot(tmp_path):
     assert len(rows) == 6 and json.loads(rows[0]["config"])["lr"] == "theory"
     r = _run("plot", "--db", "k.db", cwd=tmp_path)
     assert r.returncode == 0 and _png(tmp_path / "rate_vs_kappa.png")
+
+
+def test_theorycheck_subcommand_passes_its_arguments_through(tmp_path, capsys):
+    from engine.cli import main
+    out = tmp_path / "tc.png"
+    assert main(["theorycheck", "--steps", "5", "--width", "32", "--depth", "3", "--out", str(out)]) == 0
+    assert "theorem" in capsys.readouterr().out.lower()
+    assert out.exists() and out.stat().st_size > 0
+    assert main(["theorycheck", "--no-such-option"]) == 2
