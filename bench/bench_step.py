@@ -54,7 +54,7 @@ class _StepBase:
 
 class StepTime(_StepBase):
     def time_step(self, m, L, n, backend):
-        self.st.step()
+        self.st.checked()
 
 
 class StepMemory(_StepBase):
@@ -65,7 +65,7 @@ class StepMemory(_StepBase):
 class StepThroughput(_StepBase):
     def setup(self, m, L, n, backend):
         super().setup(m, L, n, backend)
-        self.seconds = common.median_step_seconds(self.st.step, repeat=5, min_time=0.3, warmup=1)
+        self.seconds = common.median_step_seconds(self.st.checked, repeat=5, min_time=0.3, warmup=1)
 
     def track_steps_per_second(self, m, L, n, backend):
         return 1.0 / self.seconds
@@ -85,10 +85,10 @@ class StepFloat32(_StepBase):
 
     def setup(self, m, L, n, backend):
         super().setup(m, L, n, backend)
-        self.seconds = common.median_step_seconds(self.st.step, repeat=5, min_time=0.3, warmup=1)
+        self.seconds = common.median_step_seconds(self.st.checked, repeat=5, min_time=0.3, warmup=1)
 
     def time_step(self, m, L, n, backend):
-        self.st.step()
+        self.st.checked()
 
     def track_fraction_of_floor(self, m, L, n, backend):
         return common.floor_seconds(self.nbytes) / self.seconds

@@ -92,15 +92,39 @@ def network(d_in, d_out, m, L, dtype="float64", seed=0):
     return Network(layers, log_s, 0.0, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
 
 
-def stepper(d_in, n, d_out, m, L, backend="numpy", dtype="float64", seed=0):
+# Timing runs step at this fraction of the theorem's lr. A step's cost does
+# not depend on lr, but hundreds of repeated steps must stay finite: outside
+# HXP's width condition (m < rank X, e.g. d_in = 1024, n = 65536, m = 256) the
+# theorem's rate diverges within ~15 steps, and a backend then refuses the
+# update, which would time a cheap no-op instead of a step.
+TIMING_LR_SCALE = 1e-2
+
+
+class CheckedStep:
+    """``st.step`` that fails loudly if the update was not applied."""
+
+    def __init__(self, st):
+        self.st = st
+
+    def __call__(self):
+        ex, applied = self.st.step()
+        if not applied:
+            raise RuntimeError(f"benchmark step not applied (excess {ex}): timing a no-op")
+        return ex
+
+
+def stepper(d_in, n, d_out, m, L, backend="numpy", dtype="float64", seed=0, lr_scale=TIMING_LR_SCALE):
     """A bound ``engine.train._Stepper`` (what ``engine.train`` runs each step)
-    on an orthogonal net at its theorem lr (stable at any depth)."""
+    on an orthogonal net at ``lr_scale`` times its theorem lr; ``.checked`` is
+    its step function that raises if a step was not applied."""
     import engine
     from engine.train import _Stepper
     prob = problem(d_in, n, d_out)
     net = network(d_in, d_out, m, L, dtype=dtype, seed=seed)
-    lr = engine.theory.lr_bound("orthogonal", prob, L)
-    return _Stepper(net, prob, lr, backend)
+    lr = lr_scale * engine.theory.lr_bound("orthogonal", prob, L)
+    st = _Stepper(net, prob, lr, backend)
+    st.checked = CheckedStep(st)
+    return st
 
 
 # A measurement stops early once it has taken this long (seconds) and has at

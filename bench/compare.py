@@ -53,13 +53,14 @@ CHECK_CONFIG = (24, 40, 5, 16, 6)          # r = 24 > d_out: reduction matters, 
 # --------------------------------------------------------------------------
 # the network every implementation steps, as plain arrays
 # --------------------------------------------------------------------------
-def _setup(cfg, seed=0):
-    """(prob, net, lr, c (L,), beta, A list of normalized float64 copies)."""
+def _setup(cfg, seed=0, lr_scale=1.0):
+    """(prob, net, lr, c (L,), beta, A list of normalized float64 copies);
+    lr = lr_scale x the orthogonal theorem rate (timings use common.TIMING_LR_SCALE)."""
     import engine
     d_in, n, d_out, m, L = cfg
     prob = common.problem(d_in, n, d_out)
     net = common.network(d_in, d_out, m, L, seed=seed)
-    lr = engine.theory.lr_bound("orthogonal", prob, L)
+    lr = lr_scale * engine.theory.lr_bound("orthogonal", prob, L)
     c = lr / np.exp(2.0 * net._log_s)
     return prob, net, lr, c, net.beta, net.normalized()
 
@@ -263,11 +264,11 @@ def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
 def measure_engine(cfg, backend, repeat, min_time):
     d_in, n, d_out, m, L = cfg
     st = common.stepper(d_in, n, d_out, m, L, backend)
-    return common.median_step_seconds(st.step, repeat=repeat, min_time=min_time, warmup=2)
+    return common.median_step_seconds(st.checked, repeat=repeat, min_time=min_time, warmup=2)
 
 
 def measure_baseline(cfg, name, repeat, min_time):
-    prob, net, lr, c, beta, A = _setup(cfg)
+    prob, net, lr, c, beta, A = _setup(cfg, lr_scale=common.TIMING_LR_SCALE)
     impl = _BASELINE_CLASSES[name](A, c, beta, prob.X, prob.Y)
     impl.step()                                   # warm-up (JAX compiles here)
     return common.median_step_seconds(impl.step, repeat=repeat, min_time=min_time, warmup=0)
@@ -376,7 +377,7 @@ def scaling(quick=False, out=print):
             ts = {}
             for be in eng:
                 st = common.stepper(*cfg, backend=be, dtype=dtype)
-                ts[be] = common.median_step_seconds(st.step, repeat=repeat, min_time=min_time, warmup=2)
+                ts[be] = common.median_step_seconds(st.checked, repeat=repeat, min_time=min_time, warmup=2)
             b = min(ts, key=ts.get)
             fl = common.floor_seconds(common.weight_bytes(*cfg, itemsize=itemsize))
             out(f"| m >= 512: step <= 1.3 x t_floor ({dtype}) | {ts[b] / fl:.2f} x t_floor "
