@@ -100,3 +100,11 @@ def seed_value(seed, name: str = "seed"):
     if int(seed) < 0:
         raise ValueError(f"{name}: must be >= 0, got {seed}")
     return int(seed)
+
+
+def widths_match_data(widths, prob) -> None:
+    """Raise ValueError naming ``widths`` unless d_0 = d_in and d_L = d_out of ``prob``."""
+    if prob.d_in != widths[0]:
+        raise ValueError(f"widths: d_0 = {widths[0]} does not match the data's d_in = {prob.d_in}")
+    if prob.d_out != widths[-1]:
+        raise ValueError(f"widths: d_L = {widths[-1]} does not match the data's d_out = {prob.d_out}")

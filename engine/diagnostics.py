@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import positive_int
+from ._validate import positive_int, widths_match_data
 from .network import Network
 
 __all__ = [
@@ -53,10 +53,7 @@ def _check(net, prob):
         raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
     if not isinstance(prob, Problem):
         raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-    if prob.d_in != net.widths[0]:
-        raise ValueError(f"widths: d_0 = {net.widths[0]} does not match the data's d_in = {prob.d_in}")
-    if prob.d_out != net.widths[-1]:
-        raise ValueError(f"widths: d_L = {net.widths[-1]} does not match the data's d_out = {prob.d_out}")
+    widths_match_data(net.widths, prob)
 
 
 def _f64(a):

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels, theory
-from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list
+from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list, widths_match_data
 from .network import Network, _alloc_layers
 from .problem import Problem
 from .train import EXPLODE_FACTOR, TrainResult, fit_rate
@@ -751,10 +751,7 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
         raise TypeError(f"ens: must be an engine Ensemble, got {type(ens).__name__}")
     if not isinstance(prob, Problem):
         raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-    if prob.d_in != ens.widths[0]:
-        raise ValueError(f"widths: d_0 = {ens.widths[0]} does not match the data's d_in = {prob.d_in}")
-    if prob.d_out != ens.widths[-1]:
-        raise ValueError(f"widths: d_L = {ens.widths[-1]} does not match the data's d_out = {prob.d_out}")
+    widths_match_data(ens.widths, prob)
     lrs = _lr_per_member(ens, prob, lr)
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")

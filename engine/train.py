@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint as _checkpoint_module  # noqa: F401  (makes engine.checkpoint importable)
 from . import kernels, theory
-from ._validate import nonneg_int, positive_float, positive_int
+from ._validate import nonneg_int, positive_float, positive_int, widths_match_data
 from .network import Network
 from .problem import Problem
 
@@ -120,10 +120,7 @@ def _check_net_prob(net, prob):
         raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
     if not isinstance(prob, Problem):
         raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-    if prob.d_in != net.widths[0]:
-        raise ValueError(f"widths: d_0 = {net.widths[0]} does not match the data's d_in = {prob.d_in}")
-    if prob.d_out != net.widths[-1]:
-        raise ValueError(f"widths: d_L = {net.widths[-1]} does not match the data's d_out = {prob.d_out}")
+    widths_match_data(net.widths, prob)
 
 
 class _Stepper:
