@@ -206,14 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-seed", type=int, default=0, help="data seed (default 0)")
     t.add_argument("--seed", type=int, default=1, help="init seed (default 1)")
     t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space) or 'theory' (default)")
-    t.add_argument("--steps", type=_nonneg_int, default=1000, help="GD step budget (default 1000)")
+    t.add_argument("--steps", type=_nonneg_int, default=None,
+                   help="GD step budget (default 1000; with --resume: the checkpoint's, raise it to extend the run)")
     t.add_argument("--tol", type=float, default=1e-12,
                    help="stop when l - OPT <= TOL * ||Y||_F^2 (default 1e-12; 0 = never)")
     t.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
     t.add_argument("--history", default=None, metavar="CSV", help="write t, loss, excess to this CSV")
     t.add_argument("--checkpoint", default=None, metavar="PATH", help="checkpoint file (if this engine supports it)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints (default 100)")
-    t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint (if supported)")
+    t.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run saved in this checkpoint (its data, network, lr, tol and backend; "
+                        "the other options describing the run are ignored)")
     t.add_argument("--plot", default=None, metavar="PNG", help="figure of the excess loss vs step")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -300,6 +303,7 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from engine.checkpoint import CheckpointError
     from engine.results import ResultsDBError
     try:
         return int(args.func(args) or 0)
@@ -307,6 +311,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ResultsDBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, CheckpointError) as exc:   # a bad path or file argument
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -603,10 +610,40 @@ def cmd_export(args) -> int:
 
 # ------------------------------------------------------------------ train
 
+def _resume_train(args) -> int:
+    """``train --resume PATH``: everything describing the run comes from the checkpoint."""
+    import engine
+    saved = engine.checkpoint.load(args.resume)
+    kw = {} if args.steps is None else {"steps": args.steps}
+    if args.checkpoint:
+        kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+    last = f", last recorded l - OPT {saved.excess[-1]:.4e} at t = {int(saved.t[-1])}" if len(saved.t) else ""
+    print(f"resuming {args.resume}: state of step {saved.step}{last}")
+    try:
+        run = engine.train(resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(), **kw)
+        status = "converged" if run.converged else "budget"
+    except engine.DivergenceError as exc:
+        run, status = exc.result, "diverged"
+        print(f"diverged: {exc}", file=sys.stderr)
+    net = run.net if status != "diverged" else None
+    ex0 = run.excess[0]
+    shape = f", widths [{net.widths[0]}, ..., {net.widths[-1]}], depth {net.depth}, {net.init}" if net else ""
+    print(f"lr {run.lr:.5g}, backend {run.backend}{shape}")
+    print(f"status {status}: {run.steps} steps in all, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
+          f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}")
+    return 0 if status != "diverged" else 1
+
+
 def cmd_train(args) -> int:
     import inspect
 
     import engine
+    if args.resume:
+        if args.history or args.plot:
+            raise _UsageError("--resume: --history and --plot are not supported when resuming")
+        return _resume_train(args)
+    if args.steps is None:
+        args.steps = 1000
     X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
     prob = engine.Problem(X, Y)
     widths = args.widths or [args.d_in] + [args.width] * (args.depth - 1) + [args.d_out]

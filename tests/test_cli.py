@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import engine
@@ -209,3 +210,21 @@ def test_theorycheck_subcommand_passes_its_arguments_through(tmp_path, capsys):
     assert "theorem" in capsys.readouterr().out.lower()
     assert out.exists() and out.stat().st_size > 0
     assert main(["theorycheck", "--no-such-option"]) == 2
+
+
+def test_train_resume_continues_the_checkpointed_run(tmp_path, capsys):
+    """`train --resume` takes data, network, lr and backend from the checkpoint
+    (not from the option defaults) and extends the run to --steps."""
+    ck = tmp_path / "run.ckpt"
+    base = ["train", "--init", "orthogonal", "--d-in", "32", "--n", "8", "--d-out", "3",
+            "--width", "16", "--depth", "4", "--tol", "0", "--backend", "numpy", "--no-progress"]
+    assert main(base + ["--steps", "40", "--checkpoint", str(ck)]) == 0
+    assert engine.checkpoint.load(ck).step == 40
+    assert main(["train", "--resume", str(ck), "--steps", "60", "--no-progress"]) == 0
+    c = engine.checkpoint.load(ck)
+    assert c.step == 60
+    ref = engine.train(engine.init.orthogonal([32, 16, 16, 16, 3], seed=1),   # the CLI default init seed
+                       engine.Problem(*engine.synthetic(32, 8, 3, seed=0)), steps=60, backend="numpy")
+    np.testing.assert_array_equal(c.excess, ref.excess[:len(c.excess)])
+    assert main(["train", "--resume", str(tmp_path / "missing.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
