@@ -17,14 +17,25 @@ from __future__ import annotations
 import numpy as np
 
 from . import memory
-from ._validate import as_real_matrix, float_dtype, positive_float, seed_value, widths_list
+from ._validate import as_real_matrix, float_dtype, positive_float, positive_int, seed_value, widths_list
 from .network import Network, _alloc_layers
 
 __all__ = ["gaussian", "orthogonal", "from_weights", "INITS"]
 
 
-def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64) -> Network:
+def _ensemble_seeds(seed, ensemble):
+    """Member seeds seed, seed+1, ..., seed+K-1 for ``ensemble=K``."""
+    K = positive_int(ensemble, "ensemble")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: with ensemble= it must be an int (members get seed, seed+1, ...), got {seed!r}")
+    return range(int(seed), int(seed) + K)
+
+
+def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64, ensemble=None):
     """Gaussian initialization (DH Sec. 3.2; per-layer sigma_i as in HXP Thm 4.1).
+
+    With ``ensemble=K`` returns an ``engine.Ensemble`` of K such networks with
+    seeds seed, ..., seed+K-1 (member k is exactly ``gaussian(widths, seed+k)``).
 
     Parameters
     ----------
@@ -41,6 +52,10 @@ def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64) -> Net
     Storage: A_i = W_i / s_i with s_i = sqrt(d_i) sigma_i, so A_i has iid
     N(0, 1/d_i) entries and beta = alpha prod s_i (= 1 by default).
     """
+    if ensemble is not None:
+        from .ensemble import Ensemble
+        return Ensemble.gaussian(widths, seeds=_ensemble_seeds(seed, ensemble), sigma=sigma,
+                                 alpha=alpha, dtype=dtype)
     widths = widths_list(widths)
     dtype = float_dtype(dtype)
     L = len(widths) - 1
@@ -58,8 +73,11 @@ def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64) -> Net
                    dtype=dtype, _stack=stack)
 
 
-def orthogonal(widths, seed=0, *, dtype=np.float64) -> Network:
+def orthogonal(widths, seed=0, *, dtype=np.float64, ensemble=None):
     """Orthogonal initialization (HXP eq. 4).
+
+    With ``ensemble=K`` returns an ``engine.Ensemble`` of K such networks with
+    seeds seed, ..., seed+K-1 (member k is exactly ``orthogonal(widths, seed+k)``).
 
     Each W_i (d_i x d_{i-1}) is sqrt(max(d_i, d_{i-1})) times a Haar-distributed
     semi-orthogonal matrix: orthonormal columns when d_i >= d_{i-1}
@@ -75,6 +93,9 @@ def orthogonal(widths, seed=0, *, dtype=np.float64) -> Network:
 
     Storage: s_i = sqrt(d_i), beta = 1, so A_i = sqrt(max(d_i, d_{i-1}) / d_i) Q_i.
     """
+    if ensemble is not None:
+        from .ensemble import Ensemble
+        return Ensemble.orthogonal(widths, seeds=_ensemble_seeds(seed, ensemble), dtype=dtype)
     widths = widths_list(widths)
     dtype = float_dtype(dtype)
     L = len(widths) - 1

@@ -281,3 +281,20 @@ def test_engine_train_dispatches_an_ensemble():
         engine.train(ens, prob, steps=1, record={"distance": 1})
     with pytest.raises(ValueError, match="^net: an Ensemble"):
         engine.train(ens, prob, steps=1, checkpoint="x.npz")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "orthogonal"])
+def test_init_ensemble_keyword_builds_the_same_members(kind):
+    """engine.init.<kind>(widths, seed=s, ensemble=K) is an Ensemble whose member k
+    is bitwise engine.init.<kind>(widths, seed=s+k); bad arguments name themselves."""
+    widths = [12, 8, 8, 8, 3]
+    make = getattr(engine.init, kind)
+    ens = make(widths, seed=5, ensemble=3)
+    assert isinstance(ens, Ensemble)
+    for k, member in enumerate(ens.members()):
+        for a, b in zip(member.weights(), make(widths, seed=5 + k).weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="^ensemble"):
+        make(widths, ensemble=0)
+    with pytest.raises(TypeError, match="^seed"):
+        make(widths, seed=None, ensemble=2)
