@@ -41,10 +41,12 @@ beyond the init's seed (kept in ``meta`` for the record).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -105,6 +107,7 @@ def save(path, arrays: dict, meta: dict) -> None:
     payload["meta"] = _encode_json(dict(meta, format=FORMAT, version=VERSION))
     payload["sha256"] = np.frombuffer(_digest(payload).encode(), dtype=np.uint8)
     d = os.path.dirname(os.path.abspath(path))
+    started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "w+b") as f:
@@ -124,6 +127,25 @@ def save(path, arrays: dict, meta: dict) -> None:
             pass
         raise
     _fsync_dir(d)
+    _remove_stale_temps(path, tmp, started)
+
+
+def _remove_stale_temps(path: str, current: str, started: float) -> None:
+    """Delete temp files a killed earlier write of ``path`` left behind.
+
+    Only files older than this write's start are removed, so a temp file
+    another live writer is still filling is never touched. They are never
+    read (a temp file only becomes the checkpoint by the atomic rename).
+    """
+    pattern = glob.escape(os.path.abspath(path)) + ".*.tmp"
+    for stale in glob.glob(pattern):
+        if stale == current:
+            continue
+        try:
+            if os.stat(stale).st_mtime < started - 1.0:
+                os.unlink(stale)
+        except OSError:
+            pass
 
 
 def _fsync_dir(d: str) -> None:

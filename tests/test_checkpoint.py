@@ -447,3 +447,24 @@ def test_resume_without_prob_uses_stored_data(prob, tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="^prob: checkpoint .* does not store the data"):
         engine.train(resume=path)
     _same_run(engine.train(prob=prob, resume=path), ref)
+
+
+def test_a_write_removes_temp_files_left_by_a_killed_earlier_write(prob, tmp_path):
+    """A kill -9 mid-write leaves `<name>.<random>.tmp`; the next successful write
+    of the same checkpoint deletes such leftovers (older than its own start) and
+    leaves newer ones (a concurrent writer's) and other files alone."""
+    import os
+    import time
+    path = tmp_path / "run.ckpt"
+    stale = tmp_path / "run.ckpt.abc123.tmp"
+    fresh = tmp_path / "run.ckpt.def456.tmp"
+    other = tmp_path / "other.ckpt.zzz.tmp"
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    os.utime(fresh, (time.time() + 60, time.time() + 60))
+    engine.train(engine.init.orthogonal(WIDTHS, seed=1), prob, steps=3, backend="numpy", checkpoint=path)
+    assert ck.load(path).step == 3
+    assert not stale.exists() and fresh.exists() and other.exists()
