@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import positive_int, widths_match_data
+from ._validate import positive_int
 from .network import Network
 
 __all__ = [
@@ -48,12 +48,8 @@ EXACT_MAX_DIM = 2000
 
 
 def _check(net, prob):
-    from .problem import Problem
-    if not isinstance(net, Network):
-        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
-    if not isinstance(prob, Problem):
-        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-    widths_match_data(net.widths, prob)
+    from .train import _check_net_prob   # deferred: train imports this module lazily too
+    _check_net_prob(net, prob)
 
 
 def _f64(a):

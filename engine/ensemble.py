@@ -259,10 +259,7 @@ class Ensemble:
         if self._bound is not None and self._bound[0] == prob.token:
             return
         self._unbind()
-        if prob.d_in != self.widths[0]:
-            raise ValueError(f"widths: d_0 = {self.widths[0]} does not match the data's d_in = {prob.d_in}")
-        if prob.d_out != self.widths[-1]:
-            raise ValueError(f"widths: d_L = {self.widths[-1]} does not match the data's d_out = {prob.d_out}")
+        widths_match_data(self.widths, prob)
         basis = prob.reduced(self.dtype).basis
         A1 = self._layers[0]
         K, d1 = A1.shape[0], A1.shape[1]
