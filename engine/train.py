@@ -128,7 +128,12 @@ class _Stepper:
 
     def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
         _check_net_prob(net, prob)
-        self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
+        self.threads = None              # None: thread settings left as they are
+        if backend == "auto" and form is None:
+            name, self.threads, _ = kernels.auto_choice(net.widths, prob.rank, net.dtype)
+            self.backend = kernels.get(name)
+        else:
+            self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
         net._bind(prob)
         self.net = net
         red = prob.reduced(net.dtype)
@@ -160,8 +165,13 @@ class _Stepper:
         return self._version
 
     def step(self, lo=-1.0, hi=math.inf):
-        ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs, self.yred,
-                                        self.ws, lo, hi)
+        if self.threads is None:
+            ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                            self.yred, self.ws, lo, hi)
+        else:                            # auto's measured thread count (restored after)
+            with kernels.thread_limits(self.backend, self.threads):
+                ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                                self.yred, self.ws, lo, hi)
         if applied:
             self.net._version += 1       # a change through the API (see Network.version)
             self._version = self.net._version
