@@ -65,7 +65,8 @@ def test_cache_is_reused_and_invalidated(cache_dir, monkeypatch):
     assert second[:2] == first[:2] == best and len(fake.calls) == n and "cached in" in second[2]
     path = auto.cache_path()
     rec = json.load(open(path))
-    assert rec["machine"] == auto.machine_id() and auto.shape_class(WIDE, 16, "float64") in rec["classes"]
+    assert rec["machine"] == auto.machine_id()
+    assert rec["classes"][auto.shape_class(WIDE, 16, "float64")]["cpus_free"] == 2
     assert not [f for f in os.listdir(cache_dir) if f.startswith(".auto-")]   # no temp file left
     # the same class (widths rounded to powers of two) shares the calibration
     name, _, why = auto.auto_choice([64] + [530] * 5 + [10], 16, measure=fake, cpus=2)
@@ -99,8 +100,22 @@ def test_busy_cores_fall_back_to_one_thread():
     table[(two[0][0], 1)] = 2e-3                             # its 1-thread version next
     fake = FakeTimer(table)
     assert auto.auto_choice(WIDE, 16, measure=fake, cpus=2)[:2] == two[0]
+    n = len(fake.calls)
     name, threads, why = auto.auto_choice(WIDE, 16, measure=fake, cpus=1)
     assert (name, threads) == (two[0][0], 1) and "1 core(s) free" in why
+    assert len(fake.calls) == n                    # busier than at calibration: the cache holds
+
+
+def test_calibration_under_load_is_redone_when_cores_free_up():
+    """Times taken with one core busy are replaced once both cores are free."""
+    two = [c for c in _cands() if c[1] == 2]
+    if not two:
+        pytest.skip("no threaded backend available")
+    busy = FakeTimer({c: (1.0 if c[1] == 2 else 1e-3) for c in _cands()})   # 2 threads collapse
+    assert auto.auto_choice(WIDE, 16, measure=busy, cpus=1)[1] in (1, None)
+    quiet = FakeTimer(_table(two[0]))
+    name, threads, why = auto.auto_choice(WIDE, 16, measure=quiet, cpus=2)
+    assert (name, threads) == two[0] and quiet.calls and "calibrated now with 2 core(s)" in why
 
 
 @pytest.mark.parametrize("affinity, load, own, expect", [

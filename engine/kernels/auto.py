@@ -22,6 +22,7 @@ calibration would measure noise. ``ENGINE_CACHE_DIR`` moves the cache
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -96,6 +97,7 @@ def cache_dir() -> str:
     return os.path.join(base, "engine")
 
 
+@functools.lru_cache(maxsize=None)
 def machine_id() -> str:
     """What a calibration is valid for: CPU, core count, engine and library versions."""
     from .. import __version__
@@ -262,18 +264,21 @@ def auto_choice(widths, r, dtype="float64", *, measure=None, cpus=None, path=Non
         return _rule(widths, r), None, f"fixed rule ({why})"
     path = path or cache_path()
     cls = shape_class(widths, r, dtype)
-    classes = _load_cache(path)
-    times = classes.get(cls)
+    free = cpus if cpus is not None else available_cpus()
+    entry = _load_cache(path).get(cls)
     where = f"cached in {path}"
-    if not isinstance(times, dict) or not times:
+    times = entry.get("times") if isinstance(entry, dict) else None
+    # a calibration taken while other processes held cores is redone once more
+    # cores are free: its multi-thread times are those of the busy machine
+    if not isinstance(times, dict) or not times or entry.get("cpus_free", 0) < free:
         times = calibrate(widths, r, dtype, measure=measure)
         if not times:
             return _rule(widths, r), None, "fixed rule (no candidate could be calibrated)"
         classes = _load_cache(path)     # another process may have added classes meanwhile
-        classes[cls] = times
+        classes[cls] = {"times": times, "cpus_free": free}
         _save_cache(path, classes)
-        where = f"calibrated now, saved to {path}"
-    return _pick(times, cpus if cpus is not None else available_cpus(), cls, where)
+        where = f"calibrated now with {free} core(s) free, saved to {path}"
+    return _pick(times, free, cls, where)
 
 
 def _pick(times, cpus, cls, where):
