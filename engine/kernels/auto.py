@@ -182,9 +182,13 @@ def _unkey(key):
     return name, (None if t == "-" else int(t))
 
 
-def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS) -> float:
+def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=math.inf) -> float:
     """Median seconds per step of backend ``name`` at ``threads`` threads on a
-    Gaussian network of these widths (depth cut to CALIBRATE_MAX_BYTES)."""
+    Gaussian network of these widths (depth cut to CALIBRATE_MAX_BYTES).
+
+    A candidate whose step takes longer than ``budget`` seconds is not timed
+    further (that step's time is returned): a 2-thread kernel on a busy
+    machine can take 100x the best, and the calibration must stay short."""
     from .. import init, theory
     from ..problem import Problem
     from ..train import _Stepper
@@ -211,16 +215,22 @@ def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS) -> floa
             t0 = time.perf_counter()
             st.step()
             ts.append(time.perf_counter() - t0)
+            if ts[-1] > budget:
+                break
     return statistics.median(ts)
 
 
 def calibrate(widths, r, dtype, measure=None, cands=None) -> dict:
     """{candidate key: seconds per step} for every candidate (``measure`` injects timings)."""
-    measure = measure or measure_step
     out = {}
     for name, threads in (cands if cands is not None else candidates()):
         try:
-            out[_key(name, threads)] = float(measure(widths, r, dtype, name, threads))
+            if measure is None:        # stop timing a candidate at 4x the best so far
+                budget = 4.0 * min(out.values()) if out else math.inf
+                t = measure_step(widths, r, dtype, name, threads, budget=budget)
+            else:
+                t = measure(widths, r, dtype, name, threads)
+            out[_key(name, threads)] = float(t)
         except Exception:              # a candidate that cannot run is never chosen
             continue
     return out
