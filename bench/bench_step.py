@@ -47,8 +47,10 @@ if os.environ.get("ENGINE_ASV_GRID") == "full":
 BACKENDS = ["numpy", "numba", "cblas"]
 # float32 is measured where its limit applies (issue 14: m >= 256)
 FLOAT32_CONFIGS = [c for c in CONFIGS if int(c.split("-")[3]) >= 256]
-# one shared measurement: median of this many steps (at least MIN_TIME s)
-REPEAT, MIN_TIME = 5, 0.2
+# one shared measurement: median of REPEAT steps (at least MIN_TIME s; at most
+# MAX_TIME s once 3 are taken: a 2-thread kernel on a busy machine can take
+# 0.5 s a step, and the suite must stay short)
+REPEAT, MIN_TIME, MAX_TIME = 5, 0.2, 2.0
 
 
 def parse(cfg):
@@ -82,8 +84,8 @@ def measure_all(configs, dtype):
             except NotImplementedError as exc:
                 out[cfg, be] = str(exc)
                 continue
-            out[cfg, be] = common.median_step_seconds(st.checked, repeat=REPEAT,
-                                                      min_time=MIN_TIME, warmup=0)
+            out[cfg, be] = common.median_step_seconds(st.checked, repeat=REPEAT, min_time=MIN_TIME,
+                                                      warmup=0, max_time=MAX_TIME)
             del st
     return out
 
