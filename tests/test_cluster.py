@@ -5,11 +5,8 @@ multi-machine cluster); one worker is killed with SIGKILL mid-sweep. Every
 run must be stored exactly once, with status "ok", and equal a serial run.
 """
 import os
-import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -21,33 +18,10 @@ pytest.importorskip("distributed")
 from engine.results import ResultsDB  # noqa: E402
 from engine.sweep import grid, run_sweep  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from cluster import dask_cli, process_cluster  # noqa: E402
+
 VOLATILE = {"wall_time", "finished_utc"}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dask_cli():
-    exe = shutil.which("dask", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if exe is None:
-        pytest.skip("the 'dask' command line is not installed")
-    return exe
-
-
-def _spawn(args, log):
-    # own session: killing it cannot signal pytest; output to a file, not a pipe that could fill up
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _wait_workers(addr, n, timeout=60.0):
-    from distributed import Client
-    with Client(addr, timeout="20s") as c:
-        c.wait_for_workers(n, timeout=timeout)
-        return sorted(c.scheduler_info()["workers"])
 
 
 def _n_rows(path):
@@ -73,20 +47,9 @@ def _rows(path):
 
 
 def test_scheduler_and_two_worker_processes_survive_a_killed_worker(tmp_path):
-    dask = _dask_cli()
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "cluster.log", "w")
-    procs = []
-    try:
-        procs.append(_spawn([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                             "--dashboard-address", ":0", "--no-show"], log))
-        for name in ("w0", "w1"):
-            # --no-nanny: a SIGKILL really removes the worker (a nanny would restart it)
-            procs.append(_spawn([dask, "worker", addr, "--nthreads", "1", "--nworkers", "1", "--no-nanny",
-                                 "--name", name, "--local-directory", str(tmp_path / name)], log))
-        _wait_workers(addr, 2)
-
+    if dask_cli() is None:
+        pytest.skip("the 'dask' command line is not installed")
+    with process_cluster(2, str(tmp_path)) as (addr, workers):
         # each run ~0.5-1 s, so the kill lands while runs are in flight on both workers
         cfgs = grid(d_in=32, n=8, d_out=3, init=["gaussian", "orthogonal"], width=[16, 32], depth=[4, 8],
                     seed=[0, 1], steps=15000, tol=0, lr_scale=0.5)
@@ -105,24 +68,14 @@ def test_scheduler_and_two_worker_processes_survive_a_killed_worker(tmp_path):
         while _n_rows(db) < 2 and th.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert th.is_alive(), "the sweep finished before a worker could be killed (runs too short)"
-        os.killpg(procs[1].pid, signal.SIGKILL)     # worker w0, mid-sweep
-        procs[1].wait(timeout=10)
+        os.killpg(workers[0].pid, signal.SIGKILL)     # worker w0, mid-sweep
+        workers[0].wait(timeout=10)
         th.join(timeout=300)
         assert not th.is_alive(), "the sweep did not finish after a worker was killed"
         if "error" in out:
             raise out["error"]
         s = out["summary"]
         assert s.total == len(cfgs) and s.failed == 0 and s.done == len(cfgs)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        log.close()
 
     rows, curves, n = _rows(db)
     assert n == len(cfgs) == len({r["key"] for r in rows})        # every run exactly once
