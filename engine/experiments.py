@@ -177,8 +177,9 @@ def plot_phase_diagram(rows, path, threshold=TRAINABLE_LOG10):
     x = diverged; dots: the trainability contour (smallest width from which every wider cell
     is trainable); the title gives its linear fit width = a L + b."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    _phase_into(fig, axes, rows, threshold)
+    n = max(len(phase_inits(rows)), 1)   # one panel per init in the rows (identity: a third)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.3), squeeze=False)
+    _phase_into(fig, axes[0], rows, threshold)
     steps = max((r["steps"] for r in rows), default=0)
     fig.suptitle(f"HXP phase diagram: X 1024x16, Y = W*X, lr = theorem's, budget {steps} steps; "
                  f"dots: trainable (<= {threshold:g}) from this width up; x: diverged", fontsize=9)
@@ -519,11 +520,17 @@ def plot_hxp_demo(rows, curves, path):
     return _save(fig, path)
 
 
+def phase_inits(rows):
+    """The inits present in ``rows``: the papers' two first (when present), then any other."""
+    present = {r["init"] for r in rows}
+    return [i for i in INITS if i in present] + sorted(present - set(INITS))
+
+
 def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10):
     deep = [r for r in rows if r["depth"] > 1]
     widths = sorted({r["width"] for r in deep})
     depths = sorted({r["depth"] for r in rows})
-    for ax, init in zip(axes, INITS):
+    for ax, init in zip(axes, phase_inits(rows)):
         Z = np.full((len(depths), len(widths)), np.nan)
         div = np.zeros_like(Z, dtype=bool)
         for i, d in enumerate(depths):
