@@ -171,12 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "finished runs) and draw its figure.\n\nexperiments:\n" +
                     "\n".join(f"  {k:18s} {v}" for k, v in _EXPERIMENT_HELP.items()),
         epilog="examples:\n  python -m engine reproduce hxp                       # ~1-2 min on 2 cores\n"
+               "  python -m engine reproduce all --out-dir docs        # every committed figure + table\n"
                "  python -m engine reproduce phase_diagram --out pd.png  # default grid, a few minutes\n"
                "  python -m engine reproduce phase_diagram --full --db full.db   # the published grid (hours)\n"
                "  python -m engine reproduce exponential_curse --size quick --serial",
         formatter_class=raw)
-    r.add_argument("experiment", choices=list(_EXPERIMENT_HELP), metavar="EXPERIMENT",
-                   help="one of: " + ", ".join(_EXPERIMENT_HELP))
+    r.add_argument("experiment", choices=list(_EXPERIMENT_HELP) + ["all"], metavar="EXPERIMENT",
+                   help="one of: " + ", ".join(_EXPERIMENT_HELP) + "; 'all' = every figure committed under "
+                        "docs/ at its committed grid size, with its table NAME.csv (use --out-dir)")
+    r.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="with 'all': directory for the figures and their tables (default .)")
     r.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
                    help="grid size: tiny (smoke test), quick, default, full (default: 'default'; "
                         "'quick' for hxp)")
@@ -485,6 +489,10 @@ def cmd_reproduce(args) -> int:
     name = args.experiment
     size = _size(args)
     _check_backend(args.backend)
+    if name == "all":
+        return _reproduce_all(args)
+    if args.out_dir is not None:
+        raise _UsageError("--out-dir: only with 'reproduce all' (give --out for one figure)")
     db = args.db or f"engine-{name}.db"
     out = args.out or f"{name}.png"
     workers = _workers(args)
@@ -513,14 +521,36 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _reproduce_all(args) -> int:
+    from engine import experiments as ex
+    if args.out or args.db or args.size or args.full:
+        raise _UsageError("reproduce all: --out, --db, --size and --full do not apply (each figure uses "
+                          "its committed grid; databases are engine-NAME.db here; use --out-dir)")
+    out_dir = args.out_dir or "."
+    workers = _workers(args)
+    t0 = time.perf_counter()
+    print(f"every committed figure and its table into {out_dir}/ ({', '.join(ex.COMMITTED_FIGURES)}); "
+          f"databases engine-NAME.db here (re-run to resume), {'serial' if workers == 0 else 'dask'}")
+    for name in ex.COMMITTED_FIGURES:
+        t1 = time.perf_counter()
+        png, csv_path = ex.reproduce_all(out_dir, db_dir=".", names=[name], workers=workers,
+                                         scheduler=args.scheduler, backend=args.backend,
+                                         progress=not args.no_progress, threads_per_run=args.threads_per_run)[0]
+        print(f"  {name:18s} {png}, {csv_path} ({time.perf_counter() - t1:.1f} s)")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _print_phase(rows):
     from engine import experiments as ex
-    for init in ex.INITS:
+    for init in ex.inits_of(rows):
         cont = ex.trainability_contour(rows, init)
         pts = [(d, w) for d, w in cont if np.isfinite(w)]
         slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
         txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in cont)
-        print(f"  {init:10s} smallest trainable width: {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+        left = [d for d, w in cont if not np.isfinite(w)]
+        note = f" (L = {', '.join(map(str, left))}: none trainable, not in the fit)" if left else ""
+        print(f"  {init:10s} smallest trainable width: {txt}; fit {ex.fmt_line(slope, icpt, len(pts))}{note}")
 
 
 def _print_curse(rows):
@@ -541,7 +571,8 @@ def _print_threshold(rows):
     for init, pts in ex.threshold_table(rows).items():
         slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
         txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in pts)
-        print(f"  {init:10s} {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+        n = sum(np.isfinite(w) for _, w in pts)
+        print(f"  {init:10s} {txt}; fit {ex.fmt_line(slope, icpt, n)}")
 
 
 _SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
@@ -615,7 +646,7 @@ def plot_generic(rows, path, store=None):
     widths = {r["width"] for r in rows if r["depth"] > 1}
     depths = {r["depth"] for r in rows}
     if len(widths) > 1 and len(depths) > 1:
-        return ex.plot_phase_diagram(rows, path)
+        return ex.plot_grid(rows, path)
     plt = ex._pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows[:40]:
