@@ -1,5 +1,7 @@
 """The command line for a new user: one seed default, options checked before any output,
 `info` naming auto's choice, one-line warnings, progress lines, where results went."""
+import os
+
 import pytest
 
 import engine
@@ -86,3 +88,26 @@ def test_train_atol_is_absolute(capsys):
     assert main(["train"] + SMALL + ["--steps", "5000", "--atol", "1e-3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "stop: l - OPT <= 0.001;" in out and "status converged" in out
+
+
+def test_reproduce_all_refuses_per_figure_options(capsys):
+    for extra in (["--size", "quick"], ["--out", "x.png"], ["--db", "x.db"]):
+        assert main(["reproduce", "all", "--out-dir", "d"] + extra) == 2
+        assert "reproduce all:" in capsys.readouterr().err
+    assert main(["reproduce", "rate_vs_kappa", "--out-dir", "d"]) == 2
+    assert "--out-dir: only with 'reproduce all'" in capsys.readouterr().err
+
+
+def test_reproduce_all_writes_every_figure_and_table(tmp_path, monkeypatch):
+    """The command's loop, with each figure replaced by a stub (the real ones: test_figure_tables)."""
+    from engine import experiments as ex
+    made = []
+
+    def fake(name, out_dir, db=None, **kw):
+        made.append((name, os.path.basename(db)))
+        return os.path.join(out_dir, name + ".png"), os.path.join(out_dir, name + ".csv")
+
+    monkeypatch.setattr(ex, "reproduce_figure", fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "all", "--out-dir", "docs", "--serial", "--no-progress"]) == 0
+    assert made == [(n, f"engine-{n}.db") for n in ex.COMMITTED_FIGURES]
