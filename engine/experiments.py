@@ -114,6 +114,7 @@ def fmt_line(slope, icpt, n, var="L", y="width"):
         return f"{y}: no fit (fewer than 2 points)"
     c = round(icpt)
     sign = "-" if c < 0 else "+"
+    slope = 0.0 if abs(slope) < 0.005 else slope      # no "-0.00"
     return f"{y} = {slope:.2f} {var} {sign} {abs(c):.0f} (fit through {n} points)"
 
 

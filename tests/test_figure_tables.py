@@ -70,4 +70,5 @@ def test_tables_round_trip_and_compare(tmp_path):
 def test_fit_line_text_has_a_proper_sign_and_its_support():
     assert ex.fmt_line(4.0, -0.2, 2) == "width = 4.00 L + 0 (fit through 2 points)"
     assert ex.fmt_line(1.3, -3.4, 5) == "width = 1.30 L - 3 (fit through 5 points)"
+    assert ex.fmt_line(-1e-17, 40.0, 2) == "width = 0.00 L + 40 (fit through 2 points)"
     assert ex.fmt_line(float("nan"), float("nan"), 1).endswith("no fit (fewer than 2 points)")

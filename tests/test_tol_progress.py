@@ -128,3 +128,12 @@ def test_bottleneck_narrower_than_d_out_warns():
         # a bottleneck not below rank(Phi) is fine too: Y of rank 2 through a width-3 layer
         small = engine.Problem(*engine.synthetic(8, 2, 4, seed=0))
         engine.train(engine.init.gaussian([8, 3, 4], seed=0), small, steps=2)
+
+
+def test_ensemble_progress_reports_the_worst_running_member(prob, capsys):
+    ens = engine.init.orthogonal(WIDTHS, seed=0, ensemble=3)
+    res = engine.train(ens, prob, steps=30, backend="numpy", progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("step 30/30") and "done in" in lines[0]
+    worst = float(np.nanmax(res.excess[:, -1]))
+    assert f"l - OPT {worst:.3e}" in lines[0]
