@@ -147,7 +147,7 @@ def run_config(config: dict, backend: str = "auto") -> dict:
         lr = engine.theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
     lr = float(lr) * float(cfg["lr_scale"])
     ysq = prob.y_norm_sq
-    tol = float(cfg["tol"]) * ysq if cfg["tol"] else None
+    tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
     escape = cfg["escape"]
     state = {"escape": None}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from ._validate import nonneg_int, positive_float, positive_int, widths_match_da
 from .network import Network
 from .problem import Problem
 
-__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate",
-           "EngineWarning", "LearningRateWarning", "CheckpointWarning"]
+__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
+           "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
 
 class EngineWarning(UserWarning):
@@ -44,6 +45,15 @@ class LearningRateWarning(EngineWarning):
     GD may still converge (the bounds are sufficient, not necessary), but the
     theorem's guarantee and ``TrainResult.predicted`` no longer apply, and
     far above the bound training diverges (DivergenceError).
+    """
+
+
+class BottleneckWarning(EngineWarning):
+    """A hidden layer is narrower than the rank of the least-squares solution Phi = Y X^+.
+
+    The end-to-end map alpha W_L ... W_1 has rank <= min_i d_i, so it cannot
+    reach Phi and l - OPT stays bounded away from 0 (OPT is the minimum over
+    all linear maps, DH Sec. 3); the papers' theorems assume every d_i >= d_out.
     """
 
 
@@ -75,7 +85,7 @@ class TrainResult:
     excess    (k,) l(t) - OPT, computed on reduced data (accurate when tiny)
     steps     number of GD steps taken
     net       the trained network (the object passed in, updated in place)
-    converged True when the excess reached ``tol``
+    converged True when the excess reached the stop threshold (``tol`` / ``atol``)
     rate      fitted per-step contraction factor of the excess over the tail
               (see ``fit_rate``); nan when it cannot be fitted
     predicted the theorem's guaranteed factor for this init and lr (nan if none)
@@ -228,6 +238,7 @@ def _value(x):
 def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), steps=_Default(1000),
           tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
           progress: bool = False, callback=None, record=_Default(None), *,
+          atol=_Default(None), log_every=None,
           checkpoint=None, checkpoint_every=None, resume=None) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
@@ -240,10 +251,25 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         d_out / (3 L ||X||^2) for Gaussian (DH Thm 4.1), d_out / (2 L ||X||^2)
         for orthogonal (HXP Thm 3.1).
     steps : int >= 0      maximum number of GD steps (default 1000)
-    tol : float, optional stop as soon as l(t) - OPT <= tol (that state is kept, not stepped)
+    tol : float >= 0, optional
+        RELATIVE stopping tolerance: stop as soon as l(t) - OPT <= tol * ||Y||_F^2
+        (that state is kept, not stepped). Default None: run all ``steps``.
+        The same meaning as ``--tol`` of the command line (whose default is
+        1e-12) and the ``tol`` field of sweep configs.
+    atol : float >= 0, optional (keyword)
+        ABSOLUTE stopping tolerance: stop as soon as l(t) - OPT <= atol.
+        Give ``tol`` or ``atol``, not both (ValueError). See ``stop_threshold``.
     record_every : int    record l(t) every this many steps (the final state always)
     backend : str         "auto", "numpy", "numba" or "cblas"
-    progress : bool       show a progress bar (tqdm) on stderr
+    progress : bool
+        Report progress on stderr: on a terminal a bar (tqdm) showing the
+        relative excess (l - OPT) / ||Y||_F^2 and the ETA; otherwise (a log
+        file, a pipe) one line every ``log_every`` (default every 10 seconds)
+        and a last line at the end.
+    log_every : int or str, optional (keyword)
+        With ``progress=True``: one line every this many steps (int), or every
+        this many seconds ("10s"); given explicitly, lines are written even on
+        a terminal instead of the bar.
     callback : callable, optional
         ``callback(t, excess, net)`` at each recorded step t < steps, called
         after step t was applied: ``excess`` is l(t) - OPT and ``net`` already
@@ -303,8 +329,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             raise ValueError("net: an Ensemble does not support checkpoint=, checkpoint_every= or resume=")
         from . import ensemble
         return ensemble.train(net, prob, lr=_value(lr), steps=_value(steps), tol=_value(tol),
-                              record_every=_value(record_every), backend=_value(backend),
-                              progress=progress)
+                              atol=_value(atol), record_every=_value(record_every),
+                              backend=_value(backend), progress=progress)
     ckpt = _checkpoint_module
     saved = None
     if resume is not None:
@@ -321,7 +347,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             _check_adoptable(net, loaded)   # the given net is changed only once all checks passed
         meta = saved.meta
         lr = _same_as_saved(lr, meta["lr"], "lr", loaded, prob)
-        tol = _same_as_saved(tol, meta["tol"], "tol")
+        thr = _same_threshold_as_saved(tol, atol, meta["tol"], prob)
         record_every = _same_as_saved(record_every, meta["record_every"], "record_every")
         rec_saved = meta["record"]
         if _given(record) and (record or None) != rec_saved:
@@ -338,8 +364,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             checkpoint = resume
             if checkpoint_every is None:
                 checkpoint_every = meta["checkpoint_every"]
-    lr, steps, tol, record_every, backend, record = map(
-        _value, (lr, steps, tol, record_every, backend, record))
+    lr, steps, tol, atol, record_every, backend, record = map(
+        _value, (lr, steps, tol, atol, record_every, backend, record))
+    if saved is None:
+        thr = stop_threshold(prob, tol, atol)
+    log_every = _log_every_value(log_every)
 
     if isinstance(lr, str):
         if lr != "theory":
@@ -349,7 +378,6 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
-    tol = _tol_value(tol)
     if callback is not None and not callable(callback):
         raise TypeError("callback: must be callable")
     if checkpoint is not None:
@@ -370,6 +398,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     reset = getattr(st.backend, "reset", None)
     if saved is None:
         _warn_above_bound(net, prob, lr)
+        warn_bottleneck(net.widths, prob)
     elif saved.meta.get("backend") == st.backend.name:
         _set_schedule_state(st, saved.meta.get("backend_state"))
     start_net = None
@@ -381,7 +410,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     recorders = _make_recorders(record, net if start_net is None else start_net, prob, lr)
     opt = prob.opt
     ts, exs = [], []
-    lo = -1.0 if tol is None else tol
+    lo = -1.0 if thr is None else thr
     hi = math.inf
     converged = False
     t = 0
@@ -394,12 +423,12 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         _restore_recorders(recorders, saved)
     t_resumed = t
     limit = steps
-    bar = _progress(steps - t, progress)
+    bar = Progress(limit, t, progress, log_every, prob.y_norm_sq, thr) if progress else None
     t0 = time.perf_counter()
 
     def save_state():
         try:
-            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
+            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, thr,
                              limit, record_every, record, st.backend.name, checkpoint_every,
                              prev_wall + time.perf_counter() - t0, _get_schedule_state(st))
         except (OSError, ckpt.CheckpointError) as exc:
@@ -434,7 +463,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                     f"GD diverged at step {t}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
                     "The history and the last finite network are attached (.result, .net).",
                     result=res, net=net, step=t)
-            if tol is not None and ex <= tol:
+            if thr is not None and ex <= thr:
                 converged = True
             stop = converged or t >= limit
             if stop:
@@ -454,11 +483,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                     # backend carrying the next step's chain (single-pass) cannot see
                     if reset is not None:
                         reset(st.ws)
+            if bar is not None:
+                bar.update(t, ex, stop)
             if stop:
                 break
             t += 1
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -484,15 +513,57 @@ def _adopt(net, loaded):
     net._ws = None
 
 
-def _tol_value(tol):
+def _tol_value(tol, name="tol"):
     if tol is None:
         return None
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol: must be a finite number >= 0 or None, got {tol!r}")
+        raise TypeError(f"{name}: must be a finite number >= 0 or None, got {tol!r}")
     tol = float(tol)
     if not (tol >= 0 and np.isfinite(tol)):
-        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+        raise ValueError(f"{name}: must be a finite number >= 0, got {tol!r}")
     return tol
+
+
+def stop_threshold(prob, tol=None, atol=None):
+    """The absolute excess at which training stops, l(t) - OPT <= threshold, or None.
+
+    ``tol`` is relative to the targets' energy: threshold = tol * ||Y||_F^2
+    (dimensionless, comparable across data sets; the meaning of ``tol``
+    everywhere: ``engine.train``, ensembles, sweep configs, ``--tol``).
+    ``atol`` is the threshold itself, in the loss's units. Neither given:
+    None (every step runs). Both given: ValueError.
+    """
+    tol = _tol_value(tol, "tol")
+    atol = _tol_value(atol, "atol")
+    if tol is not None and atol is not None:
+        raise ValueError(f"tol: give either tol (relative: l - OPT <= tol ||Y||_F^2) or atol "
+                         f"(absolute: l - OPT <= atol), not both; got tol={tol!r}, atol={atol!r}")
+    if atol is not None:
+        return atol
+    if tol is None:
+        return None
+    if not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    return tol * prob.y_norm_sq
+
+
+def _same_threshold_as_saved(tol, atol, saved_thr, prob):
+    """On resume: the saved absolute threshold, or refuse a tol/atol giving another one.
+
+    Checkpoints store the absolute threshold under "tol" (older ones stored
+    the absolute ``tol`` of the time under the same key, so they resume as
+    they were written)."""
+    if not _given(tol) and not _given(atol):
+        return saved_thr
+    thr = stop_threshold(prob, _value(tol), _value(atol))
+    if thr != saved_thr:
+        name = "tol" if _given(tol) and _value(tol) is not None or not _given(atol) else "atol"
+        shown = "none (every step)" if saved_thr is None else f"l - OPT <= {saved_thr!r}"
+        raise ValueError(f"{name}: the checkpoint was trained with the stop threshold {shown}; "
+                         f"tol={_value(tol)!r}, atol={_value(atol)!r} give "
+                         f"{'none' if thr is None else repr(thr)} (resuming with a different value "
+                         "would not continue the same run)")
+    return saved_thr
 
 
 def _same_as_saved(x, saved_value, name, net=None, prob=None):
@@ -502,8 +573,6 @@ def _same_as_saved(x, saved_value, name, net=None, prob=None):
     val = x
     if name == "lr" and isinstance(x, str) and x == "theory":
         val = _safe_bound(net, prob)
-    elif name == "tol":
-        val = _tol_value(x)
     elif name == "record_every":
         val = positive_int(x, name)
     elif name == "lr":
@@ -664,6 +733,26 @@ def _attach_records(res, recorders):
 LR_WARN_RTOL = 1e-9
 
 
+def warn_bottleneck(widths, prob, stacklevel=3):
+    """Warn (BottleneckWarning) when min hidden width < rank(Phi); returns True if it warned."""
+    hidden = list(widths[1:-1])
+    if not hidden:
+        return False
+    m = min(hidden)
+    if m >= min(prob.d_out, prob.rank):
+        return False              # cheap exit: rank(Phi) <= min(d_out, r)
+    rank_phi = int(np.linalg.matrix_rank(prob.phi))
+    if m >= rank_phi:
+        return False
+    i = hidden.index(m) + 1
+    warnings.warn(
+        f"widths: hidden width d_{i} = {m} is narrower than d_out = {prob.d_out}: the end-to-end map "
+        f"alpha W_L...W_1 has rank <= {m} and cannot reach rank(Phi) = {rank_phi} (Phi = Y X^+), so "
+        f"l - OPT cannot go to 0; the theorems (DH Thm 4.1, HXP Thm 3.1) assume every d_i >= d_out",
+        BottleneckWarning, stacklevel=stacklevel)
+    return True
+
+
 def _warn_above_bound(net, prob, lr):
     bound = _safe_bound(net, prob)
     if bound is not None and lr > bound * (1.0 + LR_WARN_RTOL):
@@ -695,11 +784,130 @@ def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
                        lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
 
 
-def _progress(total, enabled):
-    if not enabled:
+def _log_every_value(x):
+    """``log_every`` -> None, ("steps", N) or ("seconds", S) (ValueError naming it otherwise)."""
+    if x is None:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, unit="step", leave=False)
+    if isinstance(x, str):
+        text = x.strip()
+        try:
+            if text.endswith("s"):
+                sec = float(text[:-1])
+                if sec > 0 and math.isfinite(sec):
+                    return ("seconds", sec)
+            else:
+                return ("steps", positive_int(int(text), "log_every"))
+        except ValueError:
+            pass
+        raise ValueError(f"log_every: must be a positive number of steps (500) or of seconds ('10s'), "
+                         f"got {x!r}")
+    return ("steps", positive_int(x, "log_every"))
+
+
+# Without an explicit log_every, progress lines off a terminal come this often (seconds).
+LOG_SECONDS_DEFAULT = 10.0
+
+
+class Progress:
+    """Progress of a GD loop on a stream (stderr by default).
+
+    On a terminal (and without an explicit ``log_every``): a tqdm bar over the
+    step budget whose postfix is the current relative excess
+    (l - OPT) / ||Y||_F^2 and, when a stop threshold is set and the excess
+    contracts, the estimated steps and time until it is reached. tqdm's own
+    ETA is the time to the end of the budget.
+
+    Otherwise (a log file, a pipe, a batch job): one line per ``log_every``,
+    ("steps", N) or ("seconds", S), default every LOG_SECONDS_DEFAULT
+    seconds, and a last line when the loop stops::
+
+        step 1200/2000 (60%)  l - OPT 3.1e-05 = 1.2e-07 ||Y||^2  410 steps/s  ETA 2 s (budget)
+    """
+
+    def __init__(self, total, start, enabled=True, log_every=None, y_norm_sq=1.0, threshold=None,
+                 stream=None, tty=None):
+        self.total, self.start = int(total), int(start)
+        self.ysq = float(y_norm_sq) if y_norm_sq and y_norm_sq > 0 else 1.0
+        self.threshold = threshold
+        self.stream = sys.stderr if stream is None else stream
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.every = log_every
+        self.bar = None
+        if enabled and tty and log_every is None:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=self.total, initial=self.start, unit="step", leave=False,
+                                file=self.stream)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                pass
+        if self.every is None:
+            self.every = ("seconds", LOG_SECONDS_DEFAULT)
+        self.lines = enabled and self.bar is None
+        self.t0 = time.perf_counter()
+        self.last_log = self.t0
+        self.last_t = self.start
+        self.hist = []            # (t, excess) of the last points, for the contraction estimate
+        self.done_line = False
+
+    def _to_threshold(self, t, ex):
+        """Estimated steps until the threshold, from the contraction over the recent points."""
+        if self.threshold is None or not (ex > self.threshold > 0) or len(self.hist) < 2:
+            return None
+        (t1, e1), (t2, e2) = self.hist[0], self.hist[-1]
+        if t2 <= t1 or not (e2 > 0 and e1 > e2):
+            return None
+        per_step = math.log(e2 / e1) / (t2 - t1)
+        return math.log(self.threshold / ex) / per_step
+
+    def describe(self, t, ex, final=False):
+        """One log line for state t with excess ``ex`` (l - OPT)."""
+        el = time.perf_counter() - self.t0
+        done = t - self.start
+        rate = done / el if el > 0 and done > 0 else float("nan")
+        pct = f" ({100.0 * t / self.total:.0f}%)" if self.total else ""
+        line = (f"step {t}/{self.total}{pct}  l - OPT {ex:.3e} = {ex / self.ysq:.3e} ||Y||^2  "
+                f"{rate:.4g} steps/s")
+        if final:
+            return line + f"  done in {el:.3g} s"
+        left = self._to_threshold(t, ex)
+        budget_eta = (self.total - t) / rate if rate == rate and rate > 0 else float("nan")
+        if left is not None and left < self.total - t and rate == rate:
+            line += f"  ETA {left / rate:.3g} s (to tol, ~{left:.0f} steps)"
+        elif budget_eta == budget_eta:
+            line += f"  ETA {budget_eta:.3g} s (budget)"
+        return line
+
+    def update(self, t, ex, stop=False):
+        """State t has excess ``ex``; ``stop``: the loop ends at it."""
+        if not self.hist or t - self.hist[-1][0] >= max(1, (t - self.start) // 20):
+            self.hist.append((t, float(ex)))
+            self.hist = self.hist[-8:]
+        if self.bar is not None:
+            self.bar.n = t
+            post = f"rel. excess {ex / self.ysq:.2e}"
+            left = self._to_threshold(t, ex)
+            if left is not None:
+                post += f", ~{left:.0f} steps to tol"
+            self.bar.set_postfix_str(post, refresh=False)
+            if stop:
+                self.bar.refresh()
+            else:
+                self.bar.update(0)   # redraws at most every tqdm mininterval
+            return
+        if not self.lines:
+            return
+        now = time.perf_counter()
+        kind, n = self.every
+        due = (t - self.last_t >= n) if kind == "steps" else (now - self.last_log >= n)
+        if stop:
+            print(self.describe(t, ex, final=True), file=self.stream, flush=True)
+            self.done_line = True
+        elif due and t > self.start:
+            print(self.describe(t, ex), file=self.stream, flush=True)
+            self.last_log, self.last_t = now, t
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -83,10 +83,10 @@ def test_resume_extends_run_and_tol(prob, tmp_path):
     _same_run(res, ref)
     # tol: convergence is the same state with or without interruption
     tol = 1e-3 * float(ref.excess[0])
-    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, atol=tol,
                        backend="numpy")
     with pytest.raises(Interrupt):
-        engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
+        engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, atol=tol,
                      backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6))
     res = engine.train(prob=prob, resume=path)
     assert ref.converged

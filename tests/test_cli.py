@@ -223,7 +223,7 @@ def test_train_resume_continues_the_checkpointed_run(tmp_path, capsys):
     assert main(["train", "--resume", str(ck), "--steps", "60", "--no-progress"]) == 0
     c = engine.checkpoint.load(ck)
     assert c.step == 60
-    ref = engine.train(engine.init.orthogonal([32, 16, 16, 16, 3], seed=1),   # the CLI default init seed
+    ref = engine.train(engine.init.orthogonal([32, 16, 16, 16, 3], seed=0),   # the CLI default init seed
                        engine.Problem(*engine.synthetic(32, 8, 3, seed=0)), steps=60, backend="numpy")
     np.testing.assert_array_equal(c.excess, ref.excess[:len(c.excess)])
     assert main(["train", "--resume", str(tmp_path / "missing.ckpt")]) == 2
