@@ -53,16 +53,20 @@ class DivergenceError(RuntimeError):
     Attributes
     ----------
     result : TrainResult   the history up to the last finite loss
-    net    : Network       the network at the last state whose loss was computed
-                           (the exploding step was not applied)
+    net    : Network       the network at the last state whose loss was finite and
+                           below the divergence threshold (state ``net_step``,
+                           normally ``step - 1``; never non-finite weights, even at
+                           lr = 1e308)
     step   : int           the step index t at which divergence was detected
+    net_step : int         the step of the state held in ``net``
     """
 
-    def __init__(self, message, result=None, net=None, step=None):
+    def __init__(self, message, result=None, net=None, step=None, net_step=None):
         super().__init__(message)
         self.result = result
         self.net = net
         self.step = step
+        self.net_step = net_step
 
 
 @dataclass
@@ -397,11 +401,44 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
                           "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)
 
+    # Last-good state (issue 11, item 2): DivergenceError.net must be the last
+    # state whose loss was finite and below the threshold, but the kernel
+    # applies step t in place as soon as state t's loss passes, so state t-1 is
+    # gone when state t turns out bad (at lr 1e308 the weights are then inf).
+    # A copy of a checked state is kept every SNAPSHOT_EVERY steps (and at the
+    # start); on divergence it is restored and GD replayed up to state t-1
+    # (deterministic, same backend and schedule phase: the exact state).
+    snap = [None]
+
+    def diverged(t_bad, ex):
+        good = _rewind(st, snap[0], t_bad - 1)
+        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.backend.name)
+        res.wall_time += prev_wall
+        _attach_records(res, recorders)
+        why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+        bound = _safe_bound(net, prob)
+        hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
+        return DivergenceError(
+            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
+            f"The history and the network at step {good} (the last finite state below the "
+            "threshold) are attached (.result, .net).",
+            result=res, net=net, step=t_bad, net_step=good)
+
     try:
         while True:
-            if (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
-                    and t < limit):
-                save_state()
+            due_ckpt = (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
+                        and t < limit)
+            if t < limit and (due_ckpt or t == t_resumed or t % SNAPSHOT_EVERY == 0):
+                # check state t *before* its step is applied: only a finite state below
+                # the threshold becomes a snapshot or a checkpoint
+                ex = st.excess()
+                if reset is not None:
+                    reset(st.ws)   # the next step rebuilds its chain (bit-identical, see kernels)
+                if t > 0 and (not np.isfinite(ex) or ex > hi):
+                    raise diverged(t, ex)
+                snap[0] = _snapshot(st, t, snap[0])
+                if due_ckpt:
+                    save_state()
             # diagnostics see state t, so they run before step t is applied
             for rec in recorders:
                 if t % rec.stride == 0:
@@ -414,16 +451,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                 base = max(opt + ex, 0.5 * prob.y_norm_sq)
                 hi = EXPLODE_FACTOR * base if base > 0 else math.inf
             if not np.isfinite(ex) or ex > hi:
-                res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
-                res.wall_time += prev_wall
-                _attach_records(res, recorders)
-                why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
-                bound = _safe_bound(net, prob)
-                hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
-                raise DivergenceError(
-                    f"GD diverged at step {t}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
-                    "The history and the last finite network are attached (.result, .net).",
-                    result=res, net=net, step=t)
+                raise diverged(t, ex)
             if tol is not None and ex <= tol:
                 converged = True
             stop = converged or t >= limit
@@ -456,6 +484,45 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
+
+
+# Steps between the copies of a checked state kept for DivergenceError.net
+# (one copy of the weights; replaying at most this many steps on divergence).
+SNAPSHOT_EVERY = 64
+
+
+def _snapshot(st, t, old):
+    """(t, copies of the layers, schedule state) of the current (checked) state t."""
+    layers = st.net._layers
+    if old is None or len(old[1]) != len(layers):
+        bufs = [a.copy() for a in layers]
+    else:
+        bufs = old[1]
+        for dst, src in zip(bufs, layers):
+            dst[...] = src
+    return (t, bufs, _get_schedule_state(st))
+
+
+def _rewind(st, snap, target):
+    """Put state ``target`` into the network: restore the snapshot, replay GD from it.
+
+    Returns the step of the state now held (``target``, or the current one when
+    there is no earlier snapshot, i.e. the very first state was bad).
+    """
+    if snap is None or snap[0] > target or target < 0:
+        return target + 1
+    s, bufs, sched = snap
+    for dst, src in zip(st.net._layers, bufs):
+        dst[...] = src
+    reset = getattr(st.backend, "reset", None)
+    if reset is not None:
+        reset(st.ws)
+    _set_schedule_state(st, sched)
+    for _ in range(s, target):
+        st.step()
+    if reset is not None:
+        reset(st.ws)
+    return target
 
 
 def _check_adoptable(net, loaded):

@@ -257,8 +257,65 @@ def test_divergence_keeps_last_checkpoint(prob, tmp_path):
         with pytest.raises(engine.DivergenceError) as info:
             engine.train(net, prob, lr=lr, steps=1000, backend="numpy", checkpoint=path, checkpoint_every=2)
     c = ck.load(path)
-    assert info.value.step == 6 and c.step == 6 and np.isfinite(c.excess).all()
+    # state 6 exploded: the checkpoint due at step 6 is not written (issue 11 item 2), the
+    # file keeps state 4, and resuming it reaches the same divergence, not an instant one
+    assert info.value.step == 6 and c.step == 4 and np.isfinite(c.excess).all()
     np.testing.assert_array_equal(c.excess, info.value.result.excess[:len(c.excess)])
+    for W in c.network(prob).weights():
+        assert np.isfinite(W).all()
+    with pytest.raises(engine.DivergenceError) as again:
+        engine.train(resume=path, checkpoint_every=1000)
+    assert again.value.step == 6
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("lr", [1e308, 1e100, 1e6])
+def test_divergence_net_is_last_finite_state_below_threshold(prob, tmp_path, backend, lr):
+    """DivergenceError.net is state step-1 exactly (finite, below the threshold), even at lr 1e308,
+    and a periodic checkpoint never holds a diverged state."""
+    import warnings
+    path = tmp_path / "c"
+    net = engine.init.gaussian(WIDTHS, seed=2)
+    start = net.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(engine.DivergenceError) as info:
+            engine.train(net, prob, lr=lr, steps=50, backend=backend, checkpoint=path, checkpoint_every=1)
+    e = info.value
+    assert e.net_step == e.step - 1
+    for W in e.net.weights():
+        assert np.isfinite(W).all()
+    ref = start.copy()       # replay: the same number of plain steps from the start
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine.train(ref, prob, lr=lr, steps=e.net_step, backend=backend)   # steps=0 still binds
+    for W, V in zip(e.net.normalized(), ref.normalized()):
+        np.testing.assert_array_equal(W, V)
+    if path.exists():
+        c = ck.load(path)
+        assert c.step < e.step
+        for W in c.network(prob).weights():
+            assert np.isfinite(W).all()
+
+
+def test_divergence_long_after_a_snapshot_replays_to_the_last_state(prob):
+    """Divergence detected far from the last kept copy (SNAPSHOT_EVERY) still returns state step-1."""
+    import warnings
+    tr = sys.modules["engine.train"]
+    net = engine.init.orthogonal(WIDTHS, seed=1)
+    lr = 2.5 * engine.theory.lr_bound("orthogonal", prob, net.depth)     # diverges at step 45
+    start = net.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(engine.DivergenceError) as info:
+            engine.train(net, prob, lr=lr, steps=5000, backend="numpy")
+        e = info.value
+        assert e.step % tr.SNAPSHOT_EVERY > 1, "choose an lr that diverges between two snapshots"
+        ref = start.copy()
+        engine.train(ref, prob, lr=lr, steps=e.step - 1, backend="numpy")
+    assert e.net_step == e.step - 1
+    for W, V in zip(e.net.normalized(), ref.normalized()):
+        np.testing.assert_array_equal(W, V)
 
 
 # -- kill -9 ---------------------------------------------------------------------
@@ -549,3 +606,20 @@ def test_resume_from_a_directory_names_the_argument(tmp_path):
         engine.train(resume=tmp_path)
     with pytest.raises(IsADirectoryError, match="is a directory"):
         ck.load(tmp_path)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_ensemble_member_diverging_at_huge_lr_keeps_finite_weights(prob, backend):
+    """Issue 11 item 2 for ensembles: a member that diverges (lr 1e308) is returned with the
+    weights of a checked, finite state, and the other members are unaffected."""
+    import warnings
+    ens = engine.init.gaussian(WIDTHS, seed=3, ensemble=3)
+    lr0 = engine.theory.lr_bound("gaussian", prob, len(WIDTHS) - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = engine.train(ens, prob, lr=[lr0, 1e308, 1e100], steps=100, backend=backend)
+    assert list(res.diverged) == [False, True, True]
+    for k in range(3):
+        for W in ens.member(k).weights() if hasattr(ens, "member") else ens.members()[k].weights():
+            assert np.isfinite(W).all()
+    assert "weights kept from step 0" in res.messages[1]
