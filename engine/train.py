@@ -222,7 +222,7 @@ def _value(x):
 def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), steps=_Default(1000),
           tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
           progress: bool = False, callback=None, record=_Default(None), *,
-          checkpoint=None, checkpoint_every=None, resume=None) -> TrainResult:
+          checkpoint=None, checkpoint_every=None, resume=None, overwrite: bool = False) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
@@ -254,8 +254,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         The directory must exist and be writable (checked before training).
         With ``record=`` the network at the start is saved too (one more copy
         of the weights in memory and on disk).
+        If the file already exists it is never silently overwritten: when it
+        holds this same run (widths, dtype, init, seed, sigma, data
+        fingerprint, lr, tol, record_every, record and backend all equal) the
+        run is resumed from it, exactly as ``resume=checkpoint`` would (so
+        re-running an interrupted script continues it); otherwise
+        ``CheckpointMismatch`` names what differs, unless ``overwrite=True``.
     checkpoint_every : int >= 1, optional
         Steps between checkpoints; None writes only the final state.
+    overwrite : bool
+        With ``checkpoint=``: start afresh and replace an existing checkpoint
+        file instead of resuming it or refusing.
     resume : path, optional
         Continue the run saved in this checkpoint: ``train(resume=path)``
         (the data X, Y are stored in the checkpoint when they take at most
@@ -300,6 +309,15 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                               record_every=_value(record_every), backend=_value(backend),
                               progress=progress)
     ckpt = _checkpoint_module
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite: must be True or False, got {overwrite!r}")
+    if resume is None and checkpoint is not None and not overwrite:
+        path = _path_arg(checkpoint, "checkpoint")
+        if os.path.isfile(path):
+            _check_same_run(ckpt.load(path), net, prob, lr, tol, record_every, record, backend)
+            return train(net, prob, lr=lr, steps=steps, tol=tol, record_every=record_every,
+                         backend=backend, progress=progress, callback=callback, record=record,
+                         checkpoint=path, checkpoint_every=checkpoint_every, resume=path)
     saved = None
     if resume is not None:
         if net is not None and not isinstance(net, Network):
@@ -523,6 +541,51 @@ def _rewind(st, snap, target):
     if reset is not None:
         reset(st.ws)
     return target
+
+
+def _check_same_run(saved, net, prob, lr, tol, record_every, record, backend):
+    """Refuse (CheckpointMismatch naming ``checkpoint`` and what differs) unless the existing
+    checkpoint ``saved`` holds the run these arguments describe."""
+    _check_net_prob(net, prob)
+    m, nm = saved.meta, saved.meta["net"]
+    diffs = []
+
+    def cmp(name, mine, theirs):
+        if mine != theirs:
+            diffs.append(f"{name} {mine!r} (checkpoint: {theirs!r})")
+
+    cmp("widths", list(net.widths), list(nm["widths"]))
+    cmp("dtype", net.dtype.str, nm["dtype"])
+    cmp("init", net.init, nm["init"])
+    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
+    if seed is None or isinstance(seed, str):
+        diffs.append("seed: this network has no integer seed, so it cannot be told to be the "
+                     "checkpoint's run")
+    else:
+        cmp("seed", seed, nm.get("seed"))
+    sig = None if net.sigma is None else net.sigma.tolist()
+    theirs = saved.arrays.get("sigma")
+    cmp("sigma", sig, None if theirs is None else theirs.tolist())
+    if prob.fingerprint != m["problem"]:
+        diffs.append("data (problem fingerprint differs)")
+    lr_v = _value(lr)
+    if isinstance(lr_v, str) and lr_v == "theory":
+        lr_v = _safe_bound(net, prob)
+    cmp("lr", lr_v, m["lr"])
+    cmp("tol", _tol_value(_value(tol)), m["tol"])
+    cmp("record_every", _value(record_every), m["record_every"])
+    cmp("record", _value(record) or None, m["record"])
+    if _given(backend) or _value(backend) != "auto":
+        name = kernels.get(_value(backend), shape=(net.widths, prob.rank)).name
+        cmp("backend", name, m["backend"])
+    elif kernels.get("auto", shape=(net.widths, prob.rank)).name != m["backend"]:
+        diffs.append(f"backend 'auto' -> {kernels.get('auto', shape=(net.widths, prob.rank)).name!r} "
+                     f"(checkpoint: {m['backend']!r})")
+    if diffs:
+        raise _checkpoint_module.CheckpointMismatch(
+            f"checkpoint: {saved.path!r} already exists and holds another run (step {saved.step}): "
+            + "; ".join(diffs) + ". Pass overwrite=True (CLI: --overwrite) to replace it, "
+            "another path, or resume=<path> to continue it")
 
 
 def _check_adoptable(net, loaded):

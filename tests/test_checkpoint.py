@@ -623,3 +623,44 @@ def test_ensemble_member_diverging_at_huge_lr_keeps_finite_weights(prob, backend
         for W in ens.member(k).weights() if hasattr(ens, "member") else ens.members()[k].weights():
             assert np.isfinite(W).all()
     assert "weights kept from step 0" in res.messages[1]
+
+
+# -- issue 11 item 1: an existing checkpoint is resumed or refused, never overwritten -----
+
+def test_existing_checkpoint_is_resumed_not_overwritten(prob, tmp_path):
+    path = tmp_path / "run.ckpt"
+    kw = dict(lr="theory", steps=30, backend="numpy", checkpoint=path, checkpoint_every=5)
+    with pytest.raises(Interrupt):
+        engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, callback=_interrupt_at(12), **kw)
+    assert ck.load(path).step == 10
+    seen = []
+    res = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob,          # the same call again
+                       callback=lambda t, ex, net: seen.append(t), **kw)
+    assert seen[0] == 10, "the re-run must continue from the checkpoint, not from step 0"
+    ref = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr="theory", steps=30, backend="numpy")
+    _same_run(res, ref)
+    assert ck.load(path).step == 30
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(lr=1e-3), "lr"), (dict(seed=2), "seed"), (dict(widths=[30, 8, 8, 8, 4]), "widths"),
+    (dict(tol=1e-3), "tol"), (dict(init="orthogonal"), "init"), (dict(data=1), "data"),
+])
+def test_existing_checkpoint_of_another_run_is_refused_unless_overwrite(prob, tmp_path, change, field):
+    path = tmp_path / "run.ckpt"
+    engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr=2e-3, steps=20, backend="numpy",
+                 checkpoint=path, checkpoint_every=5)
+    before = path.read_bytes()
+    widths = change.get("widths", WIDTHS)
+    net = engine.init.by_name(change.get("init", "gaussian"))(widths, seed=change.get("seed", 1))
+    p = engine.Problem(*engine.synthetic(30, 12, 4, seed=7)) if "data" in change else prob
+    kw = dict(lr=change.get("lr", 2e-3), steps=20, backend="numpy", checkpoint=path, checkpoint_every=5,
+              tol=change.get("tol"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ck.CheckpointMismatch, match=f"checkpoint: .*already exists.*{field}.*overwrite=True"):
+            engine.train(net, p, **kw)
+        assert path.read_bytes() == before
+        res = engine.train(net, p, overwrite=True, **kw)
+    assert res.steps == 20 and ck.load(path).meta["lr"] == kw["lr"]
