@@ -87,7 +87,8 @@ def test_resume_extends_run_and_tol(prob, tmp_path):
                        backend="numpy")
     with pytest.raises(Interrupt):
         engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
-                     backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6))
+                     backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6),
+                     overwrite=True)   # the path holds the earlier (tol-less) run
     res = engine.train(prob=prob, resume=path)
     assert ref.converged
     _same_run(res, ref)
