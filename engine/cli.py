@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--history", default=None, metavar="CSV", help="write t, loss, excess to this CSV")
     t.add_argument("--checkpoint", default=None, metavar="PATH", help="checkpoint file (if this engine supports it)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints (default 100)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh over an existing --checkpoint file (default: resume it when it holds "
+                        "this same run, refuse otherwise)")
     t.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in this checkpoint (its data, network, lr, tol and backend; "
                         "the other options describing the run are ignored)")
@@ -352,11 +355,27 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (finished runs are in the database; re-run to resume)", file=sys.stderr)
+        print(_interrupt_message(args), file=sys.stderr)
         return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _interrupt_message(args) -> str:
+    """The one line printed on Ctrl-C: what is kept and how to resume (issue 11 item 1, issue 12 item 3)."""
+    cmd = args.command
+    if cmd == "train":
+        path = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
+        if path and os.path.isfile(path):
+            return (f"interrupted: checkpoint {path} keeps the state of its last write (every "
+                    f"{args.checkpoint_every} steps); run the same command again to resume from it")
+        return "interrupted: nothing was saved (give --checkpoint PATH to make a run resumable)"
+    if cmd in ("sweep", "reproduce"):
+        db = getattr(args, "db", None) or f"engine-{getattr(args, 'experiment', '')}.db"
+        return (f"interrupted: every finished run is in {db}; run the same command again to resume "
+                "(finished runs are skipped)")
+    return "interrupted"
 
 
 class _UsageError(Exception):
@@ -808,7 +827,10 @@ def cmd_train(args) -> int:
     if args.checkpoint:
         from engine.train import _check_writable_dir
         _check_writable_dir(args.checkpoint)
-        kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
+        if os.path.isfile(args.checkpoint) and not args.overwrite:
+            print(f"checkpoint {args.checkpoint} exists: resuming it if it holds this run "
+                  "(--overwrite starts afresh)")
     X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
     prob = engine.Problem(X, Y)
     if args.record:

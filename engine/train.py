@@ -63,16 +63,20 @@ class DivergenceError(RuntimeError):
     Attributes
     ----------
     result : TrainResult   the history up to the last finite loss
-    net    : Network       the network at the last state whose loss was computed
-                           (the exploding step was not applied)
+    net    : Network       the network at the last state whose loss was finite and
+                           below the divergence threshold (state ``net_step``,
+                           normally ``step - 1``; never non-finite weights, even at
+                           lr = 1e308)
     step   : int           the step index t at which divergence was detected
+    net_step : int         the step of the state held in ``net``
     """
 
-    def __init__(self, message, result=None, net=None, step=None):
+    def __init__(self, message, result=None, net=None, step=None, net_step=None):
         super().__init__(message)
         self.result = result
         self.net = net
         self.step = step
+        self.net_step = net_step
 
 
 @dataclass
@@ -293,7 +297,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
           tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
           progress: bool = False, callback=None, record=_Default(None), *,
           atol=_Default(None), log_every=None,
-          checkpoint=None, checkpoint_every=None, resume=None) -> TrainResult:
+          checkpoint=None, checkpoint_every=None, resume=None, overwrite: bool = False) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
@@ -340,8 +344,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         The directory must exist and be writable (checked before training).
         With ``record=`` the network at the start is saved too (one more copy
         of the weights in memory and on disk).
+        If the file already exists it is never silently overwritten: when it
+        holds this same run (widths, dtype, init, seed, sigma, data
+        fingerprint, lr, tol, record_every, record and backend all equal) the
+        run is resumed from it, exactly as ``resume=checkpoint`` would (so
+        re-running an interrupted script continues it); otherwise
+        ``CheckpointMismatch`` names what differs, unless ``overwrite=True``.
     checkpoint_every : int >= 1, optional
         Steps between checkpoints; None writes only the final state.
+    overwrite : bool
+        With ``checkpoint=``: start afresh and replace an existing checkpoint
+        file instead of resuming it or refusing.
     resume : path, optional
         Continue the run saved in this checkpoint: ``train(resume=path)``
         (the data X, Y are stored in the checkpoint when they take at most
@@ -386,6 +399,16 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                               atol=_value(atol), record_every=_value(record_every),
                               backend=_value(backend), progress=progress)
     ckpt = _checkpoint_module
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite: must be True or False, got {overwrite!r}")
+    if resume is None and checkpoint is not None and not overwrite:
+        path = _path_arg(checkpoint, "checkpoint")
+        if os.path.isfile(path):
+            _check_same_run(ckpt.load(path), net, prob, lr, tol, atol, record_every, record, backend)
+            return train(net, prob, lr=lr, steps=steps, tol=tol, atol=atol, record_every=record_every,
+                         backend=backend, progress=progress, callback=callback, record=record,
+                         log_every=log_every,
+                         checkpoint=path, checkpoint_every=checkpoint_every, resume=path)
     saved = None
     if resume is not None:
         if net is not None and not isinstance(net, Network):
@@ -490,11 +513,44 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
                           "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)
 
+    # Last-good state (issue 11, item 2): DivergenceError.net must be the last
+    # state whose loss was finite and below the threshold, but the kernel
+    # applies step t in place as soon as state t's loss passes, so state t-1 is
+    # gone when state t turns out bad (at lr 1e308 the weights are then inf).
+    # A copy of a checked state is kept every SNAPSHOT_EVERY steps (and at the
+    # start); on divergence it is restored and GD replayed up to state t-1
+    # (deterministic, same backend and schedule phase: the exact state).
+    snap = [None]
+
+    def diverged(t_bad, ex):
+        good = _rewind(st, snap[0], t_bad - 1)
+        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.backend.name)
+        res.wall_time += prev_wall
+        _attach_records(res, recorders)
+        why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+        bound = _safe_bound(net, prob)
+        hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
+        return DivergenceError(
+            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
+            f"The history and the network at step {good} (the last finite state below the "
+            "threshold) are attached (.result, .net).",
+            result=res, net=net, step=t_bad, net_step=good)
+
     try:
         while True:
-            if (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
-                    and t < limit):
-                save_state()
+            due_ckpt = (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
+                        and t < limit)
+            if t < limit and (due_ckpt or t == t_resumed or t % SNAPSHOT_EVERY == 0):
+                # check state t *before* its step is applied: only a finite state below
+                # the threshold becomes a snapshot or a checkpoint
+                ex = st.excess()
+                if reset is not None:
+                    reset(st.ws)   # the next step rebuilds its chain (bit-identical, see kernels)
+                if t > 0 and (not np.isfinite(ex) or ex > hi):
+                    raise diverged(t, ex)
+                snap[0] = _snapshot(st, t, snap[0])
+                if due_ckpt:
+                    save_state()
             # diagnostics see state t, so they run before step t is applied
             for rec in recorders:
                 if t % rec.stride == 0:
@@ -507,16 +563,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                 base = max(opt + ex, 0.5 * prob.y_norm_sq)
                 hi = EXPLODE_FACTOR * base if base > 0 else math.inf
             if not np.isfinite(ex) or ex > hi:
-                res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
-                res.wall_time += prev_wall
-                _attach_records(res, recorders)
-                why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
-                bound = _safe_bound(net, prob)
-                hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
-                raise DivergenceError(
-                    f"GD diverged at step {t}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
-                    "The history and the last finite network are attached (.result, .net).",
-                    result=res, net=net, step=t)
+                raise diverged(t, ex)
             if thr is not None and ex <= thr:
                 converged = True
             stop = converged or t >= limit
@@ -549,6 +596,91 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
+
+
+# Steps between the copies of a checked state kept for DivergenceError.net
+# (one copy of the weights; replaying at most this many steps on divergence).
+SNAPSHOT_EVERY = 64
+
+
+def _snapshot(st, t, old):
+    """(t, copies of the layers, schedule state) of the current (checked) state t."""
+    layers = st.net._layers
+    if old is None or len(old[1]) != len(layers):
+        bufs = [a.copy() for a in layers]
+    else:
+        bufs = old[1]
+        for dst, src in zip(bufs, layers):
+            dst[...] = src
+    return (t, bufs, _get_schedule_state(st))
+
+
+def _rewind(st, snap, target):
+    """Put state ``target`` into the network: restore the snapshot, replay GD from it.
+
+    Returns the step of the state now held (``target``, or the current one when
+    there is no earlier snapshot, i.e. the very first state was bad).
+    """
+    if snap is None or snap[0] > target or target < 0:
+        return target + 1
+    s, bufs, sched = snap
+    for dst, src in zip(st.net._layers, bufs):
+        dst[...] = src
+    reset = getattr(st.backend, "reset", None)
+    if reset is not None:
+        reset(st.ws)
+    _set_schedule_state(st, sched)
+    for _ in range(s, target):
+        st.step()
+    if reset is not None:
+        reset(st.ws)
+    return target
+
+
+def _check_same_run(saved, net, prob, lr, tol, atol, record_every, record, backend):
+    """Refuse (CheckpointMismatch naming ``checkpoint`` and what differs) unless the existing
+    checkpoint ``saved`` holds the run these arguments describe."""
+    _check_net_prob(net, prob)
+    m, nm = saved.meta, saved.meta["net"]
+    diffs = []
+
+    def cmp(name, mine, theirs):
+        if mine != theirs:
+            diffs.append(f"{name} {mine!r} (checkpoint: {theirs!r})")
+
+    cmp("widths", list(net.widths), list(nm["widths"]))
+    cmp("dtype", net.dtype.str, nm["dtype"])
+    cmp("init", net.init, nm["init"])
+    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
+    if seed is None or isinstance(seed, str):
+        diffs.append("seed: this network has no integer seed, so it cannot be told to be the "
+                     "checkpoint's run")
+    else:
+        cmp("seed", seed, nm.get("seed"))
+    sig = None if net.sigma is None else net.sigma.tolist()
+    theirs = saved.arrays.get("sigma")
+    cmp("sigma", sig, None if theirs is None else theirs.tolist())
+    if prob.fingerprint != m["problem"]:
+        diffs.append("data (problem fingerprint differs)")
+    lr_v = _value(lr)
+    if isinstance(lr_v, str) and lr_v == "theory":
+        lr_v = _safe_bound(net, prob)
+    cmp("lr", lr_v, m["lr"])
+    # checkpoints store the absolute stop threshold under "tol"
+    cmp("stop threshold (tol/atol)", stop_threshold(prob, _value(tol), _value(atol)), m["tol"])
+    cmp("record_every", _value(record_every), m["record_every"])
+    cmp("record", _value(record) or None, m["record"])
+    if _given(backend) or _value(backend) != "auto":
+        name = kernels.get(_value(backend), shape=(net.widths, prob.rank)).name
+        cmp("backend", name, m["backend"])
+    elif kernels.get("auto", shape=(net.widths, prob.rank)).name != m["backend"]:
+        diffs.append(f"backend 'auto' -> {kernels.get('auto', shape=(net.widths, prob.rank)).name!r} "
+                     f"(checkpoint: {m['backend']!r})")
+    if diffs:
+        raise _checkpoint_module.CheckpointMismatch(
+            f"checkpoint: {saved.path!r} already exists and holds another run (step {saved.step}): "
+            + "; ".join(diffs) + ". Pass overwrite=True (CLI: --overwrite) to replace it, "
+            "another path, or resume=<path> to continue it")
 
 
 def _check_adoptable(net, loaded):
