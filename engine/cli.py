@@ -513,11 +513,15 @@ def cmd_reproduce(args) -> int:
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
                   f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
+        header, recs = ex.figure_table("hxp", rows, curves)
     else:
         rows = ex.run(name, db, size=size, plot=out, **kw)
         _SUMMARIES[name](rows)
+        header, recs = ex.figure_table(name, rows)
+    table = ex.write_table(os.path.splitext(out)[0] + ".csv", header, recs)   # the numbers the figure draws
     failed = sum(r["status"] == "failed" for r in rows)
-    print(f"{len(rows)} runs ({failed} failed); figure {out}; {time.perf_counter() - t0:.1f} s")
+    print(f"{len(rows)} runs ({failed} failed); figure {out}, its table {table}; "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

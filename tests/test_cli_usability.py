@@ -111,3 +111,13 @@ def test_reproduce_all_writes_every_figure_and_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "all", "--out-dir", "docs", "--serial", "--no-progress"]) == 0
     assert made == [(n, f"engine-{n}.db") for n in ex.COMMITTED_FIGURES]
+
+
+def test_reproduce_writes_the_figures_table_next_to_it(tmp_path, capsys):
+    from engine import experiments as ex
+    out = tmp_path / "k.png"
+    assert main(["reproduce", "rate_vs_kappa", "--size", "tiny", "--serial", "--no-progress",
+                 "--db", str(tmp_path / "k.db"), "--out", str(out)]) == 0
+    assert f"its table {tmp_path / 'k.csv'}" in capsys.readouterr().out
+    header, recs = ex.read_table(str(tmp_path / "k.csv"))
+    assert header == ["depth", "width", "kappa", "median_steps_to_eps"] and len(recs) == 6
