@@ -68,6 +68,17 @@ def _lr(text):
         raise argparse.ArgumentTypeError(f"expected 'theory' or a positive number, got {text!r}") from None
 
 
+def _record_arg(text):
+    from engine import diagnostics
+    name, sep, stride = text.partition(":")
+    if name not in diagnostics.RECORDERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown diagnostic {name!r} in {text!r}; choose from {sorted(diagnostics.RECORDERS)}")
+    if not sep:
+        return name, 1
+    return name, _positive_int(stride)
+
+
 def parse_widths(text) -> list:
     """'1024,256x63,10' -> [1024] + [256] * 63 + [10] (ValueError naming --widths otherwise)."""
     out = []
@@ -198,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m engine train --widths 1024,256x63,10 --lr 1e-5 --steps 500 --history h.csv --plot t.png\n"
                "  python -m engine train --d-in 16 --n 16 --d-out 2 --kappa 10 --width 256 --depth 4 --tol 1e-10",
         formatter_class=raw)
-    t.add_argument("--init", choices=["gaussian", "orthogonal"], default="gaussian", help="initialization (default gaussian)")
+    t.add_argument("--init", choices=["gaussian", "orthogonal", "identity"], default="gaussian",
+                   help="initialization (default gaussian; identity: engine.init.identity, HXP's lr)")
     t.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
     t.add_argument("--depth", type=_positive_int, default=16, help="depth L (default 16)")
     t.add_argument("--widths", type=_widths_arg, default=None,
@@ -225,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in this checkpoint (its data, network, lr, tol and backend; "
                         "the other options describing the run are ignored)")
-    t.add_argument("--plot", default=None, metavar="PNG", help="figure of the excess loss vs step")
+    t.add_argument("--plot", default=None, metavar="PNG",
+                   help="figure of the excess loss vs step (with --record sharpness: sharpness vs 2/eta; "
+                        "with --record lazy: the linearized run)")
+    t.add_argument("--record", type=_record_arg, action="append", default=None, metavar="NAME:STRIDE",
+                   help="record a diagnostic every STRIDE steps (repeatable), NAME one of "
+                        "gram, spectra, interior, distance, sharpness, lazy; e.g. --record sharpness:10")
     t.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     t.add_argument("--log-every", default=None, metavar="N|Ns",
                    help="progress as one line on stderr every N steps (500) or N seconds (10s); default: "
@@ -778,8 +795,8 @@ def cmd_train(args) -> int:
     tol, atol = _stop_args(args)
     _log_every(args)
     if args.resume:
-        if args.history or args.plot:
-            raise _UsageError("--resume: --history and --plot are not supported when resuming")
+        if args.history or args.plot or args.record:
+            raise _UsageError("--resume: --history, --plot and --record are not supported when resuming")
         return _resume_train(args)
     if args.steps is None:
         args.steps = 1000
@@ -794,6 +811,8 @@ def cmd_train(args) -> int:
         kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
     prob = engine.Problem(X, Y)
+    if args.record:
+        kw["record"] = dict(args.record)
     net = engine.init.by_name(args.init)(widths, seed=args.seed)
     print(f"data: X {args.d_in}x{args.n}, Y {args.d_out}x{args.n}, rank {prob.rank}, kappa {prob.kappa:.4g}, "
           f"||Y||_F^2 {prob.y_norm_sq:.4g}")
@@ -819,15 +838,31 @@ def cmd_train(args) -> int:
     if args.plot:
         from engine import experiments as ex
         plt = ex._pyplot()
-        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        sharp = run.records.get("sharpness")
+        if sharp is not None:
+            fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+        else:
+            fig, ax = plt.subplots(figsize=(6.0, 4.0))
         e = np.asarray(run.excess)
         ax.semilogy(run.t, e / e[0], label=f"{args.init}, rate {run.rate:.5f}")
         if np.isfinite(run.predicted) and 0 < run.predicted < 1:
             ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":", label="theorem bound")
+        lazy = run.records.get("lazy")
+        if lazy is not None:
+            lv = np.asarray(lazy["values"], dtype=float)
+            ax.semilogy(lazy["t"], lv[:, 0] / e[0], "--", label="lazy twin (linearized at t = 0)")
         ax.set_xlabel("GD step t")
         ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
         ax.set_title(f"{args.init}, depth {len(widths) - 1}, {status}", fontsize=9)
         ax.legend(fontsize=8)
+        if sharp is not None:
+            sv = np.asarray(sharp["values"], dtype=float)[:, 0]
+            ax2.plot(sharp["t"], sv, "o-", ms=3, label="sharpness lambda_max(Hessian)")
+            ax2.axhline(2.0 / run.lr, color="k", ls="--", lw=1, label=f"2 / eta = {2.0 / run.lr:.4g}")
+            ax2.set_xlabel("GD step t")
+            ax2.set_ylabel("sharpness")
+            ax2.set_title("edge of stability: GD is stable while sharpness < 2/eta", fontsize=9)
+            ax2.legend(fontsize=8)
         fig.tight_layout()
         ex._save(fig, args.plot)
         print(f"figure: {args.plot}")

@@ -125,6 +125,16 @@ class TrainResult:
 EXPLODE_FACTOR = 1e8
 
 
+# Inits without a theorem of their own whose learning rate comes from another's: the
+# identity init is HXP eq. (4) with Q_i = I (exact isometries), so HXP Thm 3.1's rate.
+THEOREM_INIT = {"gaussian": "gaussian", "orthogonal": "orthogonal", "identity": "orthogonal"}
+
+
+def theorem_init(init):
+    """The init name whose theorem gives ``init``'s lr="theory" (itself, or "orthogonal" for identity)."""
+    return THEOREM_INIT.get(init, init)
+
+
 def _check_net_prob(net, prob):
     if not isinstance(net, Network):
         raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
@@ -364,7 +374,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         if lr != "theory":
             raise ValueError(f"lr: must be a positive number or 'theory', got {lr!r}")
         _check_net_prob(net, prob)
-        lr = theory.lr_bound(net.init, prob, net.depth)
+        lr = theory.lr_bound(theorem_init(net.init), prob, net.depth)
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
@@ -397,7 +407,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             start_net = saved.start_network(prob)
         elif checkpoint is not None:
             start_net = net.copy()
-    recorders = _make_recorders(record, net if start_net is None else start_net, prob)
+    recorders = _make_recorders(record, net if start_net is None else start_net, prob, lr)
     opt = prob.opt
     ts, exs = [], []
     lo = -1.0 if thr is None else thr
@@ -688,12 +698,13 @@ class _Recorder:
 
     def __call__(self, t, net):
         t0 = time.perf_counter()
-        self.values.append(self.fn(net))
+        # a recorder that needs the step index (the lazy twin's closed form in t) says so
+        self.values.append(self.fn(net, t) if getattr(self.fn, "wants_step", False) else self.fn(net))
         self.t.append(t)
         self.seconds += time.perf_counter() - t0
 
 
-def _make_recorders(record, net, prob):
+def _make_recorders(record, net, prob, lr=None):
     if record is None:
         return []
     from . import diagnostics
@@ -704,7 +715,9 @@ def _make_recorders(record, net, prob):
         if name not in diagnostics.RECORDERS:
             raise ValueError(f"record: unknown diagnostic {name!r}; choose from {sorted(diagnostics.RECORDERS)}")
         stride = positive_int(stride, f"record[{name!r}]")
-        out.append(_Recorder(name, stride, diagnostics.RECORDERS[name](net, prob)))
+        make = diagnostics.RECORDERS[name]
+        fn = make(net, prob, lr) if getattr(make, "wants_lr", False) else make(net, prob)
+        out.append(_Recorder(name, stride, fn))
     return out
 
 
@@ -752,10 +765,10 @@ def _warn_above_bound(net, prob, lr):
 
 
 def _safe_bound(net, prob):
-    if net.init not in ("gaussian", "orthogonal"):
+    if net.init not in THEOREM_INIT:
         return None
     try:
-        return theory.lr_bound(net.init, prob, net.depth)
+        return theory.lr_bound(theorem_init(net.init), prob, net.depth)
     except ValueError:
         return None
 
@@ -764,8 +777,8 @@ def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
     t = np.asarray(ts, dtype=np.int64)
     ex = np.asarray(exs, dtype=np.float64)
     predicted = float("nan")
-    if prob is not None and net.init in ("gaussian", "orthogonal"):
-        predicted = theory.predicted_factor(net.init, prob, net.depth, lr)
+    if prob is not None and net.init in THEOREM_INIT:
+        predicted = theory.predicted_factor(theorem_init(net.init), prob, net.depth, lr)
     return TrainResult(t=t, loss=opt + ex, excess=ex, steps=int(steps), net=net,
                        converged=converged, rate=fit_rate(t, ex), predicted=predicted,
                        lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
