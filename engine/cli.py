@@ -490,6 +490,10 @@ def cmd_info(args) -> int:
         if avail is not None:
             print(f"  available: {_fmt_bytes(avail)}" + ("" if est <= avail else
                   "  -> does not fit: try --dtype float32 or smaller widths"))
+        # what backend="auto" runs for these widths (data of rank d_0); may calibrate once
+        name, threads, why = kernels.auto_choice(w, w[0], args.dtype)
+        print(f"auto for these widths: {name}"
+              f"{'' if threads is None else f', {threads} thread(s)'} -- {why}")
     return 0
 
 

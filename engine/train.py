@@ -148,12 +148,17 @@ class _Stepper:
 
     def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
         _check_net_prob(net, prob)
-        self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
+        self.threads = None              # None: thread settings left as they are
+        if backend == "auto" and form is None:
+            name, self.threads, _ = kernels.auto_choice(net.widths, prob.rank, net.dtype)
+            self.backend = kernels.get(name)
+        else:
+            self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
         net._bind(prob)
         self.net = net
         red = prob.reduced(net.dtype)
         self.xs, self.yred = red.s, red.targets
-        self.c = lr / np.exp(2.0 * net._log_s)        # A-space step per layer: eta / s_i^2
+        self.set_lr(lr)
         self.beta = net.beta
         key = (self.backend.name, prob.token, form, net.dtype)
         cached = getattr(net, "_ws", None)
@@ -168,10 +173,29 @@ class _Stepper:
         reset = getattr(self.backend, "reset", None)
         if reset is not None:
             reset(self.ws)
+        self._version = net._version
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        self.c = lr / np.exp(2.0 * self.net._log_s)   # A-space step per layer: eta / s_i^2
+
+    @property
+    def version(self):
+        """net.version right after this stepper's last applied step (or binding)."""
+        return self._version
 
     def step(self, lo=-1.0, hi=math.inf):
-        return self.backend.step(self.net._layers, self.c, self.beta, self.xs, self.yred,
-                                 self.ws, lo, hi)
+        if self.threads is None:
+            ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                            self.yred, self.ws, lo, hi)
+        else:                            # auto's measured thread count (restored after)
+            with kernels.thread_limits(self.backend, self.threads):
+                ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                                self.yred, self.ws, lo, hi)
+        if applied:
+            self.net._version += 1       # a change through the API (see Network.version)
+            self._version = self.net._version
+        return ex, applied
 
     def excess(self) -> float:
         return self.backend.excess(self.net._layers, self.beta, self.xs, self.yred, self.ws)
@@ -182,13 +206,43 @@ def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
 
     Returns l(t), the loss before the step. If that loss is not finite the
     weights are left untouched and DivergenceError is raised.
+
+    A loop of ``gd_step`` calls runs the same schedule as ``train`` and gives
+    the same weights bit for bit: the bound stepper (and the single-pass
+    chain of the next step, which a backend carries between steps) is kept
+    on the network between calls. It is dropped, and the chain rebuilt from
+    the weights, when the network changed in between (``Network.version``
+    moved, a layer array was replaced or one of the entries ``Network._probe``
+    samples differs), or ``prob`` or ``backend`` is another one. After
+    editing the weights in place through private storage call ``net.touch()``.
     """
     lr = positive_float(lr, "lr")
-    st = _Stepper(net, prob, lr, backend)
+    st = _cached_stepper(net, prob, backend)
+    if st is None:
+        st = _Stepper(net, prob, lr, backend)
+    elif lr != st.lr:
+        st.set_lr(lr)           # the carried chain does not depend on the step size
+    net._gd = None              # a refused or failed step leaves no cache behind
     ex, applied = st.step()
     if not applied:
         raise DivergenceError(f"loss is not finite ({ex}); the step was not applied", net=net)
+    net._gd = (backend, prob, st, net._probe())
     return prob.opt + ex
+
+
+def _cached_stepper(net, prob, backend):
+    """The stepper of the previous ``gd_step`` on ``net`` if it may go on
+    carrying its chain: same problem object, same backend name, and the
+    network unchanged since (version, layer identity, probed entries)."""
+    cache = getattr(net, "_gd", None)
+    if cache is None or not isinstance(net, Network):
+        return None
+    name, cprob, st, probe = cache
+    if cprob is not prob or name != backend or st.version != net._version:
+        return None
+    if not net._probe_matches(probe):
+        return None
+    return st
 
 
 def fit_rate(t, excess, tail: float = 0.5) -> float:

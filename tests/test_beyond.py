@@ -254,7 +254,7 @@ def test_identity_theory_lr_cli_sweep_and_phase_panel(tmp_path):
     rows = [{"init": init, "depth": d, "width": wd, "steps": 10, "status": "ok",
              "log10_rel_excess": -3.0, "seed": 0}
             for init in ("gaussian", "orthogonal", "identity") for d in (2, 4) for wd in (8, 16)]
-    assert ex.phase_inits(rows) == ["gaussian", "orthogonal", "identity"]
+    assert ex.inits_of(rows) == ["gaussian", "orthogonal", "identity"]
     seen = {}
     save = ex._save
 
