@@ -417,19 +417,6 @@ def _log_every(args):
     return args.log_every
 
 
-def auto_choice(widths):
-    """(backend name, reason) that ``backend="auto"`` gives a network of these widths."""
-    from engine import kernels
-    hidden = max(widths[1:-1], default=0)
-    order = kernels._auto_order((widths, 1))
-    pick = kernels.get("auto", shape=(widths, 1)).name
-    rule = (f"widest hidden layer {hidden} {'>=' if hidden >= kernels._WIDE else '<'} {kernels._WIDE}, "
-            f"so the order tried is {', '.join(order)}: the step-time rule measured in engine.kernels")
-    skipped = [b for b in order[:order.index(pick)]]
-    if skipped:
-        rule += "; " + ", ".join(f"{b} unavailable" for b in skipped)
-    return pick, rule
-
 
 def _fmt_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -454,14 +441,9 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (ok, why) in kernels.availability().items():
         print(f"  {name:7s} {'available' if ok else 'unavailable: ' + why}")
-    if args.widths is not None:
-        pick, why = auto_choice(args.widths)
-        print(f"  auto    -> {pick} for these widths ({why})")
-    else:
-        wide, _ = auto_choice([1, kernels._WIDE, 1])
-        narrow, _ = auto_choice([1, kernels._WIDE - 1, 1])
-        print(f"  auto    -> {wide} when the widest hidden layer is >= {kernels._WIDE}, else {narrow} "
-              "(first available; --widths shows the choice for a network)")
+    if args.widths is None:
+        print("  auto    picks per network shape ('python -m engine info --widths 1024,256x63,10' "
+              "prints its choice for those widths, and why)")
     if kernels.availability()["cblas"][0]:
         from engine.kernels import cblas_backend
         print(f"  cblas schedule={cblas_backend.SCHEDULE} openmp_threads={cblas_backend.openmp_threads}")
@@ -553,11 +535,15 @@ def cmd_reproduce(args) -> int:
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
                   f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
+        header, recs = ex.figure_table("hxp", rows, curves)
     else:
         rows = ex.run(name, db, size=size, plot=out, **kw)
         _SUMMARIES[name](rows)
+        header, recs = ex.figure_table(name, rows)
+    table = ex.write_table(os.path.splitext(out)[0] + ".csv", header, recs)   # the numbers the figure draws
     failed = sum(r["status"] == "failed" for r in rows)
-    print(f"{len(rows)} runs ({failed} failed); figure {out}; {time.perf_counter() - t0:.1f} s")
+    print(f"{len(rows)} runs ({failed} failed); figure {out}, its table {table}; "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

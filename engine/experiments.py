@@ -124,6 +124,9 @@ def inits_of(rows):
     return [i for i in INITS if i in present] + sorted(present - set(INITS))
 
 
+phase_inits = inits_of   # the name another branch gave the same helper
+
+
 _INIT_COLORS = {"gaussian": "tab:red", "orthogonal": "tab:blue", "identity": "tab:green"}
 
 

@@ -50,12 +50,12 @@ def test_bad_stop_and_log_options_are_refused_before_any_output(capsys):
 def test_info_names_autos_choice_for_widths_and_no_none_versions(capsys):
     assert main(["info", "--widths", "1024,4,10"]) == 0
     out = capsys.readouterr().out
-    pick = kernels.get("auto", shape=([1024, 4, 10], 1)).name
-    assert f"auto    -> {pick} for these widths (widest hidden layer 4 < 256" in out
+    pick = kernels.auto_choice([1024, 4, 10], 1024, "float64")[0]
+    assert f"auto for these widths: {pick}" in out
     assert "None" not in out
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "when the widest hidden layer is >= 256" in out and "engine/kernels" not in out
+    assert "prints its choice for those widths" in out and "engine/kernels" not in out and "None" not in out
 
 
 def test_train_bottleneck_warns_in_one_line(capsys):
@@ -111,3 +111,13 @@ def test_reproduce_all_writes_every_figure_and_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "all", "--out-dir", "docs", "--serial", "--no-progress"]) == 0
     assert made == [(n, f"engine-{n}.db") for n in ex.COMMITTED_FIGURES]
+
+
+def test_reproduce_writes_the_figures_table_next_to_it(tmp_path, capsys):
+    from engine import experiments as ex
+    out = tmp_path / "k.png"
+    assert main(["reproduce", "rate_vs_kappa", "--size", "tiny", "--serial", "--no-progress",
+                 "--db", str(tmp_path / "k.db"), "--out", str(out)]) == 0
+    assert f"its table {tmp_path / 'k.csv'}" in capsys.readouterr().out
+    header, recs = ex.read_table(str(tmp_path / "k.csv"))
+    assert header == ["depth", "width", "kappa", "median_steps_to_eps"] and len(recs) == 6
