@@ -137,16 +137,17 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     """
     import engine
     from . import __version__
+    from .train import theorem_init
 
     cfg = normalize_config(config)
     prob = _problem(cfg)
     net = engine.init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"])
     lr = cfg["lr"]
     if lr == "theory":
-        lr = engine.theory.lr_bound(cfg["init"], prob, cfg["depth"])
+        lr = engine.theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
     lr = float(lr) * float(cfg["lr_scale"])
     ysq = prob.y_norm_sq
-    tol = float(cfg["tol"]) * ysq if cfg["tol"] else None
+    tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
     escape = cfg["escape"]
     state = {"escape": None}
 
