@@ -142,6 +142,9 @@ _EXPERIMENT_HELP = {
     "exponential_curse": "HXP Thm 4.1 / Shamir 2018: steps to leave the [0.4, 0.6]||Y||^2 band vs depth",
     "rate_vs_kappa": "DH: steps to eps vs kappa, deep wide Gaussian net next to linear regression (L = 1)",
     "width_threshold": "smallest trainable width per depth and init (bisection), with fitted slope",
+    "lazy_gap": "gap between the true run and its lazy (linearized) twin vs width, depth 8, both inits",
+    "sharpness": "edge of stability: Hessian top eigenvalue during GD vs 2/eta, both inits",
+    "lyapunov_spectra": "log singular values of the product, Gaussian vs orthogonal vs finite-width theory",
 }
 
 
@@ -601,8 +604,13 @@ def _print_threshold(rows):
         print(f"  {init:10s} {txt}; fit {ex.fmt_line(slope, icpt, n)}")
 
 
+def _print_beyond(rows):
+    print(f"  {len(rows)} rows (init, width, depth, ...): see the table NAME.csv")
+
+
 _SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
-              "rate_vs_kappa": _print_kappa, "width_threshold": _print_threshold}
+              "rate_vs_kappa": _print_kappa, "width_threshold": _print_threshold,
+              "lazy_gap": _print_beyond, "sharpness": _print_beyond, "lyapunov_spectra": _print_beyond}
 
 
 def load_grid_file(path):

@@ -13,7 +13,7 @@ import pytest
 from engine import experiments as ex
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
-CHEAP = ["rate_vs_kappa", "theory-check"]                  # seconds each
+CHEAP = ["rate_vs_kappa", "theory-check", "lazy_gap", "sharpness", "lyapunov"]                  # seconds each
 SLOW = ["width_threshold", "exponential_curse", "hxp", "phase_diagram"]
 
 
