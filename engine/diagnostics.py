@@ -44,6 +44,22 @@ import numpy as np
 from ._validate import positive_int
 from .network import Network
 
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with BLAS limited to one thread. sharpness and lyapunov are long loops of
+    tiny matmuls / QRs (width-sized), where a second BLAS thread costs more in hand-offs than
+    it gains: a 20x slowdown was measured with 2 OpenBLAS threads. The previous limits are
+    restored on return (threadpoolctl, via engine.kernels' shared controller)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .kernels import _controller
+        with _controller().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
 __all__ = [
     "gram_eigs", "gram_matrix", "gram_operator", "GramEigs",
     "partial_spectra", "PartialSpectra",
@@ -701,6 +717,7 @@ def _hessian_operator(ch: _HessChains):
 HESSIAN_DENSE_MAX = 400
 
 
+@_one_blas_thread
 def sharpness(net: Network, prob, k: int = 1, *, method: str = "auto", tol: float = 1e-10,
               maxiter: int | None = None) -> np.ndarray:
     """Top ``k`` eigenvalues of the Hessian of l w.r.t. all weights (W-space), descending.
@@ -776,6 +793,7 @@ def _qr_sweep(factors):
     return Rs, logd
 
 
+@_one_blas_thread
 def lyapunov(net: Network, i: int = 1, j: int | None = None, *, tol: float = 1e-10,
              max_sweeps: int = 50) -> np.ndarray:
     """All log singular values of the square partial product A_j ... A_i, descending, (d_{i-1},).

@@ -304,3 +304,32 @@ def test_record_lazy_tracks_true_excess_to_first_order_and_gap_shrinks_with_widt
 
     g = [gap(m) for m in (16, 64, 256)]
     assert g[0] > g[1] > g[2], g
+
+
+def test_sharpness_and_lyapunov_run_under_one_blas_thread(monkeypatch):
+    """Their inner kernels (Hessian-vector products, QR sweeps) see a BLAS limit of 1 thread,
+    and the caller's limit is restored afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    for name in ("_hvp_reduced", "_qr_sweep"):
+        orig = getattr(dg, name)
+
+        def spy(*a, _orig=orig, **k):
+            seen.append(blas_threads())
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(dg, name, spy)
+    X, Y = engine.synthetic(6, 5, 2, seed=0)
+    prob = engine.Problem(X, Y)
+    net = engine.init.gaussian([6, 8, 8, 2], seed=0)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before and max(before) == 2          # else the check below could not fail
+        dg.sharpness(net, prob, 1, method="lanczos")
+        dg.lyapunov(engine.init.gaussian([8] * 6, seed=0))
+        assert blas_threads() == before
+    assert seen and all(all(n == 1 for n in s) for s in seen), seen
