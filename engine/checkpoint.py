@@ -263,6 +263,8 @@ def unpack_network(arrays: dict, meta: dict, prob, prefix: str = "") -> Network:
     widths = tuple(meta["widths"])
     dtype = np.dtype(meta["dtype"])
     L = len(widths) - 1
+    from . import memory
+    memory.check(widths, dtype)   # the guard init functions apply, before allocating (issue 11 item 4)
     layers, stack = _alloc_layers(widths, dtype)
     for i in range(1, L):
         layers[i][...] = arrays[f"{prefix}layer_{i}"]

@@ -59,6 +59,16 @@ def _positive_float(text):
     return v
 
 
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+    if not (v >= 0 and np.isfinite(v)):   # NaN fails this too (it would silently disable the stop)
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
 def _lr(text):
     if text == "theory":
         return text
@@ -88,6 +98,31 @@ def parse_widths(text) -> list:
     if len(out) < 2:
         raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
     return out
+
+
+def parse_width_runs(text) -> list:
+    """'1024,256x63,10' -> [(1024, 1), (256, 63), (10, 1)], without expanding (for estimates)."""
+    runs = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            w, k = (int(x) for x in part.split("x")) if "x" in part else (int(part), 1)
+        except ValueError:
+            raise ValueError(f"--widths: cannot read {part!r} in {text!r}; "
+                             "write widths like 1024,256x63,10 (WxK = K layers of width W)") from None
+        if w < 1 or k < 1:
+            raise ValueError(f"--widths: widths and counts must be >= 1, got {part!r}")
+        runs.append((w, k))
+    if sum(k for _, k in runs) < 2:
+        raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
+    return runs
+
+
+def _width_runs_arg(text):
+    try:
+        return parse_width_runs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--widths: ", "")) from None
 
 
 def _widths_arg(text):
@@ -158,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
     d.add_argument("--depth", type=_positive_int, default=64, help="depth L (default 64)")
     d.add_argument("--steps", type=_positive_int, default=2000, help="GD step budget (default 2000)")
-    d.add_argument("--seed", type=int, default=0, help="seed for data and inits (default 0)")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed for data and inits (default 0)")
     d.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
     d.add_argument("--out", default="engine-demo.png", help="figure path (default engine-demo.png)")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
@@ -203,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--d-out", type=_positive_int, default=10, help="output dimension (default 10)")
     t.add_argument("--kappa", type=_positive_float, default=None, help="prescribed condition number of X")
     t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
-    t.add_argument("--data-seed", type=int, default=0, help="data seed (default 0)")
-    t.add_argument("--seed", type=int, default=1, help="init seed (default 1)")
+    t.add_argument("--data-seed", type=_nonneg_int, default=0, help="data seed (default 0)")
+    t.add_argument("--seed", type=_nonneg_int, default=1, help="init seed (default 1)")
     t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space) or 'theory' (default)")
     t.add_argument("--steps", type=_nonneg_int, default=None,
                    help="GD step budget (default 1000; with --resume: the checkpoint's, raise it to extend the run)")
-    t.add_argument("--tol", type=float, default=1e-12,
+    t.add_argument("--tol", type=_nonneg_float, default=1e-12,
                    help="stop when l - OPT <= TOL * ||Y||_F^2 (default 1e-12; 0 = never)")
     t.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
     t.add_argument("--history", default=None, metavar="CSV", help="write t, loss, excess to this CSV")
@@ -288,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network of those widths needs.",
                        epilog="examples:\n  python -m engine info\n  python -m engine info --widths 1024,1000x699,10 --dtype float32",
                        formatter_class=raw)
-    i.add_argument("--widths", type=_widths_arg, default=None, help="widths d_0,...,d_L, e.g. 1024,256x63,10")
+    i.add_argument("--widths", type=_width_runs_arg, default=None, help="widths d_0,...,d_L, e.g. 1024,256x63,10")
     i.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="dtype (default float64)")
     i.add_argument("--ensemble", type=_positive_int, default=1, help="ensemble members (default 1)")
     i.set_defaults(func=cmd_info)
@@ -398,20 +433,16 @@ def cmd_info(args) -> int:
     except ImportError:
         print("dask.distributed not installed: sweeps run serially (pip install 'engine[dist]')")
     if args.widths is not None:
-        w = args.widths
-        itemsize = np.dtype(args.dtype).itemsize
-        try:
-            from engine import memory
-            est = memory.estimate_bytes(w, dtype=args.dtype, ensemble=args.ensemble)
-            avail = memory.available_bytes()
-            how = "engine.memory.estimate_bytes"
-        except ImportError:
-            est = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
-            avail, how = None, "weights only"
-        weights = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
-        print(f"memory for widths [{w[0]}, ..., {w[-1]}] (depth {len(w) - 1}, {args.dtype}"
+        # arithmetic on the run-length form: 1000x10000000 is never expanded into a list
+        runs = args.widths
+        from engine import memory
+        est = memory.estimate_runs(runs, dtype=args.dtype, ensemble=args.ensemble)
+        weights = memory.breakdown_runs(runs, dtype=args.dtype, ensemble=args.ensemble)["weights"]
+        avail = memory.available_bytes()
+        depth = sum(k for _, k in runs) - 1
+        print(f"memory for widths [{runs[0][0]}, ..., {runs[-1][0]}] (depth {depth}, {args.dtype}"
               f"{', ensemble %d' % args.ensemble if args.ensemble > 1 else ''}): "
-              f"{_fmt_bytes(est)} ({how}; weights alone {_fmt_bytes(weights)})")
+              f"{_fmt_bytes(est)} (engine.memory.estimate_bytes; weights alone {_fmt_bytes(weights)})")
         if avail is not None:
             print(f"  available: {_fmt_bytes(avail)}" + ("" if est <= avail else
                   "  -> does not fit: try --dtype float32 or smaller widths"))
@@ -663,6 +694,7 @@ def cmd_train(args) -> int:
         return _resume_train(args)
     if args.steps is None:
         args.steps = 1000
+    _check_outputs(args)
     X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
     prob = engine.Problem(X, Y)
     widths = args.widths or [args.d_in] + [args.width] * (args.depth - 1) + [args.d_out]
@@ -730,6 +762,36 @@ def cmd_train(args) -> int:
         ex._save(fig, args.plot)
         print(f"figure: {args.plot}")
     return 0 if status != "diverged" else 1
+
+
+def _check_outputs(args):
+    """Refuse an unwritable --history or a --plot format matplotlib cannot write *before* training."""
+    if args.history:
+        d = os.path.dirname(os.path.abspath(args.history))
+        if os.path.isdir(args.history):
+            raise ValueError(f"--history: {args.history!r} is a directory, not a CSV file path")
+        probe = d
+        while not os.path.isdir(probe):   # the directories are created later: check the first existing one
+            if os.path.exists(probe):
+                raise ValueError(f"--history: {args.history!r} cannot be written ({probe!r} is a file, "
+                                 "not a directory)")
+            probe = os.path.dirname(probe)
+        if not os.access(probe, os.W_OK) or (os.path.exists(args.history) and not os.access(args.history, os.W_OK)):
+            raise ValueError(f"--history: {args.history!r} cannot be written (directory {probe!r} "
+                                  "or the file is not writable)")
+    if args.plot:
+        ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        try:
+            from engine import experiments as ex
+            plt = ex._pyplot()
+            fig = plt.figure()
+            kinds = set(fig.canvas.get_supported_filetypes())
+            plt.close(fig)
+        except (ImportError, RuntimeError):
+            raise _UsageError("--plot: needs matplotlib (pip install 'engine[plot]')") from None
+        if ext not in kinds:
+            raise ValueError(f"--plot: cannot write a {'.' + ext if ext else 'file without extension'} "
+                             f"figure; use one of {', '.join('.' + k for k in sorted(kinds))}")
 
 
 def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto"):

@@ -342,7 +342,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         record = rec_saved
         if not _given(steps):
             steps = meta["steps"]
-        elif isinstance(steps, int) and not isinstance(steps, bool) and steps < saved.step:
+        elif (isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_))
+              and int(steps) < saved.step):
             raise ValueError(f"steps: the checkpoint is already at step {saved.step}, got steps={steps}")
         if not _given(backend):
             backend = meta["backend"]

@@ -277,3 +277,40 @@ def test_train_rerun_with_existing_checkpoint_resumes_or_refuses(tmp_path, capsy
     assert main(TRAIN_SMALL + ["--steps", "10", "--lr", "1e-4", "--checkpoint", str(ck)]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(ck) in err and "resume" in err and "database" not in err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--tol", "nan"], "--tol"), (["--tol", "inf"], "--tol"), (["--data-seed", "-5"], "--data-seed"),
+    (["--seed", "-1"], "--seed"), (["--plot", "t.xyz"], "--plot"),
+    (["--history", "afile/h.csv"], "--history"),
+])
+def test_train_bad_options_fail_before_training(extra, needle, capsys, monkeypatch, tmp_path):
+    """Item 9: NaN tol, negative seeds, an unwritable --history and an unknown --plot format are
+    refused up front (exit 2, naming the option), not after the run."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a directory")
+    ran = []
+    monkeypatch.setattr(engine, "train", lambda *a, **k: ran.append(1))
+    try:
+        code = main(TRAIN_SMALL + ["--steps", "5"] + extra)
+    except SystemExit as exc:          # argparse's own exit for a bad value
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err.strip().splitlines()[-1] and not ran   # usage, then one error line
+
+
+def test_info_huge_widths_is_arithmetic(capsys):
+    """Item 9: the estimate for 10^7 layers is computed from the run-length form, not a list."""
+    import time
+    import tracemalloc
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        assert main(["info", "--widths", "1024,1000x10000000,10"]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5 and peak < 20 * 1024 ** 2
+    assert "depth 10000001" in capsys.readouterr().out
