@@ -929,6 +929,9 @@ def _check_outputs(args):
             raise ValueError(f"--history: {args.history!r} is a directory, not a CSV file path")
         probe = d
         while not os.path.isdir(probe):   # the directories are created later: check the first existing one
+            if os.path.exists(probe):
+                raise ValueError(f"--history: {args.history!r} cannot be written ({probe!r} is a file, "
+                                 "not a directory)")
             probe = os.path.dirname(probe)
         try:   # really create a file there: os.access says yes for root even on /proc
             import tempfile

@@ -665,3 +665,8 @@ def test_existing_checkpoint_of_another_run_is_refused_unless_overwrite(prob, tm
         assert path.read_bytes() == before
         res = engine.train(net, p, overwrite=True, **kw)
     assert res.steps == 20 and ck.load(path).meta["lr"] == kw["lr"]
+
+
+def test_resume_refuses_numpy_integer_steps_below_the_saved_step(good):
+    with pytest.raises(ValueError, match="steps: the checkpoint is already at step 3"):
+        engine.train(resume=good, steps=np.int64(2))

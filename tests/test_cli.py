@@ -283,12 +283,14 @@ def test_train_rerun_with_existing_checkpoint_resumes_or_refuses(tmp_path, capsy
     (["--tol", "nan"], "--tol"), (["--tol", "inf"], "--tol"), (["--data-seed", "-5"], "--data-seed"),
     (["--seed", "-1"], "--seed"), (["--plot", "t.xyz"], "--plot"),
     (["--history", "/proc/engine-no/h.csv"], "--history"),
+    (["--history", "afile/h.csv"], "--history"),
 ])
 def test_train_bad_options_fail_before_training(extra, needle, capsys, monkeypatch, tmp_path):
     """Item 9: NaN tol, negative seeds, an unwritable --history and an unknown --plot format are
     refused up front (exit 2, naming the option), not after the run."""
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a directory")
     ran = []
     monkeypatch.setattr(engine, "train", lambda *a, **k: ran.append(1))
     try:
