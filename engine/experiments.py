@@ -873,7 +873,8 @@ LAZY_GRIDS = {"quick": dict(widths=(16, 32, 64, 128, 256), depth=8, steps=300, s
 LAZY_DATA = {"d_in": 32, "n": 8, "d_out": 4}
 
 
-def lazy_gap(db=None, *, size=None, widths=None, depth=None, steps=None, stride=None, inits=INITS,
+def lazy_gap(db=None, *, size=None, widths=None, depth=None, steps=None, stride=None,
+             inits=INITS + ("identity",),
              plot=None, **_ignored):
     """Gap between the true run and its lazy (linearized) twin vs width at fixed depth.
 
@@ -883,7 +884,7 @@ def lazy_gap(db=None, *, size=None, widths=None, depth=None, steps=None, stride=
     largest departure from the lazy regime, in units of the initial excess (OPT = 0 here).
     Rows: dicts with init, width, depth, steps, gap, final_rel_excess, lazy_final_rel_excess, status.
     """
-    from .init import gaussian, orthogonal
+    from .init import gaussian, identity, orthogonal
     from .problem import Problem, synthetic
     from .train import train
     g = dict(LAZY_GRIDS["tiny" if size == "tiny" else "quick"])
@@ -892,7 +893,7 @@ def lazy_gap(db=None, *, size=None, widths=None, depth=None, steps=None, stride=
             g[k] = v
     X, Y = synthetic(LAZY_DATA["d_in"], LAZY_DATA["n"], LAZY_DATA["d_out"], seed=0)
     prob = Problem(X, Y)
-    makers = {"gaussian": gaussian, "orthogonal": orthogonal}
+    makers = {"gaussian": gaussian, "orthogonal": orthogonal, "identity": identity}
     rows = []
     with _one_blas_thread():
         for init in inits:
@@ -921,9 +922,14 @@ def plot_lazy_gap(rows, path):
     if rows:
         ax.set_title(f"lazy twin gap, depth {rows[0]['depth']}, {rows[0]['steps']} steps at lr=theory",
                      fontsize=9)
-    ax.set_xlabel("width m")
+    ws = sorted({r["width"] for r in rows})
+    if ws:   # label the grid's widths, not matplotlib's crowded log minor ticks
+        ax.set_xticks(ws, [str(w) for w in ws])
+        ax.minorticks_off()
+    ax.set_xlabel("width m (log scale)")
     ax.set_ylabel("max_t |l(t) - l_lin(t)| / l(0)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 

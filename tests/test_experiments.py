@@ -104,7 +104,7 @@ def test_beyond_experiments_tiny_run_and_tabulate(tmp_path):
     import numpy as np
     from engine import experiments as ex
     lg = ex.run("lazy_gap", None, size="tiny")
-    assert {(r["init"], r["width"]) for r in lg} == {(i, w) for i in ex.INITS for w in (16, 32)}
+    assert {(r["init"], r["width"]) for r in lg} == {(i, w) for i in ex.INITS + ("identity",) for w in (16, 32)}
     assert all(0 <= r["gap"] < 1 for r in lg)
     sh = ex.run("sharpness", None, size="tiny")
     for init in ("gaussian", "orthogonal"):
