@@ -58,7 +58,7 @@ def speedup(K=16, m=32, L=32, steps=STEPS, repeat=5, backend="auto"):
 
 
 class EnsembleTrain:
-    params = ([4, 16, 64], [32, 128], [32])
+    params = ([4, 16], [32, 128], [32])
     param_names = ["members", "width", "depth"]
     timeout = 600
 

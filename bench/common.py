@@ -7,6 +7,10 @@
                                 with a NumPy copy of a 256 MiB array (cached)
 * ``floor_seconds(nbytes)``     t_floor = 2 * weight bytes / bandwidth
                                 (DESIGN.md, "The physical limit")
+* ``gemm_rate(dtype)``          ?GEMM multiply-adds per second, measured with
+                                a 1024^3 NumPy matmul (BLAS threads as set; cached)
+* ``fma_min(cfg)``              FMA_min = sum_i d_i d_{i-1} (d_out + 2 min(r, d_out))
+* ``limit_seconds(cfg, dtype)`` t_limit = max(t_floor, FMA_min / gemm rate)
 * ``median_step_seconds(fn)``   median seconds of ``fn()`` over repeats
 
 Nothing here is imported by ``engine`` itself.
@@ -168,33 +172,92 @@ def _measure_bandwidth(nbytes=BANDWIDTH_BYTES, repeat=5) -> float:
 
 
 def _cache_path():
-    return os.path.join(tempfile.gettempdir(), f"engine-bench-bandwidth-{os.getuid() if hasattr(os, 'getuid') else 0}.json")
+    return os.path.join(tempfile.gettempdir(), f"engine-bench-rates-{os.getuid() if hasattr(os, 'getuid') else 0}.json")
+
+
+def _cached_rate(key, env, measure):
+    """A machine rate: env variable ``env`` if set, else a fresh (<= BANDWIDTH_MAX_AGE s
+    old) figure from the temp-dir cache (shared by the asv processes of one run),
+    else ``measure()`` now, written back atomically."""
+    val = os.environ.get(env)
+    if val:
+        return float(val)
+    path = _cache_path()
+    try:
+        with open(path) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        rec = {}
+    if not isinstance(rec, dict):
+        rec = {}
+    hit = rec.get(key)
+    try:
+        if time.time() - hit["time"] <= BANDWIDTH_MAX_AGE and hit["value"] > 0:
+            return float(hit["value"])
+    except (KeyError, TypeError):
+        pass
+    value = measure()
+    rec[key] = {"time": time.time(), "value": value}
+    try:
+        tmp = path + f".{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(rec, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return value
 
 
 @functools.lru_cache(maxsize=None)
 def bandwidth() -> float:
     """Streaming bandwidth (bytes/s): env ENGINE_BENCH_BANDWIDTH, else a fresh
     (<= BANDWIDTH_MAX_AGE s old) cached measurement, else measured now."""
-    env = os.environ.get("ENGINE_BENCH_BANDWIDTH")
-    if env:
-        return float(env)
-    path = _cache_path()
-    try:
-        with open(path) as fh:
-            rec = json.load(fh)
-        if time.time() - rec["time"] <= BANDWIDTH_MAX_AGE and rec["bytes_per_s"] > 0:
-            return float(rec["bytes_per_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    bw = _measure_bandwidth()
-    try:
-        tmp = path + f".{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump({"time": time.time(), "bytes_per_s": bw}, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return bw
+    return _cached_rate("bandwidth", "ENGINE_BENCH_BANDWIDTH", _measure_bandwidth)
+
+
+# Size of the matmul that measures the ?GEMM rate: large enough to run at the
+# BLAS's peak (~1e9 multiply-adds, tens of ms on 2 cores), small enough to be cheap.
+GEMM_SIZE = 1024
+
+
+def _measure_gemm(dtype="float64", n=GEMM_SIZE, repeat=5) -> float:
+    """Multiply-adds per second of an n x n x n matmul in ``dtype``, best of ``repeat``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    out = np.empty((n, n), dtype=dtype)
+    np.matmul(a, b, out=out)
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return float(n) ** 3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_rate(dtype="float64") -> float:
+    """?GEMM multiply-adds per second (env ENGINE_BENCH_GEMM_F64 / _F32 overrides)."""
+    dtype = np.dtype(dtype).name
+    tag = "F64" if dtype == "float64" else "F32"
+    return _cached_rate(f"gemm_{dtype}", f"ENGINE_BENCH_GEMM_{tag}", lambda: _measure_gemm(dtype))
+
+
+def fma_min(d_in, n, d_out, m, L) -> int:
+    """FMA_min = sum_i d_i d_{i-1} (d_out + 2 min(r, d_out)): the multiply-adds of
+    an exact step -- one chain, the other chain, the rank-min(r, d_out) update --
+    over the trained layers (d_0 = r = min(d_in, n): layer 1 is B_1 = A_1 U_r)."""
+    w = [min(d_in, n)] + [m] * (L - 1) + [d_out]
+    k = d_out + 2 * min(w[0], d_out)
+    return sum(w[i + 1] * w[i] for i in range(L)) * k
+
+
+def limit_seconds(d_in, n, d_out, m, L, dtype="float64") -> float:
+    """t_limit = max(2 * trained weight bytes / bandwidth, FMA_min / ?GEMM rate),
+    both rates measured in this run (issue 14's yardstick)."""
+    itemsize = np.dtype(dtype).itemsize
+    return max(floor_seconds(weight_bytes(d_in, n, d_out, m, L, itemsize)),
+               fma_min(d_in, n, d_out, m, L) / gemm_rate(dtype))
 
 
 def floor_seconds(nbytes: int) -> float:

@@ -14,15 +14,25 @@ output scale beta), same machine, same run:
   stepper ``engine.train`` runs each step (reduced data, chain products);
 * (a) ``numpy-backprop``: forward through activations H_i = A_i H_{i-1}
   (stored), backward G <- A_i^T G, on the raw data (d_in x n);
-* (b) ``torch``: PyTorch eager CPU autograd (``loss.backward()``), if importable;
-* (c) ``jax``: ``jax.jit`` of a step built on ``jax.value_and_grad`` with
+* (b) ``numpy-chain``: a researcher's own ~20-line NumPy version of the
+  engine's trick (thin-SVD data reduction, suffix products cached top-down,
+  one bottom-up loop advancing the T chain and applying the update with ``@``);
+* (c) ``torch``: PyTorch eager CPU autograd (``loss.backward()``), if importable;
+* (d) ``jax``: ``jax.jit`` of a step built on ``jax.value_and_grad`` with
   ``jax_enable_x64``, hidden layers stacked and scanned (``lax.scan``), if importable.
 
-Columns: the median ms per step (of repeats in this run) for each; the floor
-t_floor = 2 * (engine's trained weight bytes) / bandwidth, with the bandwidth
-measured in this run (NumPy copy of 256 MiB); the fraction t_floor / t_best;
-and for each baseline the ratio baseline / engine best. Torch and JAX are
-optional and never imported by ``engine``.
+Columns: the median ms per step (of repeats in this run) for each engine
+backend; ``auto`` (the backend ``auto`` picks, its figure from this run) and
+a user's loop of ``engine.gd_step`` calls with auto; the limit
+
+    t_limit = max(2 * trained weight bytes / bandwidth, FMA_min / DGEMM rate)
+    FMA_min = sum_i d_i d_{i-1} (d_out + 2 min(r, d_out))
+
+with the bandwidth (NumPy copy of 256 MiB) and the DGEMM rate (NumPy
+1024^3 matmul, BLAS threads as set) measured in this run; auto / t_limit,
+gd_step loop / train, auto / best backend; each baseline and its ratio to
+auto (train) and to the gd_step loop. Torch and JAX are optional and never
+imported by ``engine``. Default configs: a few minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ import common  # noqa: E402
 CONFIGS = [(1024, 16, 10, 64, 32), (1024, 16, 10, 256, 64), (1024, 16, 10, 1024, 32),
            (32, 8192, 4, 256, 32), (16, 64, 4, 32, 512)]
 ENGINE_BACKENDS = ("numpy", "numba", "cblas")
-BASELINES = ("numpy-backprop", "torch", "jax")
+BASELINES = ("numpy-backprop", "numpy-chain", "torch", "jax")
 # --check: one step of every implementation from the same init agrees with the
 # engine's numpy backend to this relative error. The step is exact algebra in
 # every implementation; only summation order differs (rounding ~1e-15 times
@@ -91,6 +101,39 @@ class NumpyBackprop:
 
     def weights(self):
         return self.A
+
+
+class NumpyChain:
+    """A researcher's own NumPy version of the engine's trick (float64): thin-SVD
+    data reduction, suffix products cached top-down, then one bottom-up loop
+    that advances the T chain and applies each update with plain ``@``."""
+    name = "numpy-chain"
+
+    def __init__(self, A, c, beta, X, Y):
+        U, s, Vt = np.linalg.svd(X, full_matrices=False)          # X = U diag(s) V^T
+        r = int(np.sum(s > max(X.shape) * np.finfo(np.float64).eps * s[0]))
+        self.U, self.s, self.Yr = U[:, :r], s[:r], Y @ Vt[:r].T    # Y V_r: (d_out, r)
+        self.const = 0.5 * (float(np.sum(Y * Y)) - float(np.sum(self.Yr * self.Yr)))
+        B1 = A[0] @ self.U                                          # only A_1 U_r is trained
+        self.perp = A[0] - B1 @ self.U.T
+        self.M, self.c, self.beta = [B1] + [np.array(a) for a in A[1:]], c, beta
+
+    def step(self):
+        M, L = self.M, len(self.M)
+        S = [None] * L                                              # S[k] = beta M_L ... M_{k+2}
+        S[-1] = self.beta * np.eye(M[-1].shape[0])
+        for k in range(L - 2, -1, -1):
+            S[k] = S[k + 1] @ M[k + 1]
+        R = (S[0] @ M[0]) * self.s - self.Yr                        # residual on reduced data
+        T = (R * self.s).T                                          # T_0 = X_red R^T
+        for k in range(L):
+            T_next = M[k] @ T                                       # from the old M_k
+            M[k] -= self.c[k] * (S[k].T @ T.T)                      # dl/dM_k = S_k^T T_{k-1}^T
+            T = T_next
+        return self.const + 0.5 * float(np.sum(R * R))
+
+    def weights(self):
+        return [self.perp + self.M[0] @ self.U.T] + self.M[1:]
 
 
 class TorchEager:
@@ -182,11 +225,12 @@ class JaxJit:
         return out
 
 
-_BASELINE_CLASSES = {"numpy-backprop": NumpyBackprop, "torch": TorchEager, "jax": JaxJit}
+_BASELINE_CLASSES = {"numpy-backprop": NumpyBackprop, "numpy-chain": NumpyChain, "torch": TorchEager,
+                     "jax": JaxJit}
 
 
 def baseline_available(name):
-    if name == "numpy-backprop":
+    if name in ("numpy-backprop", "numpy-chain"):
         return True, ""
     try:
         __import__("torch" if name == "torch" else "jax")
@@ -274,6 +318,27 @@ def measure_baseline(cfg, name, repeat, min_time):
     return common.median_step_seconds(impl.step, repeat=repeat, min_time=min_time, warmup=0)
 
 
+def measure_gd_step_loop(cfg, backend, repeat, min_time):
+    """Seconds per call of a user's own loop ``engine.gd_step(net, prob, lr)``."""
+    import engine
+    d_in, n, d_out, m, L = cfg
+    prob = common.problem(d_in, n, d_out)
+    net = common.network(d_in, d_out, m, L)
+    lr = common.TIMING_LR_SCALE * engine.theory.lr_bound("orthogonal", prob, L)
+    return common.median_step_seconds(lambda: engine.gd_step(net, prob, lr, backend=backend),
+                                      repeat=repeat, min_time=min_time, warmup=2)
+
+
+def auto_backend(cfg):
+    """The backend ``auto`` runs for this config (what ``engine.train`` picks)."""
+    from engine import kernels
+    d_in, n, d_out, m, L = cfg
+    chooser = getattr(kernels, "auto_choice", None)
+    if chooser is not None:
+        return chooser(common.widths(d_in, d_out, m, L), min(d_in, n), "float64")[0]
+    return kernels.get("auto", shape=(common.widths(d_in, d_out, m, L), min(d_in, n))).name
+
+
 def _fmt_ms(s):
     if s is None:
         return "n/a"
@@ -282,43 +347,62 @@ def _fmt_ms(s):
 
 
 def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
+    """Measure every config and print the table (markdown); returns the rows.
+
+    Per config: each engine backend's bound stepper (what ``train`` runs);
+    ``auto`` = the backend auto picks (its figure from this run); a user's
+    ``gd_step`` loop with auto; each baseline; t_limit = max(2 * trained
+    weight bytes / bandwidth, FMA_min / DGEMM rate) with both rates measured
+    in this run (``common.limit_seconds``).
+    """
     eng = _engine_available()
     base = [b for b in baselines if baseline_available(b)[0]]
-    bw = common.bandwidth()
+    bw, gemm = common.bandwidth(), common.gemm_rate("float64")
     results = []
     for cfg in configs:
-        d_in, n, d_out, m, L = cfg
         row = {"cfg": cfg}
         for be in eng:
             row[be] = measure_engine(cfg, be, repeat, min_time)
+        row["auto_name"] = auto_backend(cfg)
+        row["auto"] = row[row["auto_name"]]
+        row["gd_step"] = measure_gd_step_loop(cfg, "auto", repeat, min_time)
         for b in base:
             row[b] = measure_baseline(cfg, b, repeat, min_time)
-        row["floor"] = common.floor_seconds(common.weight_bytes(d_in, n, d_out, m, L))
+        row["limit"] = common.limit_seconds(*cfg)
         row["best"] = min(row[be] for be in eng)
         row["best_name"] = min(eng, key=lambda be: row[be])
         results.append(row)
-    head = (["(d_in, n, d_out, m, L)"] + [f"engine {be}" for be in eng] + list(base)
-            + ["floor", "floor / best"] + [f"{b} / best" for b in base])
-    out(_env_line(bw))
+    head = (["(d_in, n, d_out, m, L)"] + [f"engine {be}" for be in eng]
+            + ["auto", "gd_step loop", "t_limit", "auto / t_limit", "gd_step loop / train",
+               "auto / best"] + list(base) + [f"{b} / auto" for b in base]
+            + [f"{b} / gd_step loop" for b in base])
+    out(_env_line(bw, gemm))
     out("")
-    out("ms per GD step (median of repeats in one run), float64:")
+    out("ms per GD step (median of repeats in one run), float64; auto = the backend "
+        "`auto` picks, in bold the fastest backend:")
     out("")
     out("| " + " | ".join(head) + " |")
     out("|" + "---|" * len(head))
     for row in results:
         cells = [str(row["cfg"]).replace(" ", "")]
         cells += [("**" + _fmt_ms(row[be]) + "**") if be == row["best_name"] else _fmt_ms(row[be]) for be in eng]
+        cells += [f"{_fmt_ms(row['auto'])} ({row['auto_name']})", _fmt_ms(row["gd_step"]),
+                  _fmt_ms(row["limit"]), f"{row['auto'] / row['limit']:.1f}x",
+                  f"{row['gd_step'] / row['auto']:.2f}", f"{row['auto'] / row['best']:.2f}"]
         cells += [_fmt_ms(row[b]) for b in base]
-        cells += [_fmt_ms(row["floor"]), f"{row['floor'] / row['best']:.2f}"]
-        cells += [f"{row[b] / row['best']:.1f}x" for b in base]
+        cells += [f"{row[b] / row['auto']:.1f}x" for b in base]
+        cells += [f"{row[b] / row['gd_step']:.1f}x" for b in base]
         out("| " + " | ".join(cells) + " |")
     return results
 
 
-def _env_line(bw):
+def _env_line(bw, gemm=None):
     import engine
-    parts = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs", f"bandwidth {bw / 1e9:.1f} GB/s (NumPy copy)",
-             f"numpy {np.__version__}"]
+    parts = [f"machine: {_cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs",
+             f"bandwidth {bw / 1e9:.1f} GB/s (NumPy copy)"]
+    if gemm is not None:
+        parts.append(f"DGEMM {2 * gemm / 1e9:.0f} GFLOP/s (NumPy 1024^3 matmul)")
+    parts.append(f"numpy {np.__version__}")
     try:
         import numba
         parts.append(f"numba {numba.__version__} ({numba.get_num_threads()} threads)")
@@ -329,6 +413,17 @@ def _env_line(bw):
             parts.append(f"{mod} {__import__(mod).__version__}")
     parts.append(f"engine {engine.__version__}")
     return "Environment: " + "; ".join(parts)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 # --------------------------------------------------------------------------
@@ -346,7 +441,7 @@ def scaling(quick=False, out=print):
     def best(cfg):
         return min(measure_engine(cfg, be, repeat, min_time) for be in eng)
 
-    out(_env_line(common.bandwidth()))
+    out(_env_line(common.bandwidth(), common.gemm_rate()))
     out("")
     out("| target | measured | configs |")
     out("|---|---|---|")
@@ -369,19 +464,18 @@ def scaling(quick=False, out=print):
     tm = [best((1024, 16, 10, m, L_m)) for m in ms]
     out(f"| quadratic in m for m >= 256 (exponent 2) | exponent {_fit_exponent(ms, tm):.3f} "
         f"(ms: {', '.join(_fmt_ms(t) for t in tm)}) | L={L_m}, m={ms} |")
-    # fraction of floor at m >= 512
+    # fraction of t_limit at m >= 256
     for dtype in ("float64", "float32"):
-        for m in (512, 1024):
+        for m in (256, 1024):
             cfg = (1024, 16, 10, m, 32)
-            itemsize = 8 if dtype == "float64" else 4
             ts = {}
             for be in eng:
                 st = common.stepper(*cfg, backend=be, dtype=dtype)
                 ts[be] = common.median_step_seconds(st.checked, repeat=repeat, min_time=min_time, warmup=2)
             b = min(ts, key=ts.get)
-            fl = common.floor_seconds(common.weight_bytes(*cfg, itemsize=itemsize))
-            out(f"| m >= 512: step <= 1.3 x t_floor ({dtype}) | {ts[b] / fl:.2f} x t_floor "
-                f"({_fmt_ms(ts[b])} ms, {b}; floor {_fmt_ms(fl)} ms) | {cfg} |")
+            lim = common.limit_seconds(*cfg, dtype=dtype)
+            out(f"| m >= 256: step <= 1.5 x t_limit ({dtype}) | {ts[b] / lim:.2f} x t_limit "
+                f"({_fmt_ms(ts[b])} ms, {b}; t_limit {_fmt_ms(lim)} ms) | {cfg} |")
     # ensemble
     import bench_ensemble
     e, s, r = bench_ensemble.speedup(16, 32, 32, repeat=3 if quick else 5)

@@ -20,15 +20,15 @@ from .ensemble import Ensemble, EnsembleResult
 from .memory import InsufficientMemory
 from .network import Network
 from .problem import Problem, synthetic
-from .train import (CheckpointWarning, DivergenceError, EngineWarning, LearningRateWarning,
-                    TrainResult, fit_rate, gd_step, train)
+from .train import (BottleneckWarning, CheckpointWarning, DivergenceError, EngineWarning, LearningRateWarning,
+                    TrainResult, fit_rate, gd_step, stop_threshold, train)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Problem", "synthetic", "init", "Network", "gd_step", "train", "TrainResult",
-    "DivergenceError", "BackendUnavailable", "fit_rate", "theory", "kernels", "diagnostics",
+    "DivergenceError", "BackendUnavailable", "fit_rate", "stop_threshold", "theory", "kernels", "diagnostics",
     "checkpoint", "memory", "InsufficientMemory", "CheckpointError", "CorruptCheckpoint",
-    "CheckpointMismatch", "EngineWarning", "LearningRateWarning", "CheckpointWarning",
+    "CheckpointMismatch", "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning",
     "ensemble", "Ensemble", "EnsembleResult", "__version__",
 ]

@@ -65,6 +65,12 @@ def positive_int(x, name: str) -> int:
 
 def widths_list(widths, name: str = "widths") -> tuple[int, ...]:
     """``[d_0, ..., d_L]``: at least two positive integers (depth L >= 1)."""
+    if isinstance(widths, (set, frozenset, dict)) or not hasattr(widths, "__len__") and not hasattr(widths, "__iter__"):
+        # a set has no order and a dict's keys are an accident: [d_0, ..., d_L] must be ordered
+        raise TypeError(f"{name}: must be an ordered sequence (list, tuple, array) of positive "
+                        f"integers [d_0, ..., d_L], got a {type(widths).__name__}")
+    if isinstance(widths, (str, bytes)):
+        raise TypeError(f"{name}: must be a sequence of positive integers [d_0, ..., d_L], got {widths!r}")
     try:
         seq = list(widths)
     except TypeError:

@@ -175,39 +175,49 @@ def _hash_stream(f, nbytes) -> str:
     return h.hexdigest()
 
 
-def _check_file(path) -> None:
-    """Verify the whole-file trailer: sha256 of every byte before it."""
-    size = os.path.getsize(path)
+def _check_file(f, path) -> None:
+    """Verify the whole-file trailer of the open file ``f``: sha256 of every byte before it.
+
+    Size and contents come from the same open file descriptor, so a writer's
+    ``os.replace`` onto ``path`` between the two reads cannot mix two files
+    (the old file stays readable through the descriptor until it is closed).
+    """
+    size = os.fstat(f.fileno()).st_size
     if size < _TRAILER_LEN:
         raise CorruptCheckpoint(f"resume: checkpoint {path!r} is corrupt or truncated and was not "
                                 f"loaded ({size} bytes)")
-    with open(path, "rb") as f:
-        f.seek(size - _TRAILER_LEN)
-        trailer = f.read(_TRAILER_LEN)
-        if not trailer.startswith(_TRAILER_TAG) or not trailer.endswith(b"\n"):
-            raise CorruptCheckpoint(f"resume: {path!r} is corrupt, truncated or not an engine "
-                                    "checkpoint (no intact checksum trailer); it was not loaded")
-        stored = trailer[len(_TRAILER_TAG):-1].decode("ascii", "replace")
-        f.seek(0)
-        actual = _hash_stream(f, size - _TRAILER_LEN)
+    f.seek(size - _TRAILER_LEN)
+    trailer = f.read(_TRAILER_LEN)
+    if not trailer.startswith(_TRAILER_TAG) or not trailer.endswith(b"\n"):
+        raise CorruptCheckpoint(f"resume: {path!r} is corrupt, truncated or not an engine "
+                                "checkpoint (no intact checksum trailer); it was not loaded")
+    stored = trailer[len(_TRAILER_TAG):-1].decode("ascii", "replace")
+    f.seek(0)
+    actual = _hash_stream(f, size - _TRAILER_LEN)
     if stored != actual:
         raise CorruptCheckpoint(
             f"resume: checkpoint {path!r} fails its checksum (stored sha256 {stored[:16]}..., "
             f"file hashes to {actual[:16]}...); it is corrupt and was not loaded")
+    f.seek(0)
 
 
 def _read(path) -> dict:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"resume: checkpoint {path!r} does not exist")
-    _check_file(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"resume: {path!r} is a directory, not a checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise CorruptCheckpoint(
-            f"resume: checkpoint {path!r} is corrupt or truncated and was not loaded "
-            f"({type(exc).__name__}: {exc})") from None
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"resume: checkpoint {path!r} does not exist") from None
+    with f:
+        _check_file(f, path)
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:
+            raise CorruptCheckpoint(
+                f"resume: checkpoint {path!r} is corrupt or truncated and was not loaded "
+                f"({type(exc).__name__}: {exc})") from None
     if "sha256" not in arrays or "meta" not in arrays:
         raise CorruptCheckpoint(f"resume: {path!r} is not an engine checkpoint (no checksum or metadata)")
     stored = bytes(arrays["sha256"]).decode("ascii", "replace")
@@ -220,7 +230,7 @@ def _read(path) -> dict:
         meta = json.loads(bytes(arrays.pop("meta")).decode())
     except Exception as exc:  # pragma: no cover - a valid checksum makes this unreachable
         raise CorruptCheckpoint(f"resume: checkpoint {path!r} has unreadable metadata ({exc})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CorruptCheckpoint(f"resume: {path!r} is not an engine checkpoint")
     if meta.get("version") != VERSION:
         raise CheckpointError(
@@ -253,6 +263,8 @@ def unpack_network(arrays: dict, meta: dict, prob, prefix: str = "") -> Network:
     widths = tuple(meta["widths"])
     dtype = np.dtype(meta["dtype"])
     L = len(widths) - 1
+    from . import memory
+    memory.check(widths, dtype)   # the guard init functions apply, before allocating (issue 11 item 4)
     layers, stack = _alloc_layers(widths, dtype)
     for i in range(1, L):
         layers[i][...] = arrays[f"{prefix}layer_{i}"]
@@ -275,6 +287,186 @@ def unpack_network(arrays: dict, meta: dict, prob, prefix: str = "") -> Network:
     return net
 
 
+# -- field validation ----------------------------------------------------------
+#
+# A checkpoint with a valid checksum can still hold bad metadata (written by a
+# buggy or hostile tool that recomputed the checksums). Every field is checked
+# here, so such a file fails at load with CorruptCheckpoint naming the field,
+# never later with a raw KeyError, IndexError or broadcast error, and never
+# silently (a "nan" divergence threshold would switch divergence detection off).
+
+def _bad(path, field, why):
+    return CorruptCheckpoint(f"resume: checkpoint {path!r} has an invalid field {field!r}: {why}; "
+                             "it was not loaded")
+
+
+def _get(meta, key, path, prefix=""):
+    if not isinstance(meta, dict) or key not in meta:
+        raise _bad(path, prefix + key, "missing")
+    return meta[key]
+
+
+def _int_field(v, field, path, lo=0):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise _bad(path, field, f"must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _real_field(v, field, path, lo=None, positive=False, allow_inf=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _bad(path, field, f"must be a number, got {v!r}")
+    v = float(v)
+    if v != v or (not allow_inf and not np.isfinite(v)):
+        raise _bad(path, field, f"must be a finite number, got {v!r}")
+    if positive and not v > 0:
+        raise _bad(path, field, f"must be > 0, got {v!r}")
+    if lo is not None and v < lo:
+        raise _bad(path, field, f"must be >= {lo}, got {v!r}")
+    return v
+
+
+def _array_field(arrays, key, path, shape=None, ndim=None, dtype=None, finite=True):
+    if key not in arrays:
+        raise _bad(path, key, "missing")
+    a = arrays[key]
+    if ndim is not None and a.ndim != ndim:
+        raise _bad(path, key, f"must be {ndim}-D, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise _bad(path, key, f"must have shape {tuple(shape)}, got {a.shape}")
+    if dtype is not None and a.dtype != np.dtype(dtype):
+        raise _bad(path, key, f"must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if finite:
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise _bad(path, key, f"must be numeric, got dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise _bad(path, key, "contains NaN or Inf")
+    return a
+
+
+def _check_net_fields(arrays, net, path, prefix=""):
+    where = "net." if not prefix else "start."
+    widths = _get(net, "widths", path, where)
+    if (not isinstance(widths, list) or len(widths) < 2
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+        raise _bad(path, where + "widths", f"must be a list of >= 2 positive integers, got {widths!r}")
+    dt = _get(net, "dtype", path, where)
+    try:
+        dtype = np.dtype(dt)
+    except TypeError:
+        raise _bad(path, where + "dtype", f"not a dtype: {dt!r}") from None
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise _bad(path, where + "dtype", f"must be float64 or float32, got {dt!r}")
+    if not isinstance(_get(net, "init", path, where), str):
+        raise _bad(path, where + "init", f"must be a string, got {net['init']!r}")
+    seed = net.get("seed")
+    if not (seed is None or isinstance(seed, str) or (isinstance(seed, int) and not isinstance(seed, bool))):
+        raise _bad(path, where + "seed", f"must be an integer, None or a string, got {seed!r}")
+    bound = _get(net, "bound", path, where)
+    if not isinstance(bound, bool):
+        raise _bad(path, where + "bound", f"must be true or false, got {bound!r}")
+    L = len(widths) - 1
+    n_layers = sum(1 for k in arrays if k.startswith(prefix + "layer_") and k[len(prefix) + 6:].isdigit())
+    if n_layers != L:
+        raise _bad(path, where + "widths", f"{widths!r} give depth {L} but the file holds {n_layers} layers")
+    for i in range(1, L):
+        _array_field(arrays, f"{prefix}layer_{i}", path, shape=(widths[i + 1], widths[i]), dtype=dtype)
+    if bound:
+        first = _array_field(arrays, f"{prefix}layer_0", path, ndim=2, dtype=dtype)
+        if first.shape[0] != widths[1] or not 1 <= first.shape[1] <= widths[0]:
+            raise _bad(path, f"{prefix}layer_0", f"must have shape ({widths[1]}, r) with 1 <= r <= "
+                       f"{widths[0]} (bound first layer), got {first.shape}")
+        _array_field(arrays, f"{prefix}perp", path, shape=(widths[1], widths[0]), dtype=dtype)
+    else:
+        _array_field(arrays, f"{prefix}layer_0", path, shape=(widths[1], widths[0]), dtype=dtype)
+    _array_field(arrays, f"{prefix}log_s", path, shape=(L,))
+    _array_field(arrays, f"{prefix}log_beta", path, shape=())
+    if f"{prefix}sigma" in arrays:
+        sig = _array_field(arrays, f"{prefix}sigma", path)
+        if sig.size and not (sig > 0).all():
+            raise _bad(path, f"{prefix}sigma", "must be > 0")
+
+
+def validate_fields(meta, arrays, path) -> None:
+    """Check every field of a checksum-valid checkpoint; raise CorruptCheckpoint naming the first bad one."""
+    _check_net_fields(arrays, _get(meta, "net", path), path)
+    t = _int_field(_get(meta, "t", path), "t", path)
+    steps = _int_field(_get(meta, "steps", path), "steps", path)
+    if steps < t:
+        raise _bad(path, "steps", f"must be >= the saved step t = {t}, got {steps}")
+    _real_field(_get(meta, "lr", path), "lr", path, positive=True)
+    tol = _get(meta, "tol", path)
+    if tol is not None:
+        _real_field(tol, "tol", path, lo=0.0)
+    _int_field(_get(meta, "record_every", path), "record_every", path, lo=1)
+    every = _get(meta, "checkpoint_every", path)
+    if every is not None:
+        _int_field(every, "checkpoint_every", path, lo=1)
+    rec = _get(meta, "record", path)
+    if rec is not None and not (isinstance(rec, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in rec.items())):
+        raise _bad(path, "record", f"must be null or {{name: stride >= 1}}, got {rec!r}")
+    if not isinstance(_get(meta, "backend", path), str):
+        raise _bad(path, "backend", f"must be a backend name, got {meta['backend']!r}")
+    state = meta.get("backend_state")
+    if state is not None and not isinstance(state, dict):
+        raise _bad(path, "backend_state", f"must be null or an object, got {state!r}")
+    fp = _get(meta, "problem", path)
+    if not (isinstance(fp, str) and len(fp) >= 16):
+        raise _bad(path, "problem", f"must be the problem's sha256 fingerprint, got {fp!r}")
+    hi = _get(meta, "hi", path)
+    try:
+        hi_v = float(hi)
+    except (TypeError, ValueError):
+        raise _bad(path, "hi", f"must be a number (the divergence threshold), got {hi!r}") from None
+    if not hi_v > 0:   # NaN fails this too: it would switch divergence detection off
+        raise _bad(path, "hi", f"must be a number > 0 or inf (the divergence threshold), got {hi!r}")
+    _real_field(_get(meta, "wall_time", path), "wall_time", path, lo=0.0)
+    ht = _array_field(arrays, "hist_t", path, ndim=1)
+    if not np.issubdtype(ht.dtype, np.integer):
+        raise _bad(path, "hist_t", f"must hold integer steps, got dtype {ht.dtype}")
+    _array_field(arrays, "hist_excess", path, shape=ht.shape, finite=False)
+    if ht.size and (ht[0] < 0 or ht[-1] >= max(t, 1) or (np.diff(ht) <= 0).any()):
+        raise _bad(path, "hist_t", f"must be increasing steps in [0, t = {t}), got {ht[:3]}...{ht[-3:]}")
+    if np.isnan(arrays["hist_excess"]).any():
+        raise _bad(path, "hist_excess", "contains NaN")
+    if "data_X" in arrays or "data_Y" in arrays:
+        widths = meta["net"]["widths"]
+        X = _array_field(arrays, "data_X", path, ndim=2)
+        _array_field(arrays, "data_Y", path, shape=(widths[-1], X.shape[1]))
+        if X.shape[0] != widths[0]:
+            raise _bad(path, "data_X", f"must have d_0 = {widths[0]} rows, got {X.shape}")
+        r = _real_field(_get(meta, "rtol", path), "rtol", path, lo=0.0)
+        if r >= 1:
+            raise _bad(path, "rtol", f"must be < 1, got {r!r}")
+    if "start" in meta:
+        _check_net_fields(arrays, meta["start"], path, prefix="start_")
+    recs = meta.get("recorders", [])
+    if not isinstance(recs, list):
+        raise _bad(path, "recorders", f"must be a list, got {type(recs).__name__}")
+    if len(recs) != len(rec or {}):
+        raise _bad(path, "recorders", f"has {len(recs)} entries for record={rec!r}")
+    for k, info in enumerate(recs):
+        f = f"recorders[{k}]"
+        if not isinstance(info, dict):
+            raise _bad(path, f, "must be an object")
+        n = _int_field(_get(info, "n", path, f + "."), f + ".n", path)
+        kind = _get(info, "kind", path, f + ".")
+        _real_field(_get(info, "seconds", path, f + "."), f + ".seconds", path, lo=0.0)
+        if not isinstance(_get(info, "scalar", path, f + "."), bool):
+            raise _bad(path, f + ".scalar", "must be true or false")
+        _array_field(arrays, f"rec{k}_t", path, shape=(n,), finite=False)
+        if kind == "stacked":
+            v = _array_field(arrays, f"rec{k}_values", path, finite=False)
+            if v.ndim < 1 or v.shape[0] != n:
+                raise _bad(path, f"rec{k}_values", f"must hold {n} values, got shape {v.shape}")
+        elif kind == "each":
+            for j in range(n):
+                _array_field(arrays, f"rec{k}_v{j}", path, finite=False)
+        else:
+            raise _bad(path, f + ".kind", f"must be 'stacked' or 'each', got {kind!r}")
+
+
 class Checkpoint:
     """A verified checkpoint read from disk.
 
@@ -285,6 +477,7 @@ class Checkpoint:
     def __init__(self, path, arrays):
         self.path = os.fspath(path)
         self.meta = arrays.pop("__meta__")
+        validate_fields(self.meta, arrays, self.path)
         self.arrays = arrays
         self.step = int(self.meta["t"])
         self.lr = float(self.meta["lr"])

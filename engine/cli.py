@@ -59,6 +59,16 @@ def _positive_float(text):
     return v
 
 
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+    if not (v >= 0 and np.isfinite(v)):   # NaN fails this too (it would silently disable the stop)
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
 def _lr(text):
     if text == "theory":
         return text
@@ -66,6 +76,17 @@ def _lr(text):
         return _positive_float(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected 'theory' or a positive number, got {text!r}") from None
+
+
+def _record_arg(text):
+    from engine import diagnostics
+    name, sep, stride = text.partition(":")
+    if name not in diagnostics.RECORDERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown diagnostic {name!r} in {text!r}; choose from {sorted(diagnostics.RECORDERS)}")
+    if not sep:
+        return name, 1
+    return name, _positive_int(stride)
 
 
 def parse_widths(text) -> list:
@@ -88,6 +109,31 @@ def parse_widths(text) -> list:
     if len(out) < 2:
         raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
     return out
+
+
+def parse_width_runs(text) -> list:
+    """'1024,256x63,10' -> [(1024, 1), (256, 63), (10, 1)], without expanding (for estimates)."""
+    runs = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            w, k = (int(x) for x in part.split("x")) if "x" in part else (int(part), 1)
+        except ValueError:
+            raise ValueError(f"--widths: cannot read {part!r} in {text!r}; "
+                             "write widths like 1024,256x63,10 (WxK = K layers of width W)") from None
+        if w < 1 or k < 1:
+            raise ValueError(f"--widths: widths and counts must be >= 1, got {part!r}")
+        runs.append((w, k))
+    if sum(k for _, k in runs) < 2:
+        raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
+    return runs
+
+
+def _width_runs_arg(text):
+    try:
+        return parse_width_runs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--widths: ", "")) from None
 
 
 def _widths_arg(text):
@@ -131,6 +177,9 @@ _EXPERIMENT_HELP = {
     "exponential_curse": "HXP Thm 4.1 / Shamir 2018: steps to leave the [0.4, 0.6]||Y||^2 band vs depth",
     "rate_vs_kappa": "DH: steps to eps vs kappa, deep wide Gaussian net next to linear regression (L = 1)",
     "width_threshold": "smallest trainable width per depth and init (bisection), with fitted slope",
+    "lazy_gap": "gap between the true run and its lazy (linearized) twin vs width, depth 8, both inits",
+    "sharpness": "edge of stability: Hessian top eigenvalue during GD vs 2/eta, both inits",
+    "lyapunov_spectra": "log singular values of the product, Gaussian vs orthogonal vs finite-width theory",
 }
 
 
@@ -158,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
     d.add_argument("--depth", type=_positive_int, default=64, help="depth L (default 64)")
     d.add_argument("--steps", type=_positive_int, default=2000, help="GD step budget (default 2000)")
-    d.add_argument("--seed", type=int, default=0, help="seed for data and inits (default 0)")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="init seed (default 0, as train, sweep and reproduce)")
+    d.add_argument("--data-seed", type=_nonneg_int, default=0, help="data seed (default 0)")
     d.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
     d.add_argument("--out", default="engine-demo.png", help="figure path (default engine-demo.png)")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
@@ -170,12 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "finished runs) and draw its figure.\n\nexperiments:\n" +
                     "\n".join(f"  {k:18s} {v}" for k, v in _EXPERIMENT_HELP.items()),
         epilog="examples:\n  python -m engine reproduce hxp                       # ~1-2 min on 2 cores\n"
+               "  python -m engine reproduce all --out-dir docs        # every committed figure + table\n"
                "  python -m engine reproduce phase_diagram --out pd.png  # default grid, a few minutes\n"
                "  python -m engine reproduce phase_diagram --full --db full.db   # the published grid (hours)\n"
                "  python -m engine reproduce exponential_curse --size quick --serial",
         formatter_class=raw)
-    r.add_argument("experiment", choices=list(_EXPERIMENT_HELP), metavar="EXPERIMENT",
-                   help="one of: " + ", ".join(_EXPERIMENT_HELP))
+    r.add_argument("experiment", choices=list(_EXPERIMENT_HELP) + ["all"], metavar="EXPERIMENT",
+                   help="one of: " + ", ".join(_EXPERIMENT_HELP) + "; 'all' = every figure committed under "
+                        "docs/ at its committed grid size, with its table NAME.csv (use --out-dir)")
+    r.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="with 'all': directory for the figures and their tables (default .)")
     r.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
                    help="grid size: tiny (smoke test), quick, default, full (default: 'default'; "
                         "'quick' for hxp)")
@@ -193,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m engine train --widths 1024,256x63,10 --lr 1e-5 --steps 500 --history h.csv --plot t.png\n"
                "  python -m engine train --d-in 16 --n 16 --d-out 2 --kappa 10 --width 256 --depth 4 --tol 1e-10",
         formatter_class=raw)
-    t.add_argument("--init", choices=["gaussian", "orthogonal"], default="gaussian", help="initialization (default gaussian)")
+    t.add_argument("--init", choices=["gaussian", "orthogonal", "identity"], default="gaussian",
+                   help="initialization (default gaussian; identity: engine.init.identity, HXP's lr)")
     t.add_argument("--width", type=_positive_int, default=128, help="hidden width m (default 128)")
     t.add_argument("--depth", type=_positive_int, default=16, help="depth L (default 16)")
     t.add_argument("--widths", type=_widths_arg, default=None,
@@ -203,22 +258,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--d-out", type=_positive_int, default=10, help="output dimension (default 10)")
     t.add_argument("--kappa", type=_positive_float, default=None, help="prescribed condition number of X")
     t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
-    t.add_argument("--data-seed", type=int, default=0, help="data seed (default 0)")
-    t.add_argument("--seed", type=int, default=1, help="init seed (default 1)")
+    t.add_argument("--data-seed", type=_nonneg_int, default=0, help="data seed (default 0)")
+    t.add_argument("--seed", type=_nonneg_int, default=0, help="init seed (default 0, as demo, sweep and reproduce)")
     t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space) or 'theory' (default)")
     t.add_argument("--steps", type=_nonneg_int, default=None,
                    help="GD step budget (default 1000; with --resume: the checkpoint's, raise it to extend the run)")
-    t.add_argument("--tol", type=float, default=1e-12,
-                   help="stop when l - OPT <= TOL * ||Y||_F^2 (default 1e-12; 0 = never)")
+    t.add_argument("--tol", type=float, default=None,
+                   help="relative tolerance: stop when l - OPT <= TOL * ||Y||_F^2 (default 1e-12 unless "
+                        "--atol is given; 0 = run every step); the meaning of tol in engine.train too")
+    t.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance: stop when l - OPT <= ATOL (instead of --tol)")
     t.add_argument("--backend", default="auto", help="auto, numpy, numba or cblas (default auto)")
     t.add_argument("--history", default=None, metavar="CSV", help="write t, loss, excess to this CSV")
     t.add_argument("--checkpoint", default=None, metavar="PATH", help="checkpoint file (if this engine supports it)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints (default 100)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh over an existing --checkpoint file (default: resume it when it holds "
+                        "this same run, refuse otherwise)")
     t.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in this checkpoint (its data, network, lr, tol and backend; "
                         "the other options describing the run are ignored)")
-    t.add_argument("--plot", default=None, metavar="PNG", help="figure of the excess loss vs step")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--plot", default=None, metavar="PNG",
+                   help="figure of the excess loss vs step (with --record sharpness: sharpness vs 2/eta; "
+                        "with --record lazy: the linearized run)")
+    t.add_argument("--record", type=_record_arg, action="append", default=None, metavar="NAME:STRIDE",
+                   help="record a diagnostic every STRIDE steps (repeatable), NAME one of "
+                        "gram, spectra, interior, distance, sharpness, lazy; e.g. --record sharpness:10")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    t.add_argument("--log-every", default=None, metavar="N|Ns",
+                   help="progress as one line on stderr every N steps (500) or N seconds (10s); default: "
+                        "a bar on a terminal, otherwise a line every 10 s")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser(
@@ -285,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network of those widths needs.",
                        epilog="examples:\n  python -m engine info\n  python -m engine info --widths 1024,1000x699,10 --dtype float32",
                        formatter_class=raw)
-    i.add_argument("--widths", type=_widths_arg, default=None, help="widths d_0,...,d_L, e.g. 1024,256x63,10")
+    i.add_argument("--widths", type=_width_runs_arg, default=None, help="widths d_0,...,d_L, e.g. 1024,256x63,10")
     i.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="dtype (default float64)")
     i.add_argument("--ensemble", type=_positive_int, default=1, help="ensemble members (default 1)")
     i.set_defaults(func=cmd_info)
@@ -305,8 +374,15 @@ def main(argv=None) -> int:
         return 2
     from engine.checkpoint import CheckpointError
     from engine.results import ResultsDBError
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line   # restored on exit of the block
+            return int(args.func(args) or 0)
     except (ValueError, TypeError, _UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -317,15 +393,67 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (finished runs are in the database; re-run to resume)", file=sys.stderr)
+        print(_interrupt_message(args), file=sys.stderr)
         return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 
+def _interrupt_message(args) -> str:
+    """The one line printed on Ctrl-C: what is kept and how to resume (issue 11 item 1, issue 12 item 3)."""
+    cmd = args.command
+    if cmd == "train":
+        path = getattr(args, "checkpoint", None) or getattr(args, "resume", None)
+        if path and os.path.isfile(path):
+            return (f"interrupted: checkpoint {path} keeps the state of its last write (every "
+                    f"{args.checkpoint_every} steps); run the same command again to resume from it")
+        return "interrupted: nothing was saved (give --checkpoint PATH to make a run resumable)"
+    if cmd in ("sweep", "reproduce"):
+        db = getattr(args, "db", None) or f"engine-{getattr(args, 'experiment', '')}.db"
+        return (f"interrupted: every finished run is in {db}; run the same command again to resume "
+                "(finished runs are skipped)")
+    return "interrupted"
+
+
 class _UsageError(Exception):
     """A bad combination of arguments (exit 2)."""
+
+
+def _check_backend(name, widths=None):
+    """Refuse an unknown or unavailable --backend before any work or output (ValueError /
+    BackendUnavailable naming backend)."""
+    from engine import kernels
+    try:
+        kernels.get(name, shape=None if widths is None else (widths, 1))
+    except kernels.BackendUnavailable as exc:
+        raise _UsageError(f"--{exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
+
+
+def _stop_args(args):
+    """(tol, atol) for engine.train from --tol / --atol; both relative/absolute as in the API."""
+    for name in ("tol", "atol"):
+        v = getattr(args, name)
+        if v is not None and not (v >= 0 and np.isfinite(v)):
+            raise ValueError(f"--{name}: must be a finite number >= 0, got {v}")
+    if args.tol is not None and args.atol is not None:
+        raise _UsageError("--tol and --atol: give one (--tol relative to ||Y||_F^2, --atol absolute)")
+    if args.atol is not None:
+        return None, (args.atol if args.atol > 0 else None)
+    tol = 1e-12 if args.tol is None else args.tol
+    return (tol if tol > 0 else None), None
+
+
+def _log_every(args):
+    from engine.train import _log_every_value
+    try:
+        _log_every_value(args.log_every)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--{exc}") from None
+    return args.log_every
+
 
 
 def _fmt_bytes(n):
@@ -351,8 +479,9 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (ok, why) in kernels.availability().items():
         print(f"  {name:7s} {'available' if ok else 'unavailable: ' + why}")
-    print(f"  auto  -> {kernels.get('auto').name} (for the widest layers; narrow nets may get another, "
-          "see engine/kernels/__init__.py)")
+    if args.widths is None:
+        print("  auto    picks per network shape ('python -m engine info --widths 1024,256x63,10' "
+              "prints its choice for those widths, and why)")
     if kernels.availability()["cblas"][0]:
         from engine.kernels import cblas_backend
         print(f"  cblas schedule={cblas_backend.SCHEDULE} openmp_threads={cblas_backend.openmp_threads}")
@@ -369,8 +498,12 @@ def cmd_info(args) -> int:
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():
-            print(f"  {pool.get('user_api')}: {pool.get('internal_api')} "
-                  f"{pool.get('version')} threads={pool.get('num_threads')}")
+            # OpenMP runtimes report no version: name the library instead
+            lib = pool.get("prefix") or os.path.basename(pool.get("filepath") or "") or "?"
+            impl = pool.get("internal_api")
+            desc = lib if impl in (None, lib, pool.get("user_api")) else f"{impl} ({lib})"
+            ver = f" {pool['version']}" if pool.get("version") else ""
+            print(f"  {pool.get('user_api')}: {desc}{ver} threads={pool.get('num_threads')}")
     except ImportError:
         pass
     try:
@@ -379,23 +512,27 @@ def cmd_info(args) -> int:
     except ImportError:
         print("dask.distributed not installed: sweeps run serially (pip install 'engine[dist]')")
     if args.widths is not None:
-        w = args.widths
-        itemsize = np.dtype(args.dtype).itemsize
-        try:
-            from engine import memory
-            est = memory.estimate_bytes(w, dtype=args.dtype, ensemble=args.ensemble)
-            avail = memory.available_bytes()
-            how = "engine.memory.estimate_bytes"
-        except ImportError:
-            est = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
-            avail, how = None, "weights only"
-        weights = args.ensemble * itemsize * sum(a * b for a, b in zip(w[1:], w[:-1]))
-        print(f"memory for widths [{w[0]}, ..., {w[-1]}] (depth {len(w) - 1}, {args.dtype}"
+        # arithmetic on the run-length form: 1000x10000000 is never expanded into a list
+        runs = args.widths
+        from engine import memory
+        est = memory.estimate_runs(runs, dtype=args.dtype, ensemble=args.ensemble)
+        weights = memory.breakdown_runs(runs, dtype=args.dtype, ensemble=args.ensemble)["weights"]
+        avail = memory.available_bytes()
+        depth = sum(k for _, k in runs) - 1
+        print(f"memory for widths [{runs[0][0]}, ..., {runs[-1][0]}] (depth {depth}, {args.dtype}"
               f"{', ensemble %d' % args.ensemble if args.ensemble > 1 else ''}): "
-              f"{_fmt_bytes(est)} ({how}; weights alone {_fmt_bytes(weights)})")
+              f"{_fmt_bytes(est)} (engine.memory.estimate_bytes; weights alone {_fmt_bytes(weights)})")
         if avail is not None:
             print(f"  available: {_fmt_bytes(avail)}" + ("" if est <= avail else
                   "  -> does not fit: try --dtype float32 or smaller widths"))
+        # what backend="auto" runs for these widths (data of rank d_0); may calibrate once
+        if depth <= 100_000 and est <= (avail or est):
+            w = [d for d, k in runs for _ in range(k)]
+            name, threads, why = kernels.auto_choice(w, w[0], args.dtype)
+            print(f"auto for these widths: {name}"
+                  f"{'' if threads is None else f', {threads} thread(s)'} -- {why}")
+        else:
+            print("auto for these widths: not evaluated (the network is too deep or does not fit)")
     return 0
 
 
@@ -411,6 +548,11 @@ def cmd_reproduce(args) -> int:
     from engine import experiments as ex
     name = args.experiment
     size = _size(args)
+    _check_backend(args.backend)
+    if name == "all":
+        return _reproduce_all(args)
+    if args.out_dir is not None:
+        raise _UsageError("--out-dir: only with 'reproduce all' (give --out for one figure)")
     db = args.db or f"engine-{name}.db"
     out = args.out or f"{name}.png"
     workers = _workers(args)
@@ -431,22 +573,48 @@ def cmd_reproduce(args) -> int:
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
                   f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
+        header, recs = ex.figure_table("hxp", rows, curves)
     else:
         rows = ex.run(name, db, size=size, plot=out, **kw)
         _SUMMARIES[name](rows)
+        header, recs = ex.figure_table(name, rows)
+    table = ex.write_table(os.path.splitext(out)[0] + ".csv", header, recs)   # the numbers the figure draws
     failed = sum(r["status"] == "failed" for r in rows)
-    print(f"{len(rows)} runs ({failed} failed); figure {out}; {time.perf_counter() - t0:.1f} s")
+    print(f"{len(rows)} runs ({failed} failed); figure {out}, its table {table}; "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _reproduce_all(args) -> int:
+    from engine import experiments as ex
+    if args.out or args.db or args.size or args.full:
+        raise _UsageError("reproduce all: --out, --db, --size and --full do not apply (each figure uses "
+                          "its committed grid; databases are engine-NAME.db here; use --out-dir)")
+    out_dir = args.out_dir or "."
+    workers = _workers(args)
+    t0 = time.perf_counter()
+    print(f"every committed figure and its table into {out_dir}/ ({', '.join(ex.COMMITTED_FIGURES)}); "
+          f"databases engine-NAME.db here (re-run to resume), {'serial' if workers == 0 else 'dask'}")
+    for name in ex.COMMITTED_FIGURES:
+        t1 = time.perf_counter()
+        png, csv_path = ex.reproduce_all(out_dir, db_dir=".", names=[name], workers=workers,
+                                         scheduler=args.scheduler, backend=args.backend,
+                                         progress=not args.no_progress, threads_per_run=args.threads_per_run)[0]
+        print(f"  {name:18s} {png}, {csv_path} ({time.perf_counter() - t1:.1f} s)")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
 def _print_phase(rows):
     from engine import experiments as ex
-    for init in ex.INITS:
+    for init in ex.inits_of(rows):
         cont = ex.trainability_contour(rows, init)
         pts = [(d, w) for d, w in cont if np.isfinite(w)]
         slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
         txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in cont)
-        print(f"  {init:10s} smallest trainable width: {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+        left = [d for d, w in cont if not np.isfinite(w)]
+        note = f" (L = {', '.join(map(str, left))}: none trainable, not in the fit)" if left else ""
+        print(f"  {init:10s} smallest trainable width: {txt}; fit {ex.fmt_line(slope, icpt, len(pts))}{note}")
 
 
 def _print_curse(rows):
@@ -467,11 +635,17 @@ def _print_threshold(rows):
     for init, pts in ex.threshold_table(rows).items():
         slope, icpt = ex.fit_line([d for d, _ in pts], [w for _, w in pts])
         txt = ", ".join(f"L={d}: {int(w) if np.isfinite(w) else '>max'}" for d, w in pts)
-        print(f"  {init:10s} {txt}; fit width = {slope:.2f} L + {icpt:.0f}")
+        n = sum(np.isfinite(w) for _, w in pts)
+        print(f"  {init:10s} {txt}; fit {ex.fmt_line(slope, icpt, n)}")
+
+
+def _print_beyond(rows):
+    print(f"  {len(rows)} rows (init, width, depth, ...): see the table NAME.csv")
 
 
 _SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
-              "rate_vs_kappa": _print_kappa, "width_threshold": _print_threshold}
+              "rate_vs_kappa": _print_kappa, "width_threshold": _print_threshold,
+              "lazy_gap": _print_beyond, "sharpness": _print_beyond, "lyapunov_spectra": _print_beyond}
 
 
 def load_grid_file(path):
@@ -503,6 +677,7 @@ def cmd_sweep(args) -> int:
     from engine import experiments as ex
     from engine.sweep import run_sweep
     size = _size(args)
+    _check_backend(args.backend)
     workers = _workers(args)
     t0 = time.perf_counter()
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
@@ -540,7 +715,7 @@ def plot_generic(rows, path, store=None):
     widths = {r["width"] for r in rows if r["depth"] > 1}
     depths = {r["depth"] for r in rows}
     if len(widths) > 1 and len(depths) > 1:
-        return ex.plot_phase_diagram(rows, path)
+        return ex.plot_grid(rows, path)
     plt = ex._pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows[:40]:
@@ -610,6 +785,32 @@ def cmd_export(args) -> int:
 
 # ------------------------------------------------------------------ train
 
+def _where_saved(run, args, checkpoint):
+    """The summary's lines saying where the checkpoint and the history went."""
+    if checkpoint:
+        import engine
+        try:
+            step = engine.checkpoint.load(checkpoint).step
+            print(f"checkpoint: {checkpoint} (state of step {step}; continue with "
+                  f"'python -m engine train --resume {checkpoint} --steps N')")
+        except (OSError, engine.checkpoint.CheckpointError) as exc:
+            print(f"checkpoint: {checkpoint} could not be read back ({exc})")
+    else:
+        print("checkpoint: none written (--checkpoint PATH keeps a resumable state)")
+    if getattr(args, "history", None):
+        import csv
+        d = os.path.dirname(os.path.abspath(args.history))
+        os.makedirs(d, exist_ok=True)
+        with open(args.history, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["t", "loss", "excess"])
+            for a, b, c in zip(run.t, run.loss, run.excess):
+                w.writerow([int(a), repr(float(b)), repr(float(c))])
+        print(f"history: {args.history} ({len(run.t)} rows: t, loss, excess)")
+    elif not getattr(args, "resume", None):
+        print("history: not written (--history CSV writes t, loss, excess)")
+
+
 def _resume_train(args) -> int:
     """``train --resume PATH``: everything describing the run comes from the checkpoint."""
     import engine
@@ -620,7 +821,7 @@ def _resume_train(args) -> int:
     last = f", last recorded l - OPT {saved.excess[-1]:.4e} at t = {int(saved.t[-1])}" if len(saved.t) else ""
     print(f"resuming {args.resume}: state of step {saved.step}{last}")
     try:
-        run = engine.train(resume=args.resume, progress=not args.no_progress and sys.stderr.isatty(), **kw)
+        run = engine.train(resume=args.resume, progress=not args.no_progress, log_every=args.log_every, **kw)
         status = "converged" if run.converged else "budget"
     except engine.DivergenceError as exc:
         run, status = exc.result, "diverged"
@@ -631,47 +832,51 @@ def _resume_train(args) -> int:
     print(f"lr {run.lr:.5g}, backend {run.backend}{shape}")
     print(f"status {status}: {run.steps} steps in all, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
           f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}")
+    _where_saved(run, args, args.checkpoint or args.resume)
     return 0 if status != "diverged" else 1
 
 
 def cmd_train(args) -> int:
-    import inspect
-
     import engine
+    # every option is checked before any output or work
+    _check_backend(args.backend, args.widths)
+    tol, atol = _stop_args(args)
+    _log_every(args)
     if args.resume:
-        if args.history or args.plot:
-            raise _UsageError("--resume: --history and --plot are not supported when resuming")
+        if args.history or args.plot or args.record:
+            raise _UsageError("--resume: --history, --plot and --record are not supported when resuming")
         return _resume_train(args)
     if args.steps is None:
         args.steps = 1000
-    X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
-    prob = engine.Problem(X, Y)
+    _check_outputs(args)
     widths = args.widths or [args.d_in] + [args.width] * (args.depth - 1) + [args.d_out]
     if widths[0] != args.d_in or widths[-1] != args.d_out:
         raise ValueError(f"--widths: d_0 = {widths[0]} and d_L = {widths[-1]} must match the data's "
                          f"d_in = {args.d_in} and d_out = {args.d_out}")
-    params = inspect.signature(engine.train).parameters
     kw = {}
-    if args.checkpoint or args.resume:
-        if "checkpoint" not in params:
-            raise _UsageError("--checkpoint/--resume: this engine's train() does not support checkpoints yet")
-        if args.checkpoint:
-            kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
-        if args.resume:
-            kw.update(resume=args.resume)
-    if args.tol < 0:
-        raise ValueError(f"--tol: must be >= 0, got {args.tol}")
-    tol = args.tol * prob.y_norm_sq if args.tol > 0 else None
+    if args.checkpoint:
+        from engine.train import _check_writable_dir
+        _check_writable_dir(args.checkpoint)
+        kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
+        if os.path.isfile(args.checkpoint) and not args.overwrite:
+            print(f"checkpoint {args.checkpoint} exists: resuming it if it holds this run "
+                  "(--overwrite starts afresh)")
+    X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
+    prob = engine.Problem(X, Y)
+    if args.record:
+        kw["record"] = dict(args.record)
     net = engine.init.by_name(args.init)(widths, seed=args.seed)
     print(f"data: X {args.d_in}x{args.n}, Y {args.d_out}x{args.n}, rank {prob.rank}, kappa {prob.kappa:.4g}, "
           f"||Y||_F^2 {prob.y_norm_sq:.4g}")
-    print(f"network: {args.init}, depth {len(widths) - 1}, widths [{widths[0]}, {widths[1] if len(widths) > 2 else ''}"
-          f"{', ...' if len(widths) > 3 else ''}, {widths[-1]}]")
+    print(f"network: {args.init} (seed {args.seed}), depth {len(widths) - 1}, widths [{widths[0]}, "
+          f"{widths[1] if len(widths) > 2 else ''}{', ...' if len(widths) > 3 else ''}, {widths[-1]}]")
+    stop = (f"l - OPT <= {atol:g}" if atol is not None else
+            f"l - OPT <= {tol:g} ||Y||_F^2" if tol is not None else "none (every step)")
+    print(f"stop: {stop}; budget {args.steps} steps")
     status = "budget"
-    progress = not args.no_progress and sys.stderr.isatty()
     try:
-        run = engine.train(net, prob, lr=args.lr, steps=args.steps, tol=tol, backend=args.backend,
-                           progress=progress, **kw)
+        run = engine.train(net, prob, lr=args.lr, steps=args.steps, tol=tol, atol=atol, backend=args.backend,
+                           progress=not args.no_progress, log_every=args.log_every, **kw)
         status = "converged" if run.converged else "budget"
     except engine.DivergenceError as exc:
         run, status = exc.result, "diverged"
@@ -681,48 +886,95 @@ def cmd_train(args) -> int:
     print(f"status {status}: {run.steps} steps, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
           f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}, "
           f"theorem factor {run.predicted:.6f}, {run.wall_time:.2f} s")
-    if args.history:
-        import csv
-        d = os.path.dirname(os.path.abspath(args.history))
-        os.makedirs(d, exist_ok=True)
-        with open(args.history, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["t", "loss", "excess"])
-            for a, b, c in zip(run.t, run.loss, run.excess):
-                w.writerow([int(a), repr(float(b)), repr(float(c))])
-        print(f"history: {args.history}")
+    _where_saved(run, args, args.checkpoint)
     if args.plot:
         from engine import experiments as ex
         plt = ex._pyplot()
-        fig, ax = plt.subplots(figsize=(6.0, 4.0))
+        sharp = run.records.get("sharpness")
+        if sharp is not None:
+            fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+        else:
+            fig, ax = plt.subplots(figsize=(6.0, 4.0))
         e = np.asarray(run.excess)
         ax.semilogy(run.t, e / e[0], label=f"{args.init}, rate {run.rate:.5f}")
         if np.isfinite(run.predicted) and 0 < run.predicted < 1:
             ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":", label="theorem bound")
+        lazy = run.records.get("lazy")
+        if lazy is not None:
+            lv = np.asarray(lazy["values"], dtype=float)
+            ax.semilogy(lazy["t"], lv[:, 0] / e[0], "--", label="lazy twin (linearized at t = 0)")
         ax.set_xlabel("GD step t")
         ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
         ax.set_title(f"{args.init}, depth {len(widths) - 1}, {status}", fontsize=9)
         ax.legend(fontsize=8)
+        if sharp is not None:
+            sv = np.asarray(sharp["values"], dtype=float)[:, 0]
+            ax2.plot(sharp["t"], sv, "o-", ms=3, label="sharpness lambda_max(Hessian)")
+            ax2.axhline(2.0 / run.lr, color="k", ls="--", lw=1, label=f"2 / eta = {2.0 / run.lr:.4g}")
+            ax2.set_xlabel("GD step t")
+            ax2.set_ylabel("sharpness")
+            ax2.set_title("edge of stability: GD is stable while sharpness < 2/eta", fontsize=9)
+            ax2.legend(fontsize=8)
         fig.tight_layout()
         ex._save(fig, args.plot)
         print(f"figure: {args.plot}")
     return 0 if status != "diverged" else 1
 
 
-def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto"):
+def _check_outputs(args):
+    """Refuse an unwritable --history or a --plot format matplotlib cannot write *before* training."""
+    if args.history:
+        d = os.path.dirname(os.path.abspath(args.history))
+        if os.path.isdir(args.history):
+            raise ValueError(f"--history: {args.history!r} is a directory, not a CSV file path")
+        probe = d
+        while not os.path.isdir(probe):   # the directories are created later: check the first existing one
+            if os.path.exists(probe):
+                raise ValueError(f"--history: {args.history!r} cannot be written ({probe!r} is a file, "
+                                 "not a directory)")
+            probe = os.path.dirname(probe)
+        try:   # really create a file there: os.access says yes for root even on /proc
+            import tempfile
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+            writable = not os.path.exists(args.history) or os.access(args.history, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            raise ValueError(f"--history: {args.history!r} cannot be written (directory {probe!r} "
+                                  "or the file is not writable)")
+    if args.plot:
+        ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        try:
+            from engine import experiments as ex
+            plt = ex._pyplot()
+            fig = plt.figure()
+            kinds = set(fig.canvas.get_supported_filetypes())
+            plt.close(fig)
+        except (ImportError, RuntimeError):
+            raise _UsageError("--plot: needs matplotlib (pip install 'engine[plot]')") from None
+        if ext not in kinds:
+            raise ValueError(f"--plot: cannot write a {'.' + ext if ext else 'file without extension'} "
+                             f"figure; use one of {', '.join('.' + k for k in sorted(kinds))}")
+
+
+def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto", data_seed=0):
     """Train Gaussian and orthogonal nets of widths [1024, m, ..., m, 10] on HXP data.
 
-    Returns a list of dict rows (one per init) with the TrainResult under "run".
+    Init seed ``seed`` and data seed ``data_seed`` (both default 0, as
+    ``train``, sweeps and ``reproduce hxp``, so the same defaults give the same
+    networks); stop at l - OPT <= 1e-12 ||Y||_F^2. Returns (prob, rows): one
+    dict row per init with the TrainResult under "run".
     """
     import engine
 
-    X, Y = engine.synthetic(1024, 16, 10, seed=seed)
+    X, Y = engine.synthetic(1024, 16, 10, seed=data_seed)
     prob = engine.Problem(X, Y)
     widths = [1024] + [width] * (depth - 1) + [10]
-    tol = 1e-12 * prob.y_norm_sq
+    tol = 1e-12   # relative to ||Y||_F^2
     rows = []
     for init in ("gaussian", "orthogonal"):
-        net = engine.init.by_name(init)(widths, seed=seed + 1)
+        net = engine.init.by_name(init)(widths, seed=seed)
         row = {"init": init}
         try:
             run = engine.train(net, prob, lr="theory", steps=steps, tol=tol, backend=backend)
@@ -736,7 +988,8 @@ def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto"):
 
 def cmd_demo(args) -> int:
     t0 = time.perf_counter()
-    prob, rows = run_demo(args.width, args.depth, args.steps, args.seed, args.backend)
+    _check_backend(args.backend)
+    prob, rows = run_demo(args.width, args.depth, args.steps, args.seed, args.backend, args.data_seed)
     print(f"HXP data: X 1024x16, Y = W* X (10x16), ||Y||_F^2 = {prob.y_norm_sq:.4g}, kappa = {prob.kappa:.3f}")
     print(f"network: width {args.width}, depth {args.depth}; lr = the theorem's (DH Thm 4.1 / HXP Thm 3.1); "
           f"tol = 1e-12 ||Y||_F^2; budget {args.steps} steps")

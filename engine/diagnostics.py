@@ -9,6 +9,13 @@
     interior_norms(net, pairs)  ||W_{j:i}|| / m^((j-i+1)/2)  (DH Prop 6.4)
     distance_from_init(net, net0)  ||W_i(t) - W_i(0)||_F  (DH C(t), HXP C(t))
 
+Beyond the two papers (quantities they do not define):
+
+    hessian_vector_product(net, prob, V)  exact H V of l in W-space, O(L) matmuls
+    sharpness(net, prob, k)     top k Hessian eigenvalues (Lanczos; edge of stability: 2/eta)
+    lyapunov(net, i, j)         all log singular values of A_j ... A_i (QR accumulation)
+    LazyTwin(net, prob, lr)     GD on the linearization at a state: (I - eta P(0))^t vec R(0)
+
 Everything is computed on the reduced data of DESIGN.md (X_red = diag(S_r),
 first layer B_1 = A_1 U_r) in normalized storage (W_i = s_i A_i), with chain
 products renormalized as they are built and every paper-scale factor
@@ -22,7 +29,9 @@ never has), and W_{i:1} X has the singular values of W_{i:1} U_r S_r.
 ``rec(net)`` returns the quantity for the current state; ``engine.train(...,
 record={name: stride})`` calls it every ``stride`` steps (and at the final
 state) and stores the results in ``run.records[name]``. Names: "gram",
-"spectra", "interior", "distance".
+"spectra", "interior", "distance", "sharpness" (top Hessian eigenvalue) and
+"lazy" ([l_lin(t) - OPT, l(t) - OPT]: the lazy twin started at the run's
+first state, at the run's lr).
 """
 from __future__ import annotations
 
@@ -35,11 +44,28 @@ import numpy as np
 from ._validate import positive_int
 from .network import Network
 
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with BLAS limited to one thread. sharpness and lyapunov are long loops of
+    tiny matmuls / QRs (width-sized), where a second BLAS thread costs more in hand-offs than
+    it gains: a 20x slowdown was measured with 2 OpenBLAS threads. The previous limits are
+    restored on return (threadpoolctl, via engine.kernels' shared controller)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .kernels import _controller
+        with _controller().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
 __all__ = [
     "gram_eigs", "gram_matrix", "gram_operator", "GramEigs",
     "partial_spectra", "PartialSpectra",
     "interior_norms", "InteriorNorms", "default_pairs",
     "distance_from_init", "RECORDERS",
+    "hessian_vector_product", "sharpness", "lyapunov", "reduced_residual", "LazyTwin",
 ]
 
 # Above this many entries of P (= (r d_out)^2) gram_eigs(method="auto") goes
@@ -566,9 +592,366 @@ def _interior_recorder(net, prob):
     return lambda n: interior_norms(n, pairs)
 
 
+
+
+# -- beyond the two papers: Hessian, sharpness ---------------------------------------------
+#
+# Curvature of l in W-space. With W_i = s_i A_i (normalized storage), l(W) = l^(A) and
+# the W-space Hessian is D^-1 H^ D^-1 with D = diag(s_i) blockwise, so every Hessian-vector
+# product is computed on the O(1) normalized chains and rescaled per layer.
+
+@dataclass
+class _HessChains:
+    """Chains of one state on reduced data, in normalized storage (float64).
+
+    A[k-1] = A_k (A[0] = B_1 = A_1 U_r, d_1 x r); p[k] = A_k ... A_1 U_r diag(s) (d_k x r),
+    k = 0..L (p[0] = diag(s)); q[k] = beta A_L ... A_{k+1} (d_out x d_k), k = 1..L
+    (q[L] = beta I); R = beta p[L] - Y V_r (d_out x r); g[k] = q[k]^T R (d_k x r).
+    """
+
+    A: list
+    p: list
+    q: list
+    R: np.ndarray
+    g: list
+    s: np.ndarray
+    beta: float
+    shapes: list
+
+
+def _hess_chains(net, prob) -> _HessChains:
+    red = prob.reduced()
+    L = net.depth
+    A = [_first_reduced(net, prob)] + [_f64(a) for a in net._layers[1:]]
+    p = [np.diag(np.asarray(red.s, dtype=np.float64))]
+    for k in range(L):
+        p.append(A[k] @ p[-1])
+    beta = net.beta
+    d_out = net.widths[-1]
+    q = [None] * (L + 1)
+    q[L] = beta * np.eye(d_out)
+    for k in range(L, 1, -1):
+        q[k - 1] = q[k] @ A[k - 1]
+    R = beta * p[L] - red.targets
+    if not (np.all(np.isfinite(R)) and all(np.all(np.isfinite(x)) for x in q[1:])):
+        raise ValueError("net: a chain product of the weights is not finite (NaN/Inf weights, "
+                         "e.g. after a diverged run)")
+    g = [None] + [q[k].T @ R for k in range(1, L + 1)]
+    return _HessChains(A, p, q, R, g, net.scales, beta, [a.shape for a in A])
+
+
+def _hvp_reduced(ch: _HessChains, V):
+    """H_W V on reduced coordinates: V[k-1] is the W-space direction of layer k
+    (layer 1 as V_1 U_r, d_1 x r). Returns the list of blocks of H_W V, same shapes.
+
+    Forward-mode tangents of both chains (dp_k = U_k p_{k-1} + A_k dp_{k-1},
+    dq_{k-1} = dq_k A_k + q_k U_k with U_k = V_k / s_k), then
+    d(grad_k) = (dq_k^T R + q_k^T dR) p_{k-1}^T + g_k dp_{k-1}^T: 2 skinny matmuls per
+    layer per chain and two rank-r updates, O(L m^2 (r + d_out)) in all.
+    """
+    A, p, q, R, g, s = ch.A, ch.p, ch.q, ch.R, ch.g, ch.s
+    L = len(A)
+    U = [V[k] / s[k] for k in range(L)]
+    dp = [None] * (L + 1)
+    dp[0] = np.zeros_like(p[0])
+    for k in range(1, L + 1):
+        dp[k] = U[k - 1] @ p[k - 1] + A[k - 1] @ dp[k - 1]
+    dR = ch.beta * dp[L]
+    out = [None] * L
+    dq = np.zeros_like(q[L])
+    for k in range(L, 0, -1):
+        left = dq.T @ R + q[k].T @ dR                     # d_k x r
+        out[k - 1] = (left @ p[k - 1].T + g[k] @ dp[k - 1].T) / s[k - 1]
+        if k > 1:
+            dq = dq @ A[k - 1] + q[k] @ U[k - 1]
+    return out
+
+
+def hessian_vector_product(net: Network, prob, V) -> list:
+    """The Hessian of l (W-space, paper convention) applied to a direction V.
+
+    ``V`` is a list of L arrays, V[i-1] of shape (d_i, d_{i-1}) like W_i; returns
+    the list (H V)_i of the same shapes, float64. Exact: forward-mode tangents of
+    the prefix and suffix chains, O(L) skinny matmuls on reduced data (the first
+    layer through W_1 U_r: l depends on W_1 only through W_1 X, so H V has no
+    component along W_1 U_perp), no Hessian formed and no finite differences.
+    """
+    _check(net, prob)
+    L = net.depth
+    try:
+        V = list(V)
+    except TypeError:
+        raise TypeError("V: must be a list of L arrays shaped like the weights") from None
+    if len(V) != L:
+        raise ValueError(f"V: needs one array per layer (L = {L}), got {len(V)}")
+    W_shapes = [(net.widths[k + 1], net.widths[k]) for k in range(L)]
+    Vs = []
+    for k, (v, sh) in enumerate(zip(V, W_shapes)):
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != sh:
+            raise ValueError(f"V[{k}]: must have shape {sh} (like W_{k + 1}), got {v.shape}")
+        Vs.append(v)
+    basis = prob.reduced().basis
+    ch = _hess_chains(net, prob)
+    out = _hvp_reduced(ch, [Vs[0] @ basis] + Vs[1:])
+    out[0] = out[0] @ basis.T
+    return out
+
+
+def _hessian_operator(ch: _HessChains):
+    from scipy.sparse.linalg import LinearOperator
+    sizes = [a.size for a in ch.A]
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offs[-1])
+
+    def mv(x):
+        x = np.asarray(x, dtype=np.float64).ravel()
+        V = [x[offs[k]:offs[k + 1]].reshape(ch.shapes[k]) for k in range(len(sizes))]
+        return np.concatenate([b.ravel() for b in _hvp_reduced(ch, V)])
+
+    return LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=np.float64), n
+
+
+# Below this many reduced parameters sharpness(method="auto") forms the Hessian from n
+# Hessian-vector products (exact, cheap at that size); above it, Lanczos.
+HESSIAN_DENSE_MAX = 400
+
+
+@_one_blas_thread
+def sharpness(net: Network, prob, k: int = 1, *, method: str = "auto", tol: float = 1e-10,
+              maxiter: int | None = None) -> np.ndarray:
+    """Top ``k`` eigenvalues of the Hessian of l w.r.t. all weights (W-space), descending.
+
+    The edge-of-stability quantity: GD at rate eta is linearly stable at a minimum
+    only while sharpness <= 2 / eta. At a zero-residual state the Hessian is
+    J^T J, whose non-zero eigenvalues are those of J J^T = P (DH eq. 7), so
+    sharpness(k=1) = lambda_max(P) there; elsewhere the residual adds a
+    second-order term.
+
+    Parameters
+    ----------
+    k : number of eigenvalues (>= 1)
+    method : "lanczos" (scipy.sparse.linalg.eigsh on exact Hessian-vector
+        products, ``hessian_vector_product``), "dense" (the Hessian from one
+        product per parameter, numpy.linalg.eigvalsh) or "auto" (dense up to
+        HESSIAN_DENSE_MAX reduced parameters).
+    tol : relative accuracy asked of eigsh (Ritz values are usually far more
+        accurate: the error is ~ residual^2 / gap).
+    maxiter : eigsh restart cap (scipy's default when None).
+
+    Returns a (k,) float64 array. The Hessian is taken on reduced coordinates
+    (W_1 through W_1 U_r); the d_1 (d_0 - r) directions W_1 U_perp carry the
+    eigenvalue 0 exactly, and they are included in the top k when they belong.
+    """
+    _check(net, prob)
+    k = positive_int(k, "k")
+    if method not in ("auto", "lanczos", "dense"):
+        raise ValueError(f"method: must be 'auto', 'lanczos' or 'dense', got {method!r}")
+    tol = float(tol)
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    ch = _hess_chains(net, prob)
+    op, n = _hessian_operator(ch)
+    n_null = net.widths[1] * (net.widths[0] - prob.rank)
+    if k > n + n_null:
+        raise ValueError(f"k: the Hessian has only {n + n_null} eigenvalues, got k = {k}")
+    kk = min(k, n)
+    if method == "auto":
+        method = "dense" if n <= HESSIAN_DENSE_MAX else "lanczos"
+    if method == "lanczos" and kk >= n - 1:
+        method = "dense"     # eigsh needs k < n - 1 (ARPACK)
+    if method == "dense":
+        H = op @ np.eye(n)
+        ev = np.linalg.eigvalsh(0.5 * (H + H.T))[::-1][:kk]
+    else:
+        from scipy.sparse.linalg import eigsh
+        v0 = np.random.default_rng(12345).standard_normal(n)
+        ev = eigsh(op, k=kk, which="LA", tol=tol, v0=v0, maxiter=maxiter,
+                   return_eigenvectors=False)
+        ev = np.sort(ev)[::-1]
+    ev = np.concatenate([ev, np.zeros(min(k, n_null))])
+    return np.sort(ev)[::-1][:k].astype(np.float64)
+
+
+# -- beyond the two papers: Lyapunov exponents of partial products ---------------------------
+
+def _qr_sweep(factors):
+    """QR accumulation through M = F_n ... F_1 (F_1 applied first): Q_t R_t = F_t Q_{t-1}.
+
+    Returns (R_1..R_n, sum_t ln|diag R_t|): the singular values of M are those of
+    R_n ... R_1, and the sum is the Benettin estimate of their logs.
+    """
+    p = factors[0].shape[1]
+    Q = np.eye(p)
+    Rs = []
+    logd = np.zeros(p)
+    with np.errstate(divide="ignore"):
+        for F in factors:
+            Q, R = np.linalg.qr(F @ Q)
+            Rs.append(R)
+            logd += np.log(np.abs(np.diag(R)))
+    return Rs, logd
+
+
+@_one_blas_thread
+def lyapunov(net: Network, i: int = 1, j: int | None = None, *, tol: float = 1e-10,
+             max_sweeps: int = 50) -> np.ndarray:
+    """All log singular values of the square partial product A_j ... A_i, descending, (d_{i-1},).
+
+    Normalized weights A_k = W_k / s_k, with s_k the network's stored scale:
+    s_k = sqrt(d_k) sigma_k for the Gaussian init (A_k has iid N(0, 1/d_k)
+    entries: the variables DH Sec. 6 and HXP Sec. 4 reason with), sqrt(d_k)
+    for the orthogonal init (A_k orthogonal when square: every exponent is 0),
+    scale sqrt(d_k) for ``init.identity``, and for ``init.from_weights`` nets
+    s_k = ||W_k||_F / sqrt(d_{k-1}), i.e. sigma_k estimated as the RMS entry
+    of W_k. The scales never change during GD. Values are sums over the
+    layers (logs of the singular values of the product), not per-layer means.
+
+    Parameters
+    ----------
+    i, j : 1 <= i <= j <= L with d_j = d_{i-1} (the product is square);
+        j = None: the largest such j. Every width in between must be >= d_{i-1}.
+    tol, max_sweeps : the product is never formed. A first QR sweep through
+        the layers (re-orthonormalize after every layer, accumulate
+        ln|diag R|) gives the Benettin estimate (``max_sweeps=1``; for a Gaussian
+        product its i-th entry has mean L (1/2)[ln(2/m) + digamma((m-i+1)/2)]
+        exactly). Further sweeps alternate over the transposed triangular
+        factors, which is the unshifted QR algorithm on the product in
+        factored form: the diagonal converges to the exact singular values,
+        at rate sigma_{k+1}/sigma_k per sweep. It stops when no log changes by
+        more than ``tol`` in a sweep, or after ``max_sweeps`` sweeps (each
+        costs L QR factorizations of d_{i-1} x d_{i-1} matrices).
+        Exact where the product under- or overflows float64 (width 10,
+        depth 700: the smallest singular value is ~e^-1250).
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
+    L = net.depth
+    w = net.widths
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 1 <= i <= L:
+        raise ValueError(f"i: must be an integer layer index in 1..{L}, got {i!r}")
+    i = int(i)
+    p = w[i - 1]
+    if j is None:
+        cand = [jj for jj in range(i, L + 1) if w[jj] == p]
+        if not cand:
+            raise ValueError(f"i: no partial product W_{{j:{i}}} is square (d_{i - 1} = {p} equals no "
+                             f"d_j, j >= {i}); for hidden layers pass i=2")
+        j = cand[-1]
+    if isinstance(j, (bool, np.bool_)) or not isinstance(j, (int, np.integer)) or not i <= j <= L:
+        raise ValueError(f"j: must be an integer layer index in {i}..{L} or None, got {j!r}")
+    j = int(j)
+    if w[j] != p:
+        raise ValueError(f"j: W_{{{j}:{i}}} is {w[j]} x {p}, not square (d_j must equal d_{{i-1}})")
+    narrow = [k for k in range(i, j) if w[k] < p]
+    if narrow:
+        raise ValueError(f"i, j: width d_{narrow[0]} = {w[narrow[0]]} < d_{i - 1} = {p} makes "
+                         f"W_{{{j}:{i}}} singular (exponents -inf)")
+    max_sweeps = positive_int(max_sweeps, "max_sweeps")
+    tol = float(tol)
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    factors = []
+    for k in range(i, j + 1):
+        A = _f64(net._first_normalized()) if k == 1 else _f64(net._layers[k - 1])
+        if not np.all(np.isfinite(A)):
+            raise ValueError(f"net: layer {k} has NaN/Inf weights")
+        factors.append(A)
+    Rs, logd = _qr_sweep(factors)
+    est = np.sort(logd)[::-1]
+    for _ in range(max_sweeps - 1):
+        # singular values of R_n...R_1 = those of its transpose R_1^T ... R_n^T
+        Rs, logd = _qr_sweep([R.T for R in reversed(Rs)])
+        new = np.sort(logd)[::-1]
+        fin = np.isfinite(new) & np.isfinite(est)
+        done = np.all(np.abs(new[fin] - est[fin]) <= tol)
+        est = new
+        if done:
+            break
+    return est
+
+
+# -- beyond the two papers: the lazy-training twin --------------------------------------------
+
+def reduced_residual(net: Network, prob) -> np.ndarray:
+    """R = alpha W_{L:1} U_r S_r - Y V_r (d_out x r), the reduced residual (l - OPT = ||R||_F^2 / 2)."""
+    _check(net, prob)
+    red = prob.reduced()
+    E = net.beta * _f64(net._layers[-1]) if net.depth > 1 else None
+    B1 = _first_reduced(net, prob)
+    if net.depth == 1:
+        M = net.beta * B1
+    else:
+        for a in reversed(net._layers[1:-1]):
+            E = E @ _f64(a)
+        M = E @ B1
+    return M * np.asarray(red.s, dtype=np.float64)[None, :] - red.targets
+
+
+class LazyTwin:
+    """GD on the linearization of the network at a state W(0) (the lazy / NTK regime).
+
+    Linearized residual R_lin(W) = R(0) + J (W - W(0)); GD on 1/2 ||R_lin||^2 at rate
+    eta gives vec R_lin(t) = (I - eta P(0))^t vec R(0) exactly (DH eq. 6 without its
+    second-order term), P(0) the Gram matrix of DH eq. 7 at W(0). With
+    P(0) = V diag(lambda) V^T (one eigendecomposition, (r d_out)^3 work) the excess
+    is 1/2 sum_k c_k^2 (1 - eta lambda_k)^(2t), c = V^T vec R(0), in closed form per t.
+
+    Attributes: lr, lam (eigenvalues of P(0), ascending), c (coefficients), excess0.
+    """
+
+    def __init__(self, net: Network, prob, lr):
+        _check(net, prob)
+        from ._validate import positive_float
+        self.lr = positive_float(lr, "lr")
+        P = gram_matrix(net, prob)
+        lam, V = np.linalg.eigh(P)
+        r0 = reduced_residual(net, prob).reshape(-1, order="F")
+        self.lam = lam
+        self.c = V.T @ r0
+        self.excess0 = 0.5 * float(r0 @ r0)
+
+    def excess(self, t) -> np.ndarray:
+        """Excess l_lin(t) - OPT of the linearized run after t steps (t scalar or array)."""
+        t = np.asarray(t, dtype=np.float64)
+        f = np.abs(1.0 - self.lr * self.lam)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            logf = np.where(f > 0, np.log(np.where(f > 0, f, 1.0)), -np.inf)
+            terms = 0.5 * self.c[:, None] ** 2 * np.exp(2.0 * np.multiply.outer(logf, t.ravel()))
+            terms = np.where(np.isnan(terms), 0.0, terms)   # c_k = 0 with an exactly zero factor
+        out = terms.sum(axis=0).reshape(t.shape)
+        return out if out.ndim else float(out)
+
+
+# -- recorders ------------------------------------------------------------------------------
+
+def _sharpness_recorder(net, prob):
+    _check(net, prob)
+    return lambda n: sharpness(n, prob, 1)
+
+
+def _lazy_recorder(net, prob, lr):
+    """[l_lin(t) - OPT, l(t) - OPT] at each recorded step t, the twin started at ``net``."""
+    twin = LazyTwin(net, prob, lr)
+
+    def rec(n, t):
+        r = reduced_residual(n, prob)
+        return np.array([twin.excess(t), 0.5 * float(np.sum(r * r))])
+
+    rec.wants_step = True
+    return rec
+
+
+_lazy_recorder.wants_lr = True
+
+
+# A factory with ``wants_lr = True`` is called make(net, prob, lr); a recorder with
+# ``wants_step = True`` is called rec(net, t) (engine.train passes both).
 RECORDERS = {
     "distance": _distance_recorder,
     "gram": _gram_recorder,
     "spectra": _spectra_recorder,
     "interior": _interior_recorder,
+    "sharpness": _sharpness_recorder,
+    "lazy": _lazy_recorder,
 }

@@ -7,7 +7,7 @@ seeds per (depth, width) cell. An ``Ensemble`` holds K networks with the same
 widths and dtype in stacked storage and trains them together:
 
     ens = engine.ensemble.Ensemble.orthogonal([1024] + [32] * 31 + [10], seeds=range(16))
-    res = engine.ensemble.train(ens, prob, lr="theory", steps=500, tol=1e-20)
+    res = engine.ensemble.train(ens, prob, lr="theory", steps=500, tol=1e-20)   # tol relative to ||Y||_F^2
     res.excess            # (K, k) l(t) - OPT at the common record grid res.t
     res.converged         # (K,) bool
     res.diverged          # (K,) bool: that member blew up; the others are unaffected
@@ -53,7 +53,8 @@ from . import kernels, theory
 from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list, widths_match_data
 from .network import Network, _alloc_layers
 from .problem import Problem
-from .train import EXPLODE_FACTOR, TrainResult, fit_rate
+from .train import (EXPLODE_FACTOR, SNAPSHOT_EVERY, Progress, TrainResult, fit_rate, stop_threshold,
+                    warn_bottleneck)
 
 __all__ = ["Ensemble", "EnsembleResult", "train", "MEMBER_KERNEL_MAX_BYTES", "member_kernel_available"]
 
@@ -636,7 +637,8 @@ class EnsembleResult:
     rate       (K,) fitted per-step contraction factor (``engine.fit_rate``)
     predicted  (K,) the theorem's factor for the member's init and lr (nan if none)
     lr         (K,) learning rates (W-space)
-    messages   {k: str} why diverged members stopped
+    messages   {k: str} why diverged members stopped (and the step whose checked
+               state the member's weights were put back to: never non-finite)
     wall_time  seconds for the whole ensemble
     backend    backend that ran; ``schedule`` is "members-parallel" or "sequential"
     opt        OPT of the problem
@@ -734,13 +736,15 @@ def _warn_above_bound(ens, prob, lrs):
 
 
 def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None,
-          record_every: int = 1, backend: str = "auto", progress: bool = False) -> EnsembleResult:
+          record_every: int = 1, backend: str = "auto", progress: bool = False, *,
+          atol=None) -> EnsembleResult:
     """Run full-batch GD on every member of ``ens`` for up to ``steps`` steps.
 
     The same contract as ``engine.train``, member by member: each member
     stops on its own (``tol`` reached; the state is kept, not stepped), and a
     member whose loss becomes non-finite or exceeds EXPLODE_FACTOR times its
-    initial scale is marked ``diverged`` and frozen at its last finite state
+    initial scale is marked ``diverged`` and put back to its last checked state
+    (finite and below the threshold; checked every ``train.SNAPSHOT_EVERY`` steps)
     instead of raising, so one bad seed does not cost the others' results.
 
     Parameters
@@ -751,7 +755,10 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
         W-space learning rate(s); "theory" takes each member's theorem rate
         (``engine.theory.lr_bound`` of the member's ``theory.Setting``; DH Thm 4.1 /
         HXP Thm 3.1), refused (ValueError) for members no theorem covers.
-    steps, tol, record_every, progress : as in ``engine.train``
+    steps, tol, atol, record_every, progress : as in ``engine.train``
+        (``tol`` relative: a member stops when its l - OPT <= tol ||Y||_F^2;
+        ``atol`` absolute; default neither: every step runs; the progress
+        report shows the largest excess among the members still running)
     backend : "auto", "numpy", "numba" or "cblas" (see the module docstring)
 
     Returns EnsembleResult.
@@ -764,10 +771,8 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
     lrs = _lr_per_member(ens, prob, lr)
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
-    if tol is not None:
-        tol = float(tol)
-        if not (tol >= 0 and np.isfinite(tol)):
-            raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    tol = stop_threshold(prob, tol, atol)     # from here on: the absolute threshold
+    warn_bottleneck(ens.widths, prob, stacklevel=3)
     if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
         raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
 
@@ -798,17 +803,39 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
     stop_t = np.zeros(K, dtype=np.int64)
     hist = [([], []) for _ in range(K)]
     messages = {}
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps, unit="step", leave=False)
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = Progress(steps, 0, True, None, prob.y_norm_sq, tol) if progress else None
     t0 = time.perf_counter()
     t = 0
+    # Each member's last checked state (issue 11, item 2): every SNAPSHOT_EVERY
+    # steps the states are checked without stepping (hi = -inf applies nothing)
+    # and members still finite and below their threshold are copied; a member
+    # that diverges later is put back to its copy, so no diverged member is
+    # returned with non-finite or exploded weights (at lr = 1e308 the step
+    # after a finite loss overflows the weights).
+    snaps = [None] * K
+    snap_t = np.zeros(K, dtype=np.int64)
+    frozen_at = {}
+
+    def restore(k):
+        if snaps[k] is not None:
+            for dst, src in zip(ens._member_layers(k), snaps[k]):
+                dst[...] = src
+            frozen_at[int(k)] = int(snap_t[k])
+
     try:
         while True:
+            if t < steps and t % SNAPSHOT_EVERY == 0:
+                pre, _ = st.step(lo, never, active)
+                with np.errstate(invalid="ignore"):
+                    ok = active & np.isfinite(pre) & ((pre <= hi) if t > 0 else True)
+                for k in np.flatnonzero(ok):
+                    lay = ens._member_layers(k)
+                    if snaps[k] is None:
+                        snaps[k] = [a.copy() for a in lay]
+                    else:
+                        for dst, src in zip(snaps[k], lay):
+                            dst[...] = src
+                    snap_t[k] = t
             ex, _ = st.step(lo, hi if t < steps else never, active)
             if t == 0:
                 base = np.maximum(opt + ex, 0.5 * prob.y_norm_sq)
@@ -820,8 +847,10 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
                 diverged[k] = True
                 stop_t[k] = t
                 why = "is not finite" if not np.isfinite(ex[k]) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+                restore(k)
+                kept = f"; weights kept from step {frozen_at[int(k)]}" if int(k) in frozen_at else ""
                 messages[int(k)] = (f"GD diverged at step {t}: loss {opt + ex[k]:.4g} {why}; "
-                                    f"lr = {lrs[k]:.4g} is too large")
+                                    f"lr = {lrs[k]:.4g} is too large{kept}")
             good = active & ~bad
             if tol is not None:
                 converged |= good & (ex <= tol)
@@ -831,12 +860,13 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
                 hist[k][0].append(t)
                 hist[k][1].append(ex[k])
             stop_t[stop] = t
+            if bar is not None and (good.any() or not active.any()):
+                worst = float(np.max(ex[good])) if good.any() else float("nan")
+                bar.update(t, worst, not (active & ~(stop | bad)).any())
             active &= ~(stop | bad)
             if not active.any():
                 break
             t += 1
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()

@@ -37,7 +37,8 @@ import numpy as np
 from .results import ResultsDB
 from .sweep import dask_client, grid, run_sweep
 
-__all__ = ["EXPERIMENTS", "phase_diagram", "exponential_curse", "rate_vs_kappa", "width_threshold",
+__all__ = ["EXPERIMENTS", "plot_grid", "fmt_line", "figure_table", "reproduce_all", "phase_diagram", "exponential_curse", "rate_vs_kappa", "width_threshold",
+           "lazy_gap", "sharpness_eos", "lyapunov_spectra",
            "hxp_demo", "plot_phase_diagram", "plot_exponential_curse", "plot_rate_vs_kappa",
            "plot_width_threshold", "trainability_contour", "fit_line", "configs", "plot", "run"]
 
@@ -67,8 +68,15 @@ def _sweep(name, cfgs, db, workers, scheduler, backend, progress, client=None, t
     own = db is None
     store = ResultsDB(":memory:") if own else (db if isinstance(db, ResultsDB) else ResultsDB(db))
     try:
-        summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
-                            backend=backend, progress=progress, client=client, threads_per_run=threads_per_run)
+        import warnings
+        from .train import BottleneckWarning
+        with warnings.catch_warnings():
+            # the papers' grids probe widths below d_out on purpose (HXP: widths from 10, d_out = 10;
+            # the threshold bisection from 8): a warning per such run would bury the tables
+            warnings.simplefilter("ignore", BottleneckWarning)
+            summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
+                                backend=backend, progress=progress, client=client,
+                                threads_per_run=threads_per_run)
         rows = store.rows(keys=summary.keys)
         if own:
             for r in rows:   # no database to read the curves back from later: attach them
@@ -99,6 +107,56 @@ def fit_line(x, y):
         return float("nan"), float("nan")
     s, c = np.polyfit(x[ok], y[ok], 1)
     return float(s), float(c)
+
+
+def fmt_line(slope, icpt, n, var="L", y="width"):
+    """'width = 4.00 L - 3 (fit through 2 points)': the fit with its sign and its support."""
+    if not (np.isfinite(slope) and np.isfinite(icpt)):
+        return f"{y}: no fit (fewer than 2 points)"
+    c = round(icpt)
+    sign = "-" if c < 0 else "+"
+    slope = 0.0 if abs(slope) < 0.005 else slope      # no "-0.00"
+    return f"{y} = {slope:.2f} {var} {sign} {abs(c):.0f} (fit through {n} points)"
+
+
+def inits_of(rows):
+    """The inits present in ``rows``: the papers' two first, any other (e.g. "identity") after."""
+    present = {r["init"] for r in rows}
+    return [i for i in INITS if i in present] + sorted(present - set(INITS))
+
+
+phase_inits = inits_of   # the name another branch gave the same helper
+
+
+_INIT_COLORS = {"gaussian": "tab:red", "orthogonal": "tab:blue", "identity": "tab:green"}
+
+
+def _color(init):
+    return _INIT_COLORS.get(init, "tab:purple")
+
+
+def _log_edges(values):
+    """Cell edges on a log axis: geometric midpoints, the ends half a step out."""
+    v = np.asarray(sorted(values), float)
+    if len(v) == 1:
+        return np.array([v[0] / 1.25, v[0] * 1.25])
+    mid = np.sqrt(v[1:] * v[:-1])
+    return np.concatenate([[v[0] ** 2 / mid[0]], mid, [v[-1] ** 2 / mid[-1]]])
+
+
+def _lr_text(rows):
+    """What the rows' learning rate was, for a title: never "theorem's" unless it was used."""
+    lrs = {str(r.get("lr_rule", r.get("lr", "theory"))) for r in rows}
+    scales = {float(r.get("lr_scale", 1.0) or 1.0) for r in rows}
+    if lrs == {"theory"}:
+        if scales == {1.0}:
+            return "lr = theorem's"
+        if len(scales) == 1:
+            return f"lr = {scales.pop():g} x theorem's"
+        return "lr = lr_scale x theorem's"
+    if len(lrs) == 1 and scales == {1.0}:
+        return f"lr = {lrs.pop()}"
+    return "lr varies (see panels)"
 
 
 def _pyplot():
@@ -177,11 +235,13 @@ def plot_phase_diagram(rows, path, threshold=TRAINABLE_LOG10):
     x = diverged; dots: the trainability contour (smallest width from which every wider cell
     is trainable); the title gives its linear fit width = a L + b."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    _phase_into(fig, axes, rows, threshold)
+    inits = inits_of(rows)
+    fig, axes = plt.subplots(1, len(inits), figsize=(5.6 * len(inits), 4.6), squeeze=False)
+    _phase_into(fig, list(axes[0]), rows, threshold, inits)
     steps = max((r["steps"] for r in rows), default=0)
-    fig.suptitle(f"HXP phase diagram: X 1024x16, Y = W*X, lr = theorem's, budget {steps} steps; "
-                 f"dots: trainable (<= {threshold:g}) from this width up; x: diverged", fontsize=9)
+    seeds = len({r["seed"] for r in rows})
+    fig.suptitle(f"HXP phase diagram: X 1024x16, Y = W*X, {_lr_text(rows)}, budget {steps} steps, "
+                 f"median over {seeds} seed{'s' if seeds > 1 else ''}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -251,11 +311,10 @@ def plot_exponential_curse(rows, path):
     plt = _pyplot()
     tab = curse_table(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
     styles = ["o-", "s--", "^-.", "d:"]
     ks = sorted({t[0] for t in tab})
     budget = max((t[5] for t in tab), default=1)
-    for init in INITS:
+    for init in inits_of(rows):
         for ki, k in enumerate(ks):
             pts = [t for t in tab if t[0] == k and t[1] == init]
             if not pts:
@@ -265,7 +324,7 @@ def plot_exponential_curse(rows, path):
             d = [t[2] for t in pts]
             m = [max(t[3], 0.5) for t in pts]
             lab = f"{init}, width {k}" + (" (Shamir 1-D)" if k == 1 else "")
-            ax.semilogy(d, m, styles[ki % 4], color=colors[init], label=lab, ms=4,
+            ax.semilogy(d, m, styles[ki % 4], color=_color(init), label=lab, ms=4,
                         alpha=1.0 if init == "gaussian" else 0.8)
     ax.axhline(budget, color="gray", lw=0.8, ls=":")
     ax.text(0.02, budget * 0.6, f"budget {budget:g} steps (median at budget: most runs stuck)",
@@ -428,7 +487,7 @@ def width_threshold(db=None, *, full=False, size=None, depths=None, widths=None,
 def threshold_table(rows, threshold=TRAINABLE_LOG10):
     """{init: [(depth, smallest trainable width probed or nan)]} from width_threshold's rows."""
     out = {}
-    for init in INITS:
+    for init in inits_of(rows):
         res = []
         for d in sorted({r["depth"] for r in rows if r["init"] == init}):
             cells = {}
@@ -446,18 +505,17 @@ def plot_width_threshold(rows, path, threshold=TRAINABLE_LOG10, widths=None):
     plt = _pyplot()
     tab = threshold_table(rows, threshold)
     fig, ax = plt.subplots(figsize=(6.0, 4.3))
-    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
     wmax = max((r["width"] for r in rows), default=1)
     for init, pts in tab.items():
         d = np.array([p[0] for p in pts], float)
         w = np.array([p[1] for p in pts], float)
         slope, icpt = fit_line(d, w)
-        ax.plot(d[np.isfinite(w)], w[np.isfinite(w)], "o-", color=colors[init],
-                label=f"{init}: width = {slope:.2f} depth + {icpt:.0f}")
+        ax.plot(d[np.isfinite(w)], w[np.isfinite(w)], "o-", color=_color(init),
+                label=f"{init}: {fmt_line(slope, icpt, int(np.isfinite(w).sum()))}")
         cens = ~np.isfinite(w)
         if cens.any():
-            ax.plot(d[cens], np.full(cens.sum(), wmax), "^", color=colors[init], mfc="none",
-                    label=f"{init}: none trainable up to width {wmax}")
+            ax.plot(d[cens], np.full(cens.sum(), wmax), "^", color=_color(init), mfc="none",
+                    label=f"{init}: none trainable up to width {wmax} (not in the fit)")
     ax.set_xlabel("depth L")
     ax.set_ylabel("smallest trainable width")
     ax.set_title(f"Width threshold (HXP data, lr = theorem's, trainable: log10 rel. loss <= {threshold:g})",
@@ -498,55 +556,258 @@ def hxp_demo(db=None, *, workers=0, scheduler=None, backend="auto", progress=Fal
 def plot_hxp_demo(rows, curves, path):
     plt = _pyplot()
     # draw the phase diagram panels, then the curves panel, in one figure
-    fig = plt.figure(figsize=(14.5, 4.2))
-    gs = fig.add_gridspec(1, 3, width_ratios=[1, 1, 0.95])
-    _phase_into(fig, [fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])], rows)
-    ax = fig.add_subplot(gs[0, 2])
-    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
+    inits = inits_of(rows)
+    k = len(inits)
+    fig = plt.figure(figsize=(5.2 * k + 5.0, 4.6))
+    gs = fig.add_gridspec(1, k + 1, width_ratios=[1] * k + [0.95])
+    _phase_into(fig, [fig.add_subplot(gs[0, j]) for j in range(k)], rows, TRAINABLE_LOG10, inits)
+    ax = fig.add_subplot(gs[0, k])
     for r in curves:
         t, ex = r.get("curve") or ([], [])
         if t:
             e = np.asarray(ex, float)
-            ax.semilogy(t, e / e[0], color=colors.get(r["init"], "k"),
+            ax.semilogy(t, e / e[0], color=_color(r["init"]),
                         label=f"{r['init']}: {r['status']}, rate {r['rate']:.4f}")
     if curves:
         ax.set_title(f"width {curves[0]['width']}, depth {curves[0]['depth']}", fontsize=9)
     ax.set_xlabel("GD step t")
     ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
-    ax.legend(fontsize=7)
-    fig.suptitle("HXP: Gaussian vs orthogonal init (X 1024x16, Y = W*X, theorem lr)", fontsize=10)
+    if curves:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"HXP: Gaussian vs orthogonal init (X 1024x16, Y = W*X, {_lr_text(list(rows) + list(curves))})",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10):
+def phase_cells(rows, init, threshold=TRAINABLE_LOG10):
+    """[(depth, width, value, n_runs, n_diverged)] of one init's heat map: value = median over the
+    cell's runs of log10 relative excess (+inf for a diverged run); depth 1 (linear regression:
+    no hidden width) is one cell, width 0."""
+    out = []
+    for d in sorted({r["depth"] for r in rows if r["init"] == init}):
+        ws = [0] if d == 1 else sorted({r["width"] for r in rows if r["init"] == init and r["depth"] == d})
+        for w in ws:
+            cell = [r for r in rows if r["init"] == init and r["depth"] == d and (d == 1 or r["width"] == w)
+                    and r["status"] != "failed"]
+            if cell:
+                out.append((d, w, _cell_value(cell), len(cell), sum(r["status"] == "diverged" for r in cell)))
+    return out
+
+
+def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10, inits=None):
+    """One heat map per init on numeric log axes (width, depth): cells span geometric midpoints
+    between grid values; depth 1 (no hidden layer) spans every width."""
+    from matplotlib.lines import Line2D
     deep = [r for r in rows if r["depth"] > 1]
-    widths = sorted({r["width"] for r in deep})
+    widths = sorted({r["width"] for r in deep}) or sorted({r["width"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
-    for ax, init in zip(axes, INITS):
+    xe, ye = _log_edges(widths), _log_edges(depths)
+    inits = inits_of(rows) if inits is None else inits
+    for ax, init in zip(axes, inits):
         Z = np.full((len(depths), len(widths)), np.nan)
-        div = np.zeros_like(Z, dtype=bool)
-        for i, d in enumerate(depths):
-            for j, w in enumerate(widths):
-                cell = [r for r in rows if r["init"] == init and r["depth"] == d and (r["width"] == w or d == 1)]
-                if cell:
-                    v = _cell_value(cell)
-                    div[i, j] = v == math.inf
-                    Z[i, j] = min(v, 1.0)
-        im = ax.imshow(Z, origin="lower", aspect="auto", cmap="viridis_r", vmin=-12, vmax=1)
-        yi, xi = np.nonzero(div)
-        ax.plot(xi, yi, "x", color="white", ms=4)
-        ax.set_xticks(range(len(widths)), [str(w) for w in widths], rotation=60, fontsize=7)
-        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
-        cont = [(d, w) for d, w in trainability_contour(rows, init, threshold) if np.isfinite(w)]
-        if cont:
-            ax.plot([widths.index(int(w)) for _, w in cont], [depths.index(d) for d, _ in cont], "o",
-                    color="black", mfc="white", ms=4)
-        slope, icpt = fit_line([d for d, _ in cont], [w for _, w in cont])
-        ax.set_title(f"{init}: log10 rel. loss; contour width = {slope:.2f} L + {icpt:.0f}", fontsize=8)
-        ax.set_xlabel("width m")
-        ax.set_ylabel("depth L")
-        fig.colorbar(im, ax=ax, shrink=0.85)
+        div_pts = []
+        for d, w, v, n, nd in phase_cells(rows, init, threshold):
+            i = depths.index(d)
+            cols = range(len(widths)) if d == 1 else [widths.index(w)]
+            for j in cols:
+                Z[i, j] = min(v, 1.0)
+            if nd:
+                div_pts.append((np.sqrt(xe[0] * xe[-1]) if d == 1 else w, d, nd, n))
+        im = ax.pcolormesh(xe, ye, np.ma.masked_invalid(Z), cmap="viridis_r", vmin=-12, vmax=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(widths, [str(w) for w in widths], rotation=60, fontsize=7)
+        ax.set_yticks(depths, [str(d) for d in depths], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlim(xe[0], xe[-1])
+        ax.set_ylim(ye[0], ye[-1])
+        handles = []
+        if div_pts:
+            ax.plot([p[0] for p in div_pts], [p[1] for p in div_pts], "x", color="white", ms=5, mew=1.5)
+            handles.append(Line2D([], [], ls="", marker="x", color="black", label="x: a run diverged"))
+        cont = trainability_contour(rows, init, threshold)
+        fit = [(d, w) for d, w in cont if np.isfinite(w)]
+        none = [d for d, w in cont if not np.isfinite(w)]
+        if fit:
+            ax.plot([w for _, w in fit], [d for d, _ in fit], "o", color="black", mfc="white", ms=5)
+            handles.append(Line2D([], [], ls="", marker="o", color="black", mfc="white",
+                                  label=f"trainable (<= {threshold:g}) from this width up"))
+        if none:
+            ax.plot([xe[-1] * 0.97] * len(none), none, ">", color="black", mfc="white", ms=6, clip_on=False)
+            handles.append(Line2D([], [], ls="", marker=">", color="black", mfc="white",
+                                  label=f"no width <= {widths[-1]} trainable (not in the fit)"))
+        slope, icpt = fit_line([d for d, _ in fit], [w for _, w in fit])
+        title = f"{init}: {fmt_line(slope, icpt, len(fit))}"
+        if none:
+            title += f"\nL = {', '.join(map(str, none))}: none trainable, fit excludes {'it' if len(none) == 1 else 'them'}"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("width m (log scale)")
+        ax.set_ylabel("depth L (log scale; L = 1: linear regression)")
+        if handles:
+            ax.legend(handles=handles, fontsize=6, loc="lower right", framealpha=0.8)
+        cb = fig.colorbar(im, ax=ax, shrink=0.85)
+        cb.set_label("log10 (l(T) - OPT) / (l(0) - OPT)", fontsize=7)
+
+
+def plot_grid(rows, path, threshold=TRAINABLE_LOG10):
+    """A custom grid's heat maps: one row of panels (one per init) for every combination of the
+    other config fields the grid varies (lr_scale, seed, steps, ...), each titled with it; a
+    field that does not vary is named once in the figure title."""
+    fixed = {"init", "width", "depth"}
+    fields = sorted({k for r in rows for k in r if k in _GRID_FIELDS} - fixed)
+    varied = [f for f in fields if len({repr(r.get(f)) for r in rows}) > 1]
+    combos = sorted({tuple(repr(r.get(f)) for f in varied) for r in rows})
+    if len(combos) > MAX_FACETS:
+        raise ValueError(f"rows: the grid varies {', '.join(varied)} in {len(combos)} combinations; "
+                         f"plot at most {MAX_FACETS} (select rows, e.g. one seed, first)")
+    plt = _pyplot()
+    inits = inits_of(rows)
+    fig, axes = plt.subplots(len(combos), len(inits), figsize=(5.6 * len(inits), 4.6 * len(combos)),
+                             squeeze=False)
+    for i, combo in enumerate(combos):
+        sub = [r for r in rows if tuple(repr(r.get(f)) for f in varied) == combo]
+        _phase_into(fig, list(axes[i]), sub, threshold, inits)
+        if varied:
+            tag = ", ".join(f"{f} = {v}" for f, v in zip(varied, combo))
+            for ax in axes[i]:
+                ax.set_title(f"[{tag}] " + ax.get_title(), fontsize=7)
+    steps = sorted({r["steps"] for r in rows})
+    fig.suptitle(f"grid: {_lr_text(rows)}, budget {'/'.join(map(str, steps))} steps"
+                 + (f"; panels per {', '.join(varied)}" if varied else ""), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# Config fields a custom grid may vary (engine.sweep.DEFAULT_CONFIG) and how many panel rows
+# plot_grid draws at most.
+_GRID_FIELDS = ("d_in", "n", "d_out", "data_seed", "rank", "kappa", "init", "width", "depth", "seed",
+                "lr_rule", "lr_scale", "steps", "tol", "escape", "stop_at_escape")
+MAX_FACETS = 8
+
+
+# --------------------------------------------------------------------------- figure tables, reproduce all
+
+def _fmt_cell(x):
+    if x is None:
+        return ""
+    if isinstance(x, (bool, np.bool_)):
+        return str(int(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return f"{float(x):.6g}"
+    return str(x)
+
+
+def figure_table(name, rows, curves=None):
+    """(header, records): the numbers figure ``name`` draws, one record per drawn point or cell.
+
+    phase_diagram / hxp: per init, depth, width the cell value (median over seeds of log10
+    relative excess; inf = diverged) with its run and divergence counts and the depth's
+    trainability contour (hxp adds the two curves' summaries); exponential_curse: curse_table;
+    rate_vs_kappa: kappa_table; width_threshold: threshold_table.
+    """
+    if name in ("phase_diagram", "hxp"):
+        header = ["panel", "init", "depth", "width", "log10_rel_excess", "runs", "diverged",
+                  "trainable_from_width", "status", "steps", "rate"]
+        recs = []
+        for init in inits_of(rows):
+            cont = dict(trainability_contour(rows, init))
+            for d, w, v, n, nd in phase_cells(rows, init):
+                recs.append(["phase", init, d, w, v, n, nd, cont.get(d), "", "", ""])
+        for r in sorted(curves or [], key=lambda r: r["init"]):
+            rel = r["rel_excess"]
+            recs.append(["curve", r["init"], r["depth"], r["width"],
+                         math.log10(rel) if rel and rel > 0 else float("nan"), 1,
+                         int(r["status"] == "diverged"), "", r["status"], r["steps_run"], r["rate"]])
+        return header, recs
+    if name == "exponential_curse":
+        return (["width", "init", "depth", "median_escape_steps", "fraction_escaped", "budget"],
+                [list(t) for t in curse_table(rows)])
+    if name == "rate_vs_kappa":
+        return ["depth", "width", "kappa", "median_steps_to_eps"], [list(t) for t in kappa_table(rows)]
+    if name == "width_threshold":
+        return (["init", "depth", "smallest_trainable_width"],
+                [[init, d, w] for init, pts in threshold_table(rows).items() for d, w in pts])
+    if name in _BEYOND_FIELDS:
+        f = _BEYOND_FIELDS[name]
+        return f, [[r[k] for k in f] for r in rows]
+    raise ValueError(f"name: no table for figure {name!r}")
+
+
+def write_table(path, header, records):
+    """A figure's table as CSV (floats to 6 significant digits); returns the path."""
+    import csv
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for rec in records:
+            w.writerow([_fmt_cell(x) for x in rec])
+    return path
+
+
+def read_table(path):
+    """(header, records as lists of strings) of a CSV written by write_table."""
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+# Every figure committed under docs/: name -> (experiment, size). "hxp" is the README's main
+# job, "theory-check" engine.theorycheck's default report.
+COMMITTED_FIGURES = {
+    "hxp": ("hxp", "quick"),
+    "phase_diagram": ("phase_diagram", "default"),
+    "exponential_curse": ("exponential_curse", "quick"),
+    "rate_vs_kappa": ("rate_vs_kappa", "quick"),
+    "width_threshold": ("width_threshold", "quick"),
+    "theory-check": ("theorycheck", None),
+}
+
+
+def reproduce_figure(name, out_dir, db=None, **kw):
+    """Regenerate committed figure ``name`` (COMMITTED_FIGURES) as out_dir/NAME.png and its table
+    out_dir/NAME.csv; ``db``: results database (None: in memory). Returns (png, csv)."""
+    if name not in COMMITTED_FIGURES:
+        raise ValueError(f"name: unknown figure {name!r}; choose one of {sorted(COMMITTED_FIGURES)}")
+    png, csv_path = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.csv")
+    exp, size = COMMITTED_FIGURES[name]
+    if exp == "theorycheck":
+        from . import theorycheck
+        res = theorycheck.run_check()
+        theorycheck.figure(res, png)
+        lines = [ln.strip("|").split(" | ") for ln in theorycheck.table(res).splitlines()]
+        header, recs = ["quantity", "gaussian", "orthogonal"], [[c.strip() for c in ln] for ln in lines[2:]]
+    elif exp == "hxp":
+        rows, curves = hxp_demo(db, plot=png, size=size, **kw)
+        header, recs = figure_table("hxp", rows, curves)
+    else:
+        rows = run(exp, db, size=size, plot=png, **kw)
+        header, recs = figure_table(exp, rows)
+    write_table(csv_path, header, recs)
+    return png, csv_path
+
+
+def reproduce_all(out_dir="docs", db_dir=None, names=None, **kw):
+    """Regenerate every committed figure and its table into ``out_dir``
+    (``python -m engine reproduce all --out-dir docs``); databases engine-NAME.db in ``db_dir``
+    (None: in memory, nothing resumable). Returns [(png, csv)]."""
+    names = list(names or COMMITTED_FIGURES)
+    for name in names:
+        if name not in COMMITTED_FIGURES:
+            raise ValueError(f"names: unknown figure {name!r}; choose from {sorted(COMMITTED_FIGURES)}")
+    workers, scheduler = kw.pop("workers", 0), kw.pop("scheduler", None)
+    out = []
+    with dask_client(workers, scheduler) as cl:      # one cluster for all figures
+        for name in names:
+            db = None if db_dir is None else os.path.join(db_dir, f"engine-{name}.db")
+            out.append(reproduce_figure(name, out_dir, db, client=cl, workers=workers, scheduler=scheduler,
+                                        **kw))
+    return out
 
 
 # --------------------------------------------------------------------------- registry
@@ -586,3 +847,213 @@ def _get(name):
         return EXPERIMENTS[name]
     except (KeyError, TypeError):
         raise ValueError(f"experiment: unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}") from None
+
+
+# --------------------------------------------------------------------------- beyond the two papers
+# Small, serial, deterministic experiments for engine.diagnostics (issue "beyond the two
+# papers"). They take the usual reproduce keywords (db, workers, backend, ...) and ignore
+# the ones that do not apply: each is one process, seconds, nothing to resume.
+
+def _one_blas_thread():
+    """One BLAS thread: these loops are many tiny matmuls, where a second BLAS thread costs
+    far more in hand-offs than it saves (a 20x slowdown measured with 2 threads)."""
+    from .kernels import _controller
+    return _controller().limit(limits=1, user_api="blas")
+
+
+def _status(res):
+    """converged / diverged / ran (the run's outcome, as in the results tables)."""
+    if res.converged:
+        return "converged"
+    return "diverged" if not np.all(np.isfinite(res.excess)) else "ran"
+
+
+LAZY_GRIDS = {"quick": dict(widths=(16, 32, 64, 128, 256), depth=8, steps=300, stride=10),
+              "tiny": dict(widths=(16, 32), depth=4, steps=40, stride=10)}
+LAZY_DATA = {"d_in": 32, "n": 8, "d_out": 4}
+
+
+def lazy_gap(db=None, *, size=None, widths=None, depth=None, steps=None, stride=None, inits=INITS,
+             plot=None, **_ignored):
+    """Gap between the true run and its lazy (linearized) twin vs width at fixed depth.
+
+    Per init and width: GD at lr="theory" with ``record={"lazy": stride}`` (the twin is
+    vec R(t) = (I - eta P(0))^t vec R(0), Chizat et al. 2019; DH eq. 6 without the
+    second-order term). The gap is max over recorded t of |l(t) - l_lin(t)| / l(0): the
+    largest departure from the lazy regime, in units of the initial excess (OPT = 0 here).
+    Rows: dicts with init, width, depth, steps, gap, final_rel_excess, lazy_final_rel_excess, status.
+    """
+    from .init import gaussian, orthogonal
+    from .problem import Problem, synthetic
+    from .train import train
+    g = dict(LAZY_GRIDS["tiny" if size == "tiny" else "quick"])
+    for k, v in dict(widths=widths, depth=depth, steps=steps, stride=stride).items():
+        if v is not None:
+            g[k] = v
+    X, Y = synthetic(LAZY_DATA["d_in"], LAZY_DATA["n"], LAZY_DATA["d_out"], seed=0)
+    prob = Problem(X, Y)
+    makers = {"gaussian": gaussian, "orthogonal": orthogonal}
+    rows = []
+    with _one_blas_thread():
+        for init in inits:
+            for m in g["widths"]:
+                ws = [LAZY_DATA["d_in"]] + [int(m)] * (g["depth"] - 1) + [LAZY_DATA["d_out"]]
+                net = makers[init](ws, seed=0)
+                res = train(net, prob, lr="theory", steps=g["steps"], record={"lazy": g["stride"]})
+                v = np.asarray(res.records["lazy"]["values"], dtype=np.float64)
+                lin, true = v[:, 0], v[:, 1]
+                l0 = true[0]
+                rows.append(dict(init=init, width=int(m), depth=g["depth"], steps=g["steps"],
+                                 gap=float(np.max(np.abs(true - lin)) / l0),
+                                 final_rel_excess=float(true[-1] / l0),
+                                 lazy_final_rel_excess=float(lin[-1] / l0), status=_status(res)))
+    if plot:
+        plot_lazy_gap(rows, plot)
+    return rows
+
+
+def plot_lazy_gap(rows, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for init in inits_of(rows):
+        rs = sorted((r for r in rows if r["init"] == init), key=lambda r: r["width"])
+        ax.loglog([r["width"] for r in rs], [r["gap"] for r in rs], "o-", color=_color(init), label=init)
+    if rows:
+        ax.set_title(f"lazy twin gap, depth {rows[0]['depth']}, {rows[0]['steps']} steps at lr=theory",
+                     fontsize=9)
+    ax.set_xlabel("width m")
+    ax.set_ylabel("max_t |l(t) - l_lin(t)| / l(0)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+SHARP_GRIDS = {"quick": dict(width=16, depth=6, steps=400, stride=5, lr_factor=2.5),
+               "tiny": dict(width=8, depth=3, steps=40, stride=5, lr_factor=2.5)}
+SHARP_DATA = {"d_in": 16, "n": 8, "d_out": 2}
+
+
+def sharpness_eos(db=None, *, size=None, width=None, depth=None, steps=None, stride=None, lr_factor=None,
+                  plot=None, **_ignored):
+    """Sharpness (top Hessian eigenvalue, ``record={"sharpness": stride}``) during GD vs 2/eta.
+
+    Edge of stability (Cohen et al. 2021): GD at rate eta is stable at a minimum only while
+    sharpness <= 2/eta. Per init, eta = lr_factor / sharpness(W(0)) (lr_factor < 2: stable
+    at the start); the sharpness rises during training (progressive sharpening) and stops
+    at or near 2/eta. Rows: one per (init, recorded step): init, width, depth, lr, t,
+    sharpness, two_over_lr, excess, status.
+    """
+    from . import diagnostics as dg
+    from .init import gaussian, orthogonal
+    from .problem import Problem, synthetic
+    from .train import train
+    g = dict(SHARP_GRIDS["tiny" if size == "tiny" else "quick"])
+    for k, v in dict(width=width, depth=depth, steps=steps, stride=stride, lr_factor=lr_factor).items():
+        if v is not None:
+            g[k] = v
+    X, Y = synthetic(SHARP_DATA["d_in"], SHARP_DATA["n"], SHARP_DATA["d_out"], seed=0)
+    prob = Problem(X, Y)
+    rows = []
+    with _one_blas_thread():
+        for init, make in (("gaussian", gaussian), ("orthogonal", orthogonal)):
+            ws = [SHARP_DATA["d_in"]] + [g["width"]] * (g["depth"] - 1) + [SHARP_DATA["d_out"]]
+            net = make(ws, seed=0)
+            lr = g["lr_factor"] / float(dg.sharpness(net, prob, 1)[0])
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = train(net, prob, lr=lr, steps=g["steps"], record={"sharpness": g["stride"]},
+                            record_every=g["stride"])
+            ts = list(res.records["sharpness"]["t"])
+            vals = np.asarray(res.records["sharpness"]["values"], dtype=np.float64)[:, 0]
+            ex_by_t = dict(zip(np.asarray(res.t).tolist(), np.asarray(res.excess).tolist()))
+            for t, s in zip(ts, vals):
+                rows.append(dict(init=init, width=g["width"], depth=g["depth"], lr=lr, t=int(t),
+                                 sharpness=float(s), two_over_lr=2.0 / lr,
+                                 excess=ex_by_t.get(int(t), float("nan")), status=_status(res)))
+    if plot:
+        plot_sharpness_eos(rows, plot)
+    return rows
+
+
+def plot_sharpness_eos(rows, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for init in inits_of(rows):
+        rs = [r for r in rows if r["init"] == init]
+        ax.plot([r["t"] for r in rs], [r["sharpness"] * r["lr"] for r in rs], "-", color=_color(init),
+                label=f"{init}: eta sharpness")
+    ax.axhline(2.0, color="k", ls="--", lw=1, label="2 (sharpness = 2/eta)")
+    if rows:
+        ax.set_title(f"edge of stability, width {rows[0]['width']}, depth {rows[0]['depth']}", fontsize=9)
+    ax.set_xlabel("GD step t")
+    ax.set_ylabel("eta x sharpness")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+LYAP_GRIDS = {"quick": dict(width=32, depths=(16, 64), seeds=8),
+              "tiny": dict(width=8, depths=(4, 8), seeds=2)}
+
+
+def lyapunov_spectra(db=None, *, size=None, width=None, depths=None, seeds=None, plot=None, **_ignored):
+    """Log singular values of the product A_L ... A_1 (engine.diagnostics.lyapunov), Gaussian
+    vs orthogonal, vs the exact finite-width expectation for Gaussian (Hanin & Nica):
+    E sum = L (1/2)[ln(2/m) + digamma((m - i + 1)/2)] for the i-th exponent; 0 for orthogonal.
+    Rows: one per (init, depth, i): init, width, depth, i, mean_log_sv (over seeds), sd, expected.
+    """
+    from scipy.special import digamma
+    from . import diagnostics as dg
+    from .init import gaussian, orthogonal
+    g = dict(LYAP_GRIDS["tiny" if size == "tiny" else "quick"])
+    for k, v in dict(width=width, depths=depths, seeds=seeds).items():
+        if v is not None:
+            g[k] = v
+    m = int(g["width"])
+    i = np.arange(1, m + 1)
+    rows = []
+    with _one_blas_thread():
+        for init, make in (("gaussian", gaussian), ("orthogonal", orthogonal)):
+            for L in g["depths"]:
+                ly = np.array([dg.lyapunov(make([m] * (L + 1), seed=s)) for s in range(g["seeds"])])
+                exp = L * 0.5 * (np.log(2.0 / m) + digamma((m - i + 1) / 2)) if init == "gaussian" \
+                    else np.zeros(m)
+                for k in range(m):
+                    rows.append(dict(init=init, width=m, depth=int(L), i=k + 1, mean_log_sv=float(ly[:, k].mean()),
+                                     sd=float(ly[:, k].std(ddof=1)) if g["seeds"] > 1 else 0.0,
+                                     expected=float(exp[k]), status="converged"))
+    if plot:
+        plot_lyapunov_spectra(rows, plot)
+    return rows
+
+
+def plot_lyapunov_spectra(rows, path):
+    plt = _pyplot()
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False)
+    for ax, L in zip(axes[0], depths):
+        for init in inits_of(rows):
+            rs = [r for r in rows if r["init"] == init and r["depth"] == L]
+            ax.errorbar([r["i"] for r in rs], [r["mean_log_sv"] for r in rs], yerr=[r["sd"] for r in rs],
+                        fmt="o", ms=3, color=_color(init), label=init)
+            if init == "gaussian":
+                ax.plot([r["i"] for r in rs], [r["expected"] for r in rs], "k-", lw=1,
+                        label="finite-width expectation")
+        ax.set_title(f"width {rows[0]['width']}, depth {L}", fontsize=9)
+        ax.set_xlabel("index i")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("log singular value of A_L...A_1")
+    return _save(fig, path)
+
+
+_BEYOND_FIELDS = {
+    "lazy_gap": ["init", "depth", "width", "steps", "gap", "final_rel_excess", "lazy_final_rel_excess", "status"],
+    "sharpness": ["init", "width", "depth", "lr", "t", "sharpness", "two_over_lr", "excess", "status"],
+    "lyapunov_spectra": ["init", "width", "depth", "i", "mean_log_sv", "sd", "expected"],
+}
+EXPERIMENTS.update({
+    "lazy_gap": (lazy_gap, plot_lazy_gap),
+    "sharpness": (sharpness_eos, plot_sharpness_eos),
+    "lyapunov_spectra": (lyapunov_spectra, plot_lyapunov_spectra),
+})
+COMMITTED_FIGURES.update({"lazy_gap": ("lazy_gap", "quick"), "sharpness": ("sharpness", "quick"),
+                          "lyapunov": ("lyapunov_spectra", "quick")})

@@ -2,6 +2,7 @@
 
     gaussian(widths, seed)     DH Sec. 3.2 / HXP Sec. 4: W_i entries iid N(0, sigma_i^2)
     orthogonal(widths, seed)   HXP eq. (4): scaled Haar (semi-)orthogonal W_i
+    identity(widths, ...)      identity hidden layers (Hardt & Ma 2016; Bartlett et al. 2018)
     from_weights(Ws, alpha)    any given paper-convention weights
 
 ``widths = [d_0, ..., d_L]``; every init is reproducible from its seed. Layers
@@ -20,7 +21,7 @@ from . import memory
 from ._validate import as_real_matrix, float_dtype, positive_float, positive_int, seed_value, widths_list
 from .network import Network, _alloc_layers
 
-__all__ = ["gaussian", "orthogonal", "from_weights", "INITS"]
+__all__ = ["gaussian", "orthogonal", "identity", "from_weights", "INITS"]
 
 
 def _ensemble_seeds(seed, ensemble):
@@ -119,6 +120,57 @@ def orthogonal(widths, seed=0, alpha=None, *, dtype=np.float64, ensemble=None):
     return Network(layers, log_s, log_beta, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
 
 
+def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Network:
+    """Identity initialization (Hardt & Ma 2016; Bartlett et al. 2018, cited in DH).
+
+    HXP eq. (4) with the identity in place of the Haar matrix wherever it can be:
+
+        W_i = scale sqrt(d_i) (E_i + noise G_i),   alpha = (prod_i d_i)^(-1/2),
+
+    with E_i = I for the square hidden layers (1 < i < L, d_i = d_{i-1}), the
+    rectangular identity sqrt(max(d_i, d_{i-1}) / d_i) I_{d_i x d_{i-1}} for
+    non-square hidden layers, and for the first and last layers (which
+    connect to the data's dimensions) exactly the orthogonal init's rule:
+    sqrt(max(d_i, d_{i-1}) / d_i) times a Haar semi-orthogonal matrix drawn
+    from ``seed``. G_i has iid N(0, 1/d_i) entries (``noise`` = 0: none drawn).
+
+    alpha is the orthogonal init's, so with scale = 1 and noise = 0 the network
+    is an exact isometry through its hidden layers (HXP Lemma B.1's premise
+    holds deterministically) and E||f(x)||^2 = ||x||^2; ``scale`` multiplies
+    the end-to-end map by scale^L (scale < 1: the small-init regime of deep
+    matrix factorization). ``lr="theory"`` uses HXP Thm 3.1's rate
+    (d_y / (2 L ||X||^2)).
+
+    Storage: s_i = scale sqrt(d_i), beta = scale^L, A_i = E_i + noise G_i
+    (exponents of ``diagnostics.lyapunov`` are 0 at noise = 0).
+    """
+    widths = widths_list(widths)
+    dtype = float_dtype(dtype)
+    scale = positive_float(scale, "scale")
+    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, (int, float, np.integer, np.floating)):
+        raise TypeError(f"noise: must be a real number >= 0, got {noise!r}")
+    noise = float(noise)
+    if not (noise >= 0 and np.isfinite(noise)):
+        raise ValueError(f"noise: must be a finite number >= 0, got {noise!r}")
+    L = len(widths) - 1
+    log_s = np.array([0.5 * np.log(widths[i + 1]) + np.log(scale) for i in range(L)])
+    rng = np.random.default_rng(seed_value(seed))
+    memory.check(widths, dtype)
+    layers, stack = _alloc_layers(widths, dtype)
+    for i, a in enumerate(layers):
+        rows, cols = a.shape
+        if i == 0 or i == L - 1:
+            q = haar_semi_orthogonal(rng, rows, cols)
+        else:
+            q = np.eye(rows, cols)
+        q *= np.sqrt(max(rows, cols) / rows)
+        if noise > 0:
+            q += noise * rng.standard_normal((rows, cols)) / np.sqrt(rows)
+        a[...] = q
+    return Network(layers, log_s, L * np.log(scale), init="identity", seed=seed, dtype=dtype,
+                   _stack=stack)
+
+
 def from_weights(Ws, alpha, *, dtype=np.float64) -> Network:
     """A network with the given paper-convention weights W_1, ..., W_L and scale alpha.
 
@@ -177,11 +229,11 @@ def _sigma_list(sigma, L: int) -> np.ndarray:
     return np.array([positive_float(s, f"sigma[{i}]") for i, s in enumerate(sig)])
 
 
-INITS = {"gaussian": gaussian, "orthogonal": orthogonal}
+INITS = {"gaussian": gaussian, "orthogonal": orthogonal, "identity": identity}
 
 
 def by_name(name: str):
-    """The init function called ``name`` ("gaussian" or "orthogonal")."""
+    """The init function called ``name`` ("gaussian", "orthogonal" or "identity")."""
     try:
         return INITS[name]
     except (KeyError, TypeError):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._validate import float_dtype, positive_int, widths_list
 
-__all__ = ["estimate_bytes", "breakdown", "available_bytes", "check", "InsufficientMemory",
+__all__ = ["estimate_bytes", "estimate_runs", "breakdown", "breakdown_runs", "available_bytes", "check", "InsufficientMemory",
            "ENV_LIMIT"]
 
 ENV_LIMIT = "ENGINE_MEMORY_LIMIT"
@@ -52,6 +52,26 @@ class InsufficientMemory(MemoryError):
         self.available = available
 
 
+# Bytes per layer beyond the arrays themselves (numpy array headers, the views
+# and per-layer lists of the workspaces, the kernels' per-layer pointers),
+# measured with tracemalloc over init + 3 steps of [50] + [m] * (L - 1) + [5]
+# for m in {1, 4, 16}, L in {500, 1500, 2000}: numpy ~300, cblas ~540, numba ~1350-1550
+# bytes per layer, rounded up with margin (tests/test_memory.py::test_estimate_bounds_deep_narrow_peak).
+# Without it the estimate was 3x (m = 4) to 27x (m = 1) below the peak.
+PER_LAYER_BYTES = 2048
+
+
+def _runs_of(widths):
+    """[(w, k), ...]: run-length form of [d_0, ..., d_L] (k consecutive layers of width w)."""
+    runs = []
+    for w in widths:
+        if runs and runs[-1][0] == w:
+            runs[-1][1] += 1
+        else:
+            runs.append([w, 1])
+    return [(w, k) for w, k in runs]
+
+
 def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
     """The parts of ``estimate_bytes`` (bytes each), for reports such as ``engine info``.
 
@@ -63,7 +83,12 @@ def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
     workspace  K * (one scratch buffer per distinct layer shape + the stored
                chain, at most sum_i d_i * d_out numbers, + O(d_out d_0))
                * itemsize: the numpy backend's buffers for one step
-               (``kernels.numpy_backend.Workspace``); faster backends use no more.
+               (``kernels.numpy_backend.Workspace``).
+    snapshot   = weights: the copy of a checked state that training keeps so
+               that a diverging run returns its last finite state
+               (``train.SNAPSHOT_EVERY``).
+    per_layer  K * L * PER_LAYER_BYTES: Python and array-header overhead per
+               layer, which dominates for deep narrow nets (measured).
     transient  TRANSIENT_LAYERS * max_i d_i d_{i-1} * 8: float64 temporaries of
                the init while one layer is drawn (the Gaussian draw; for the
                orthogonal init the Gaussian matrix, LAPACK's copy, Q, R and a
@@ -74,19 +99,39 @@ def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
     ``record={"distance": k}`` (one more copy of the weights), checkpoint
     loading (one more copy while reading).
     """
-    widths = widths_list(widths)
+    return breakdown_runs(_runs_of(widths_list(widths)), dtype, ensemble)
+
+
+def breakdown_runs(runs, dtype="float64", ensemble: int = 1) -> dict:
+    """``breakdown`` for widths given as runs [(w, k), ...] (k consecutive widths w), computed
+    arithmetically: ``[(1024, 1), (1000, 10**7), (10, 1)]`` costs nothing to evaluate."""
     dt = float_dtype(dtype)
     K = positive_int(ensemble, "ensemble")
+    runs = [(positive_int(w, "widths"), positive_int(k, "widths")) for w, k in runs]
+    L = sum(k for _, k in runs) - 1
+    if L < 1:
+        raise ValueError(f"widths: needs at least two entries [d_0, d_1] (depth >= 1), got {runs!r}")
     isz = dt.itemsize
-    sizes = [widths[i + 1] * widths[i] for i in range(len(widths) - 1)]
-    shapes = {(widths[i + 1], widths[i]) for i in range(len(widths) - 1)}
-    d_out = widths[-1]
-    weights = K * sum(sizes) * isz
-    bind = K * 2 * widths[1] * widths[0] * isz
-    chain = sum(widths[1:]) * d_out + 2 * d_out * widths[0]
+    n_weights, biggest, shapes = 0, 0, set()
+    for j, (w, k) in enumerate(runs):
+        if k > 1:                       # k - 1 square layers inside the run
+            n_weights += (k - 1) * w * w
+            biggest = max(biggest, w * w)
+            shapes.add((w, w))
+        if j + 1 < len(runs):           # the layer from this run into the next
+            v = runs[j + 1][0]
+            n_weights += v * w
+            biggest = max(biggest, v * w)
+            shapes.add((v, w))
+    d0, d_out = runs[0][0], runs[-1][0]
+    d1 = d0 if runs[0][1] > 1 else runs[1][0]
+    weights = K * n_weights * isz
+    bind = K * 2 * d1 * d0 * isz
+    chain = (sum(w * k for w, k in runs) - d0) * d_out + 2 * d_out * d0
     workspace = K * (sum(a * b for a, b in shapes) + chain) * isz
-    transient = TRANSIENT_LAYERS * max(sizes) * 8
+    transient = TRANSIENT_LAYERS * biggest * 8
     return {"weights": int(weights), "bind": int(bind), "workspace": int(workspace),
+            "snapshot": int(weights), "per_layer": int(K * L * PER_LAYER_BYTES),
             "transient": int(transient)}
 
 
@@ -95,16 +140,26 @@ def estimate_bytes(widths, dtype="float64", ensemble: int = 1) -> int:
 
     widths   [d_0, ..., d_L]; dtype float64 or float32; ensemble K >= 1 members of
     the same shape. The sum of ``breakdown``: weights + layer-1 binding +
-    one step's workspace + init temporaries. An upper estimate for the
-    engine's own arrays; Python and library overhead are extra.
+    one step's workspace + the divergence snapshot + per-layer overhead +
+    init temporaries; an upper bound of tracemalloc's measured peak on every
+    backend (tests/test_memory.py).
     """
     return int(sum(breakdown(widths, dtype, ensemble).values()))
 
 
+def estimate_runs(runs, dtype="float64", ensemble: int = 1) -> int:
+    """``estimate_bytes`` for widths as runs [(w, k), ...] (see ``breakdown_runs``)."""
+    return int(sum(breakdown_runs(runs, dtype, ensemble).values()))
+
+
 def _parse_limit(text: str):
-    """Bytes from '123', '512M', '1.5G'; None for 'off'/'none'/''; ValueError otherwise."""
+    """Bytes from '123', '512M', '1.5G'; None for 'off'; ValueError otherwise.
+
+    An empty value is an error, not "off": ``ENGINE_MEMORY_LIMIT=`` left empty
+    by a script must not silently switch the guard off.
+    """
     s = text.strip().upper()
-    if s in ("", "OFF", "NONE"):
+    if s == "OFF":
         return None
     m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?", s)
     if m is None:
@@ -178,7 +233,8 @@ def check(widths, dtype="float64", ensemble: int = 1, *, limit=None) -> int:
     raise InsufficientMemory(
         f"widths: this {what} needs about {_fmt(need)} "
         f"(weights {_fmt(parts['weights'])}, first-layer binding {_fmt(parts['bind'])}, "
-        f"workspace {_fmt(parts['workspace'])}, init temporaries {_fmt(parts['transient'])}) "
+        f"workspace {_fmt(parts['workspace'])}, divergence snapshot {_fmt(parts['snapshot'])}, "
+        f"per-layer overhead {_fmt(parts['per_layer'])}, init temporaries {_fmt(parts['transient'])}) "
         f"but only {_fmt(avail)} is available. Try {'; or '.join(hints)}. "
         f"Set {ENV_LIMIT} (bytes, e.g. 64G, or 'off') to override.",
         needed=need, available=avail)

@@ -19,6 +19,9 @@ All public views reconstruct A_1 = B_1 U_r^T + A_1 (I - U_r U_r^T).
 """
 from __future__ import annotations
 
+import itertools
+import operator
+
 import numpy as np
 
 from ._validate import widths_match_data
@@ -52,6 +55,56 @@ class Network:
         self._stack = _stack          # (L-2, m, m) array backing the hidden layers, or None
         self._bound = None            # (problem token, basis U_r) while bound
         self._perp = None             # A_1 (I - U_r U_r^T) while bound
+        self._version = 0             # bumped by every change made through the API
+
+    # -- change tracking -------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """A counter bumped by every change of the weights made through the
+        engine's API (a GD step, binding to or unbinding from a problem,
+        ``touch()``). ``gd_step`` keeps the single-pass chain of the next step
+        between calls only while it is unchanged (and ``_probe`` agrees)."""
+        return self._version
+
+    def touch(self) -> None:
+        """Declare that the weights were changed outside the API (in place,
+        through the private storage): the next ``gd_step`` then rebuilds the
+        chain it would otherwise carry over from the previous call.
+
+        Edits that change a probed entry (``PROBE_ENTRIES`` fixed entries per
+        layer) or replace a layer array are detected without it.
+        """
+        self._version += 1
+
+    def _probe(self):
+        """A cheap fingerprint of the stored weights: the layer arrays
+        themselves (compared by identity), ``PROBE_ENTRIES`` fixed entries of
+        every layer, and the scales. Costs one gather, not a weight pass
+        (the identity checks run in C: ~10 us at L = 512)."""
+        layers = tuple(self._layers)
+        stack = self._stack
+        stacked = (stack is not None and len(layers) >= 3
+                   and all(map(operator.is_, map(_base, layers[1:-1]), itertools.repeat(stack))))
+        return layers, stacked, self._gather(layers, stacked), self._log_s.copy(), self._log_beta
+
+    def _gather(self, layers, stacked):
+        if stacked:
+            mid = self._stack.reshape(-1).take(_stack_probe_index(self._stack.shape))
+            parts = [layers[0].take(_probe_index(layers[0].size)), mid,
+                     layers[-1].take(_probe_index(layers[-1].size))]
+        else:
+            parts = [a.take(_probe_index(a.size)) for a in layers]
+        return np.concatenate(parts)
+
+    def _probe_matches(self, probe) -> bool:
+        """True when nothing ``_probe`` sees changed since ``probe`` was taken."""
+        layers, stacked, vals, log_s, log_beta = probe
+        now = self._layers
+        if len(now) != len(layers) or not all(map(operator.is_, now, layers)):
+            return False
+        # same array objects, so the stack layout found then still holds
+        return (np.array_equal(vals, self._gather(layers, stacked))
+                and np.array_equal(log_s, self._log_s) and log_beta == self._log_beta)
 
     # -- scales -------------------------------------------------------------
     @property
@@ -97,6 +150,7 @@ class Network:
         self._perp = A1 - B1 @ basis.T
         self._layers[0] = np.ascontiguousarray(B1)
         self._bound = (prob.token, basis)
+        self._version += 1
 
     def _unbind(self) -> None:
         if self._bound is None:
@@ -105,6 +159,7 @@ class Network:
         self._layers[0] = np.ascontiguousarray(self._perp + self._layers[0] @ basis.T)
         self._perp = None
         self._bound = None
+        self._version += 1
 
     def _first_normalized(self) -> np.ndarray:
         """A_1 (d_1, d_0) whether or not the network is bound."""
@@ -165,6 +220,35 @@ class Network:
         shown = str(list(w)) if len(w) <= 6 else f"[{w[0]}, {w[1]}, ..., {w[-2]}, {w[-1]}]"
         return (f"Network(widths={shown}, depth={self.depth}, init={self.init!r}, "
                 f"dtype={self.dtype}, log_alpha={self.log_alpha:.6g})")
+
+
+# Entries per layer that ``Network._probe`` compares between two gd_step calls.
+PROBE_ENTRIES = 8
+_PROBE_CACHE = {}
+_base = operator.attrgetter("base")
+
+
+def _probe_index(size: int) -> np.ndarray:
+    """PROBE_ENTRIES fixed flat indices in [0, size): first, last and a
+    seeded spread in between (the same for every layer of that size)."""
+    idx = _PROBE_CACHE.get(size)
+    if idx is None:
+        rng = np.random.default_rng(size)
+        idx = np.unique(np.concatenate([[0, size - 1],
+                                        rng.integers(0, size, PROBE_ENTRIES - 2)])).astype(np.intp)
+        _PROBE_CACHE[size] = idx
+    return idx
+
+
+def _stack_probe_index(shape) -> np.ndarray:
+    """Flat indices into an (L-2, m, m) hidden stack: ``_probe_index`` of every slice."""
+    key = ("stack",) + tuple(shape)
+    idx = _PROBE_CACHE.get(key)
+    if idx is None:
+        m2 = shape[1] * shape[2]
+        idx = (np.arange(shape[0], dtype=np.intp)[:, None] * m2 + _probe_index(m2)).ravel()
+        _PROBE_CACHE[key] = idx
+    return idx
 
 
 def _alloc_layers(widths, dtype):

@@ -268,6 +268,7 @@ class ResultsDB:
             if want is not None and r["key"] not in want:
                 continue
             d = dict(json.loads(r["config"]))
+            d["lr_rule"] = d.get("lr")   # the config's lr ("theory" or a number); "lr" becomes the one used
             for n in _METRIC_NAMES:
                 d[n] = r[n]
             d["key"], d["experiment"] = r["key"], r["experiment"]

@@ -82,7 +82,7 @@ def grid(**axes) -> list[dict]:
     instance all widths at depth 1) are removed, order kept.
     """
     names = list(axes)
-    values = [v if isinstance(v, (list, tuple)) else [v] for v in axes.values()]
+    values = [_axis(k, v) for k, v in axes.items()]
     out, seen = [], set()
     for combo in itertools.product(*values):
         cfg = normalize_config(dict(zip(names, combo)))
@@ -91,6 +91,23 @@ def grid(**axes) -> list[dict]:
             seen.add(k)
             out.append(cfg)
     return out
+
+
+def _axis(name, v) -> list:
+    """The values of one grid axis: any iterable (list, tuple, range, array, generator) is
+    crossed; a string, number or None is one fixed value; a set or dict is refused (no order)."""
+    if isinstance(v, (str, bytes)) or v is None or np.ndim(v) == 0 and not hasattr(v, "__iter__"):
+        return [v.item() if isinstance(v, np.generic) else v]
+    if isinstance(v, (set, frozenset, dict)):
+        raise TypeError(f"{name}: a grid axis must be ordered (list, tuple, range, array), got a "
+                        f"{type(v).__name__}")
+    try:
+        vals = [x.item() if isinstance(x, np.generic) else x for x in v]
+    except TypeError:
+        return [v]
+    if not vals:
+        raise ValueError(f"{name}: the grid axis is empty, so the grid has no cells; give at least one value")
+    return vals
 
 
 def widths_of(cfg: dict) -> list:
@@ -137,16 +154,17 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     """
     import engine
     from . import __version__
+    from .train import theorem_init
 
     cfg = normalize_config(config)
     prob = _problem(cfg)
     net = engine.init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"])
     lr = cfg["lr"]
     if lr == "theory":
-        lr = engine.theory.lr_bound(cfg["init"], prob, cfg["depth"])
+        lr = engine.theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
     lr = float(lr) * float(cfg["lr_scale"])
     ysq = prob.y_norm_sq
-    tol = float(cfg["tol"]) * ysq if cfg["tol"] else None
+    tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
     escape = cfg["escape"]
     state = {"escape": None}
 

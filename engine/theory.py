@@ -141,6 +141,14 @@ class Setting:
 def _member_setting(init, depth, sigma, log_beta) -> Setting:
     """The Setting of a net built as ``init`` with per-layer sigma and ln(beta)."""
     L = int(depth)
+    if init == "identity":
+        # engine.init.identity(scale=g): W_i = g x its eq. (4)-like weights with the
+        # orthogonal alpha, i.e. sigma = g (equivalence a) and c = g^L (b); its
+        # noise is not recorded on the net, so noise > 0 is taken as noise = 0.
+        g = float(np.exp(float(log_beta) / L))
+        if abs(float(log_beta)) <= _ALPHA_DEFAULT_ATOL:
+            g = 1.0
+        return Setting("orthogonal", L, sigma=g, output_scale=g ** L)
     if init not in _CONSTANTS:
         how = "from_weights (custom) weights" if init == "custom" else f"init {init!r}"
         return Setting(str(init), L, reason=f"{how} are not drawn as either theorem assumes")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from ._validate import nonneg_int, positive_float, positive_int, widths_match_da
 from .network import Network
 from .problem import Problem
 
-__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate",
-           "EngineWarning", "LearningRateWarning", "CheckpointWarning"]
+__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
+           "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
 
 class EngineWarning(UserWarning):
@@ -47,22 +48,35 @@ class LearningRateWarning(EngineWarning):
     """
 
 
+class BottleneckWarning(EngineWarning):
+    """A hidden layer is narrower than the rank of the least-squares solution Phi = Y X^+.
+
+    The end-to-end map alpha W_L ... W_1 has rank <= min_i d_i, so it cannot
+    reach Phi and l - OPT stays bounded away from 0 (OPT is the minimum over
+    all linear maps, DH Sec. 3); the papers' theorems assume every d_i >= d_out.
+    """
+
+
 class DivergenceError(RuntimeError):
     """GD diverged: the loss became non-finite or exploded.
 
     Attributes
     ----------
     result : TrainResult   the history up to the last finite loss
-    net    : Network       the network at the last state whose loss was computed
-                           (the exploding step was not applied)
+    net    : Network       the network at the last state whose loss was finite and
+                           below the divergence threshold (state ``net_step``,
+                           normally ``step - 1``; never non-finite weights, even at
+                           lr = 1e308)
     step   : int           the step index t at which divergence was detected
+    net_step : int         the step of the state held in ``net``
     """
 
-    def __init__(self, message, result=None, net=None, step=None):
+    def __init__(self, message, result=None, net=None, step=None, net_step=None):
         super().__init__(message)
         self.result = result
         self.net = net
         self.step = step
+        self.net_step = net_step
 
 
 @dataclass
@@ -75,7 +89,7 @@ class TrainResult:
     excess    (k,) l(t) - OPT, computed on reduced data (accurate when tiny)
     steps     number of GD steps taken
     net       the trained network (the object passed in, updated in place)
-    converged True when the excess reached ``tol``
+    converged True when the excess reached the stop threshold (``tol`` / ``atol``)
     rate      fitted per-step contraction factor of the excess over the tail
               (see ``fit_rate``); nan when it cannot be fitted
     predicted the theorem's guaranteed factor for this init and lr (nan if none)
@@ -115,6 +129,16 @@ class TrainResult:
 EXPLODE_FACTOR = 1e8
 
 
+# Inits without a theorem of their own whose learning rate comes from another's: the
+# identity init is HXP eq. (4) with Q_i = I (exact isometries), so HXP Thm 3.1's rate.
+THEOREM_INIT = {"gaussian": "gaussian", "orthogonal": "orthogonal", "identity": "orthogonal"}
+
+
+def theorem_init(init):
+    """The init name whose theorem gives ``init``'s lr="theory" (itself, or "orthogonal" for identity)."""
+    return THEOREM_INIT.get(init, init)
+
+
 def _check_net_prob(net, prob):
     if not isinstance(net, Network):
         raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
@@ -128,12 +152,17 @@ class _Stepper:
 
     def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
         _check_net_prob(net, prob)
-        self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
+        self.threads = None              # None: thread settings left as they are
+        if backend == "auto" and form is None:
+            name, self.threads, _ = kernels.auto_choice(net.widths, prob.rank, net.dtype)
+            self.backend = kernels.get(name)
+        else:
+            self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
         net._bind(prob)
         self.net = net
         red = prob.reduced(net.dtype)
         self.xs, self.yred = red.s, red.targets
-        self.c = lr / np.exp(2.0 * net._log_s)        # A-space step per layer: eta / s_i^2
+        self.set_lr(lr)
         self.beta = net.beta
         key = (self.backend.name, prob.token, form, net.dtype)
         cached = getattr(net, "_ws", None)
@@ -148,10 +177,29 @@ class _Stepper:
         reset = getattr(self.backend, "reset", None)
         if reset is not None:
             reset(self.ws)
+        self._version = net._version
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        self.c = lr / np.exp(2.0 * self.net._log_s)   # A-space step per layer: eta / s_i^2
+
+    @property
+    def version(self):
+        """net.version right after this stepper's last applied step (or binding)."""
+        return self._version
 
     def step(self, lo=-1.0, hi=math.inf):
-        return self.backend.step(self.net._layers, self.c, self.beta, self.xs, self.yred,
-                                 self.ws, lo, hi)
+        if self.threads is None:
+            ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                            self.yred, self.ws, lo, hi)
+        else:                            # auto's measured thread count (restored after)
+            with kernels.thread_limits(self.backend, self.threads):
+                ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
+                                                self.yred, self.ws, lo, hi)
+        if applied:
+            self.net._version += 1       # a change through the API (see Network.version)
+            self._version = self.net._version
+        return ex, applied
 
     def excess(self) -> float:
         return self.backend.excess(self.net._layers, self.beta, self.xs, self.yred, self.ws)
@@ -162,13 +210,43 @@ def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
 
     Returns l(t), the loss before the step. If that loss is not finite the
     weights are left untouched and DivergenceError is raised.
+
+    A loop of ``gd_step`` calls runs the same schedule as ``train`` and gives
+    the same weights bit for bit: the bound stepper (and the single-pass
+    chain of the next step, which a backend carries between steps) is kept
+    on the network between calls. It is dropped, and the chain rebuilt from
+    the weights, when the network changed in between (``Network.version``
+    moved, a layer array was replaced or one of the entries ``Network._probe``
+    samples differs), or ``prob`` or ``backend`` is another one. After
+    editing the weights in place through private storage call ``net.touch()``.
     """
     lr = positive_float(lr, "lr")
-    st = _Stepper(net, prob, lr, backend)
+    st = _cached_stepper(net, prob, backend)
+    if st is None:
+        st = _Stepper(net, prob, lr, backend)
+    elif lr != st.lr:
+        st.set_lr(lr)           # the carried chain does not depend on the step size
+    net._gd = None              # a refused or failed step leaves no cache behind
     ex, applied = st.step()
     if not applied:
         raise DivergenceError(f"loss is not finite ({ex}); the step was not applied", net=net)
+    net._gd = (backend, prob, st, net._probe())
     return prob.opt + ex
+
+
+def _cached_stepper(net, prob, backend):
+    """The stepper of the previous ``gd_step`` on ``net`` if it may go on
+    carrying its chain: same problem object, same backend name, and the
+    network unchanged since (version, layer identity, probed entries)."""
+    cache = getattr(net, "_gd", None)
+    if cache is None or not isinstance(net, Network):
+        return None
+    name, cprob, st, probe = cache
+    if cprob is not prob or name != backend or st.version != net._version:
+        return None
+    if not net._probe_matches(probe):
+        return None
+    return st
 
 
 def fit_rate(t, excess, tail: float = 0.5) -> float:
@@ -218,7 +296,8 @@ def _value(x):
 def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), steps=_Default(1000),
           tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
           progress: bool = False, callback=None, record=_Default(None), *,
-          checkpoint=None, checkpoint_every=None, resume=None) -> TrainResult:
+          atol=_Default(None), log_every=None,
+          checkpoint=None, checkpoint_every=None, resume=None, overwrite: bool = False) -> TrainResult:
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
@@ -234,10 +313,25 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         (ValueError naming lr) where no theorem applies: per-layer sigma_i
         that differ, ``from_weights`` nets.
     steps : int >= 0      maximum number of GD steps (default 1000)
-    tol : float, optional stop as soon as l(t) - OPT <= tol (that state is kept, not stepped)
+    tol : float >= 0, optional
+        RELATIVE stopping tolerance: stop as soon as l(t) - OPT <= tol * ||Y||_F^2
+        (that state is kept, not stepped). Default None: run all ``steps``.
+        The same meaning as ``--tol`` of the command line (whose default is
+        1e-12) and the ``tol`` field of sweep configs.
+    atol : float >= 0, optional (keyword)
+        ABSOLUTE stopping tolerance: stop as soon as l(t) - OPT <= atol.
+        Give ``tol`` or ``atol``, not both (ValueError). See ``stop_threshold``.
     record_every : int    record l(t) every this many steps (the final state always)
     backend : str         "auto", "numpy", "numba" or "cblas"
-    progress : bool       show a progress bar (tqdm) on stderr
+    progress : bool
+        Report progress on stderr: on a terminal a bar (tqdm) showing the
+        relative excess (l - OPT) / ||Y||_F^2 and the ETA; otherwise (a log
+        file, a pipe) one line every ``log_every`` (default every 10 seconds)
+        and a last line at the end.
+    log_every : int or str, optional (keyword)
+        With ``progress=True``: one line every this many steps (int), or every
+        this many seconds ("10s"); given explicitly, lines are written even on
+        a terminal instead of the bar.
     callback : callable, optional
         ``callback(t, excess, net)`` at each recorded step t < steps, called
         after step t was applied: ``excess`` is l(t) - OPT and ``net`` already
@@ -254,8 +348,17 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         The directory must exist and be writable (checked before training).
         With ``record=`` the network at the start is saved too (one more copy
         of the weights in memory and on disk).
+        If the file already exists it is never silently overwritten: when it
+        holds this same run (widths, dtype, init, seed, sigma, data
+        fingerprint, lr, tol, record_every, record and backend all equal) the
+        run is resumed from it, exactly as ``resume=checkpoint`` would (so
+        re-running an interrupted script continues it); otherwise
+        ``CheckpointMismatch`` names what differs, unless ``overwrite=True``.
     checkpoint_every : int >= 1, optional
         Steps between checkpoints; None writes only the final state.
+    overwrite : bool
+        With ``checkpoint=``: start afresh and replace an existing checkpoint
+        file instead of resuming it or refusing.
     resume : path, optional
         Continue the run saved in this checkpoint: ``train(resume=path)``
         (the data X, Y are stored in the checkpoint when they take at most
@@ -297,9 +400,19 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             raise ValueError("net: an Ensemble does not support checkpoint=, checkpoint_every= or resume=")
         from . import ensemble
         return ensemble.train(net, prob, lr=_value(lr), steps=_value(steps), tol=_value(tol),
-                              record_every=_value(record_every), backend=_value(backend),
-                              progress=progress)
+                              atol=_value(atol), record_every=_value(record_every),
+                              backend=_value(backend), progress=progress)
     ckpt = _checkpoint_module
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"overwrite: must be True or False, got {overwrite!r}")
+    if resume is None and checkpoint is not None and not overwrite:
+        path = _path_arg(checkpoint, "checkpoint")
+        if os.path.isfile(path):
+            _check_same_run(ckpt.load(path), net, prob, lr, tol, atol, record_every, record, backend)
+            return train(net, prob, lr=lr, steps=steps, tol=tol, atol=atol, record_every=record_every,
+                         backend=backend, progress=progress, callback=callback, record=record,
+                         log_every=log_every,
+                         checkpoint=path, checkpoint_every=checkpoint_every, resume=path)
     saved = None
     if resume is not None:
         if net is not None and not isinstance(net, Network):
@@ -315,7 +428,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             _check_adoptable(net, loaded)   # the given net is changed only once all checks passed
         meta = saved.meta
         lr = _same_as_saved(lr, meta["lr"], "lr", loaded, prob)
-        tol = _same_as_saved(tol, meta["tol"], "tol")
+        thr = _same_threshold_as_saved(tol, atol, meta["tol"], prob)
         record_every = _same_as_saved(record_every, meta["record_every"], "record_every")
         rec_saved = meta["record"]
         if _given(record) and (record or None) != rec_saved:
@@ -324,7 +437,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         record = rec_saved
         if not _given(steps):
             steps = meta["steps"]
-        elif isinstance(steps, int) and not isinstance(steps, bool) and steps < saved.step:
+        elif (isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_))
+              and int(steps) < saved.step):
             raise ValueError(f"steps: the checkpoint is already at step {saved.step}, got steps={steps}")
         if not _given(backend):
             backend = meta["backend"]
@@ -332,8 +446,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             checkpoint = resume
             if checkpoint_every is None:
                 checkpoint_every = meta["checkpoint_every"]
-    lr, steps, tol, record_every, backend, record = map(
-        _value, (lr, steps, tol, record_every, backend, record))
+    lr, steps, tol, atol, record_every, backend, record = map(
+        _value, (lr, steps, tol, atol, record_every, backend, record))
+    if saved is None:
+        thr = stop_threshold(prob, tol, atol)
+    log_every = _log_every_value(log_every)
 
     if isinstance(lr, str):
         if lr != "theory":
@@ -343,7 +460,6 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
-    tol = _tol_value(tol)
     if callback is not None and not callable(callback):
         raise TypeError("callback: must be callable")
     if checkpoint is not None:
@@ -364,6 +480,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     reset = getattr(st.backend, "reset", None)
     if saved is None:
         _warn_above_bound(net, prob, lr)
+        warn_bottleneck(net.widths, prob)
     elif saved.meta.get("backend") == st.backend.name:
         _set_schedule_state(st, saved.meta.get("backend_state"))
     start_net = None
@@ -372,10 +489,10 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             start_net = saved.start_network(prob)
         elif checkpoint is not None:
             start_net = net.copy()
-    recorders = _make_recorders(record, net if start_net is None else start_net, prob)
+    recorders = _make_recorders(record, net if start_net is None else start_net, prob, lr)
     opt = prob.opt
     ts, exs = [], []
-    lo = -1.0 if tol is None else tol
+    lo = -1.0 if thr is None else thr
     hi = math.inf
     converged = False
     t = 0
@@ -388,12 +505,12 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         _restore_recorders(recorders, saved)
     t_resumed = t
     limit = steps
-    bar = _progress(steps - t, progress)
+    bar = Progress(limit, t, progress, log_every, prob.y_norm_sq, thr) if progress else None
     t0 = time.perf_counter()
 
     def save_state():
         try:
-            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol,
+            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, thr,
                              limit, record_every, record, st.backend.name, checkpoint_every,
                              prev_wall + time.perf_counter() - t0, _get_schedule_state(st))
         except (OSError, ckpt.CheckpointError) as exc:
@@ -401,11 +518,42 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
                           "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)
 
+    # Last-good state (issue 11, item 2): DivergenceError.net must be the last
+    # state whose loss was finite and below the threshold, but the kernel
+    # applies step t in place as soon as state t's loss passes, so state t-1 is
+    # gone when state t turns out bad (at lr 1e308 the weights are then inf).
+    # A copy of a checked state is kept every SNAPSHOT_EVERY steps (and at the
+    # start); on divergence it is restored and GD replayed up to state t-1
+    # (deterministic, same backend and schedule phase: the exact state).
+    snap = [None]
+
+    def diverged(t_bad, ex):
+        good = _rewind(st, snap[0], t_bad - 1)
+        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.backend.name)
+        res.wall_time += prev_wall
+        _attach_records(res, recorders)
+        why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+        return DivergenceError(
+            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; {_lr_verdict(net, prob, lr)}. "
+            f"The history and the network at step {good} (the last finite state below the "
+            "threshold) are attached (.result, .net).",
+            result=res, net=net, step=t_bad, net_step=good)
+
     try:
         while True:
-            if (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
-                    and t < limit):
-                save_state()
+            due_ckpt = (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
+                        and t < limit)
+            if t < limit and (due_ckpt or t == t_resumed or t % SNAPSHOT_EVERY == 0):
+                # check state t *before* its step is applied: only a finite state below
+                # the threshold becomes a snapshot or a checkpoint
+                ex = st.excess()
+                if reset is not None:
+                    reset(st.ws)   # the next step rebuilds its chain (bit-identical, see kernels)
+                if t > 0 and (not np.isfinite(ex) or ex > hi):
+                    raise diverged(t, ex)
+                snap[0] = _snapshot(st, t, snap[0])
+                if due_ckpt:
+                    save_state()
             # diagnostics see state t, so they run before step t is applied
             for rec in recorders:
                 if t % rec.stride == 0:
@@ -418,15 +566,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                 base = max(opt + ex, 0.5 * prob.y_norm_sq)
                 hi = EXPLODE_FACTOR * base if base > 0 else math.inf
             if not np.isfinite(ex) or ex > hi:
-                res = _result(ts, exs, t, net, False, lr, opt, t0, st.backend.name)
-                res.wall_time += prev_wall
-                _attach_records(res, recorders)
-                why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
-                raise DivergenceError(
-                    f"GD diverged at step {t}: loss {opt + ex:.4g} {why}; {_lr_verdict(net, prob, lr)}. "
-                    "The history and the last finite network are attached (.result, .net).",
-                    result=res, net=net, step=t)
-            if tol is not None and ex <= tol:
+                raise diverged(t, ex)
+            if thr is not None and ex <= thr:
                 converged = True
             stop = converged or t >= limit
             if stop:
@@ -446,11 +587,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                     # backend carrying the next step's chain (single-pass) cannot see
                     if reset is not None:
                         reset(st.ws)
+            if bar is not None:
+                bar.update(t, ex, stop)
             if stop:
                 break
             t += 1
-            if bar is not None:
-                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -458,6 +599,91 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
+
+
+# Steps between the copies of a checked state kept for DivergenceError.net
+# (one copy of the weights; replaying at most this many steps on divergence).
+SNAPSHOT_EVERY = 64
+
+
+def _snapshot(st, t, old):
+    """(t, copies of the layers, schedule state) of the current (checked) state t."""
+    layers = st.net._layers
+    if old is None or len(old[1]) != len(layers):
+        bufs = [a.copy() for a in layers]
+    else:
+        bufs = old[1]
+        for dst, src in zip(bufs, layers):
+            dst[...] = src
+    return (t, bufs, _get_schedule_state(st))
+
+
+def _rewind(st, snap, target):
+    """Put state ``target`` into the network: restore the snapshot, replay GD from it.
+
+    Returns the step of the state now held (``target``, or the current one when
+    there is no earlier snapshot, i.e. the very first state was bad).
+    """
+    if snap is None or snap[0] > target or target < 0:
+        return target + 1
+    s, bufs, sched = snap
+    for dst, src in zip(st.net._layers, bufs):
+        dst[...] = src
+    reset = getattr(st.backend, "reset", None)
+    if reset is not None:
+        reset(st.ws)
+    _set_schedule_state(st, sched)
+    for _ in range(s, target):
+        st.step()
+    if reset is not None:
+        reset(st.ws)
+    return target
+
+
+def _check_same_run(saved, net, prob, lr, tol, atol, record_every, record, backend):
+    """Refuse (CheckpointMismatch naming ``checkpoint`` and what differs) unless the existing
+    checkpoint ``saved`` holds the run these arguments describe."""
+    _check_net_prob(net, prob)
+    m, nm = saved.meta, saved.meta["net"]
+    diffs = []
+
+    def cmp(name, mine, theirs):
+        if mine != theirs:
+            diffs.append(f"{name} {mine!r} (checkpoint: {theirs!r})")
+
+    cmp("widths", list(net.widths), list(nm["widths"]))
+    cmp("dtype", net.dtype.str, nm["dtype"])
+    cmp("init", net.init, nm["init"])
+    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
+    if seed is None or isinstance(seed, str):
+        diffs.append("seed: this network has no integer seed, so it cannot be told to be the "
+                     "checkpoint's run")
+    else:
+        cmp("seed", seed, nm.get("seed"))
+    sig = None if net.sigma is None else net.sigma.tolist()
+    theirs = saved.arrays.get("sigma")
+    cmp("sigma", sig, None if theirs is None else theirs.tolist())
+    if prob.fingerprint != m["problem"]:
+        diffs.append("data (problem fingerprint differs)")
+    lr_v = _value(lr)
+    if isinstance(lr_v, str) and lr_v == "theory":
+        lr_v = _safe_bound(net, prob)
+    cmp("lr", lr_v, m["lr"])
+    # checkpoints store the absolute stop threshold under "tol"
+    cmp("stop threshold (tol/atol)", stop_threshold(prob, _value(tol), _value(atol)), m["tol"])
+    cmp("record_every", _value(record_every), m["record_every"])
+    cmp("record", _value(record) or None, m["record"])
+    if _given(backend) or _value(backend) != "auto":
+        name = kernels.get(_value(backend), shape=(net.widths, prob.rank)).name
+        cmp("backend", name, m["backend"])
+    elif kernels.get("auto", shape=(net.widths, prob.rank)).name != m["backend"]:
+        diffs.append(f"backend 'auto' -> {kernels.get('auto', shape=(net.widths, prob.rank)).name!r} "
+                     f"(checkpoint: {m['backend']!r})")
+    if diffs:
+        raise _checkpoint_module.CheckpointMismatch(
+            f"checkpoint: {saved.path!r} already exists and holds another run (step {saved.step}): "
+            + "; ".join(diffs) + ". Pass overwrite=True (CLI: --overwrite) to replace it, "
+            "another path, or resume=<path> to continue it")
 
 
 def _check_adoptable(net, loaded):
@@ -476,15 +702,57 @@ def _adopt(net, loaded):
     net._ws = None
 
 
-def _tol_value(tol):
+def _tol_value(tol, name="tol"):
     if tol is None:
         return None
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"tol: must be a finite number >= 0 or None, got {tol!r}")
+        raise TypeError(f"{name}: must be a finite number >= 0 or None, got {tol!r}")
     tol = float(tol)
     if not (tol >= 0 and np.isfinite(tol)):
-        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+        raise ValueError(f"{name}: must be a finite number >= 0, got {tol!r}")
     return tol
+
+
+def stop_threshold(prob, tol=None, atol=None):
+    """The absolute excess at which training stops, l(t) - OPT <= threshold, or None.
+
+    ``tol`` is relative to the targets' energy: threshold = tol * ||Y||_F^2
+    (dimensionless, comparable across data sets; the meaning of ``tol``
+    everywhere: ``engine.train``, ensembles, sweep configs, ``--tol``).
+    ``atol`` is the threshold itself, in the loss's units. Neither given:
+    None (every step runs). Both given: ValueError.
+    """
+    tol = _tol_value(tol, "tol")
+    atol = _tol_value(atol, "atol")
+    if tol is not None and atol is not None:
+        raise ValueError(f"tol: give either tol (relative: l - OPT <= tol ||Y||_F^2) or atol "
+                         f"(absolute: l - OPT <= atol), not both; got tol={tol!r}, atol={atol!r}")
+    if atol is not None:
+        return atol
+    if tol is None:
+        return None
+    if not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    return tol * prob.y_norm_sq
+
+
+def _same_threshold_as_saved(tol, atol, saved_thr, prob):
+    """On resume: the saved absolute threshold, or refuse a tol/atol giving another one.
+
+    Checkpoints store the absolute threshold under "tol" (older ones stored
+    the absolute ``tol`` of the time under the same key, so they resume as
+    they were written)."""
+    if not _given(tol) and not _given(atol):
+        return saved_thr
+    thr = stop_threshold(prob, _value(tol), _value(atol))
+    if thr != saved_thr:
+        name = "tol" if _given(tol) and _value(tol) is not None or not _given(atol) else "atol"
+        shown = "none (every step)" if saved_thr is None else f"l - OPT <= {saved_thr!r}"
+        raise ValueError(f"{name}: the checkpoint was trained with the stop threshold {shown}; "
+                         f"tol={_value(tol)!r}, atol={_value(atol)!r} give "
+                         f"{'none' if thr is None else repr(thr)} (resuming with a different value "
+                         "would not continue the same run)")
+    return saved_thr
 
 
 def _same_as_saved(x, saved_value, name, net=None, prob=None):
@@ -494,8 +762,6 @@ def _same_as_saved(x, saved_value, name, net=None, prob=None):
     val = x
     if name == "lr" and isinstance(x, str) and x == "theory":
         val = _safe_bound(net, prob)
-    elif name == "tol":
-        val = _tol_value(x)
     elif name == "record_every":
         val = positive_int(x, name)
     elif name == "lr":
@@ -621,12 +887,13 @@ class _Recorder:
 
     def __call__(self, t, net):
         t0 = time.perf_counter()
-        self.values.append(self.fn(net))
+        # a recorder that needs the step index (the lazy twin's closed form in t) says so
+        self.values.append(self.fn(net, t) if getattr(self.fn, "wants_step", False) else self.fn(net))
         self.t.append(t)
         self.seconds += time.perf_counter() - t0
 
 
-def _make_recorders(record, net, prob):
+def _make_recorders(record, net, prob, lr=None):
     if record is None:
         return []
     from . import diagnostics
@@ -637,7 +904,9 @@ def _make_recorders(record, net, prob):
         if name not in diagnostics.RECORDERS:
             raise ValueError(f"record: unknown diagnostic {name!r}; choose from {sorted(diagnostics.RECORDERS)}")
         stride = positive_int(stride, f"record[{name!r}]")
-        out.append(_Recorder(name, stride, diagnostics.RECORDERS[name](net, prob)))
+        make = diagnostics.RECORDERS[name]
+        fn = make(net, prob, lr) if getattr(make, "wants_lr", False) else make(net, prob)
+        out.append(_Recorder(name, stride, fn))
     return out
 
 
@@ -651,6 +920,26 @@ def _attach_records(res, recorders):
 # lr above (1 + LR_WARN_RTOL) x the bound is warned about; the slack keeps
 # lr = "theory" and rates computed from it in another order from warning.
 LR_WARN_RTOL = 1e-9
+
+
+def warn_bottleneck(widths, prob, stacklevel=3):
+    """Warn (BottleneckWarning) when min hidden width < rank(Phi); returns True if it warned."""
+    hidden = list(widths[1:-1])
+    if not hidden:
+        return False
+    m = min(hidden)
+    if m >= min(prob.d_out, prob.rank):
+        return False              # cheap exit: rank(Phi) <= min(d_out, r)
+    rank_phi = int(np.linalg.matrix_rank(prob.phi))
+    if m >= rank_phi:
+        return False
+    i = hidden.index(m) + 1
+    warnings.warn(
+        f"widths: hidden width d_{i} = {m} is narrower than d_out = {prob.d_out}: the end-to-end map "
+        f"alpha W_L...W_1 has rank <= {m} and cannot reach rank(Phi) = {rank_phi} (Phi = Y X^+), so "
+        f"l - OPT cannot go to 0; the theorems (DH Thm 4.1, HXP Thm 3.1) assume every d_i >= d_out",
+        BottleneckWarning, stacklevel=stacklevel)
+    return True
 
 
 def _warn_above_bound(net, prob, lr):
@@ -705,11 +994,130 @@ def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
                        lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
 
 
-def _progress(total, enabled):
-    if not enabled:
+def _log_every_value(x):
+    """``log_every`` -> None, ("steps", N) or ("seconds", S) (ValueError naming it otherwise)."""
+    if x is None:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, unit="step", leave=False)
+    if isinstance(x, str):
+        text = x.strip()
+        try:
+            if text.endswith("s"):
+                sec = float(text[:-1])
+                if sec > 0 and math.isfinite(sec):
+                    return ("seconds", sec)
+            else:
+                return ("steps", positive_int(int(text), "log_every"))
+        except ValueError:
+            pass
+        raise ValueError(f"log_every: must be a positive number of steps (500) or of seconds ('10s'), "
+                         f"got {x!r}")
+    return ("steps", positive_int(x, "log_every"))
+
+
+# Without an explicit log_every, progress lines off a terminal come this often (seconds).
+LOG_SECONDS_DEFAULT = 10.0
+
+
+class Progress:
+    """Progress of a GD loop on a stream (stderr by default).
+
+    On a terminal (and without an explicit ``log_every``): a tqdm bar over the
+    step budget whose postfix is the current relative excess
+    (l - OPT) / ||Y||_F^2 and, when a stop threshold is set and the excess
+    contracts, the estimated steps and time until it is reached. tqdm's own
+    ETA is the time to the end of the budget.
+
+    Otherwise (a log file, a pipe, a batch job): one line per ``log_every``,
+    ("steps", N) or ("seconds", S), default every LOG_SECONDS_DEFAULT
+    seconds, and a last line when the loop stops::
+
+        step 1200/2000 (60%)  l - OPT 3.1e-05 = 1.2e-07 ||Y||^2  410 steps/s  ETA 2 s (budget)
+    """
+
+    def __init__(self, total, start, enabled=True, log_every=None, y_norm_sq=1.0, threshold=None,
+                 stream=None, tty=None):
+        self.total, self.start = int(total), int(start)
+        self.ysq = float(y_norm_sq) if y_norm_sq and y_norm_sq > 0 else 1.0
+        self.threshold = threshold
+        self.stream = sys.stderr if stream is None else stream
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.every = log_every
+        self.bar = None
+        if enabled and tty and log_every is None:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=self.total, initial=self.start, unit="step", leave=False,
+                                file=self.stream)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                pass
+        if self.every is None:
+            self.every = ("seconds", LOG_SECONDS_DEFAULT)
+        self.lines = enabled and self.bar is None
+        self.t0 = time.perf_counter()
+        self.last_log = self.t0
+        self.last_t = self.start
+        self.hist = []            # (t, excess) of the last points, for the contraction estimate
+        self.done_line = False
+
+    def _to_threshold(self, t, ex):
+        """Estimated steps until the threshold, from the contraction over the recent points."""
+        if self.threshold is None or not (ex > self.threshold > 0) or len(self.hist) < 2:
+            return None
+        (t1, e1), (t2, e2) = self.hist[0], self.hist[-1]
+        if t2 <= t1 or not (e2 > 0 and e1 > e2):
+            return None
+        per_step = math.log(e2 / e1) / (t2 - t1)
+        return math.log(self.threshold / ex) / per_step
+
+    def describe(self, t, ex, final=False):
+        """One log line for state t with excess ``ex`` (l - OPT)."""
+        el = time.perf_counter() - self.t0
+        done = t - self.start
+        rate = done / el if el > 0 and done > 0 else float("nan")
+        pct = f" ({100.0 * t / self.total:.0f}%)" if self.total else ""
+        line = (f"step {t}/{self.total}{pct}  l - OPT {ex:.3e} = {ex / self.ysq:.3e} ||Y||^2  "
+                f"{rate:.4g} steps/s")
+        if final:
+            return line + f"  done in {el:.3g} s"
+        left = self._to_threshold(t, ex)
+        budget_eta = (self.total - t) / rate if rate == rate and rate > 0 else float("nan")
+        if left is not None and left < self.total - t and rate == rate:
+            line += f"  ETA {left / rate:.3g} s (to tol, ~{left:.0f} steps)"
+        elif budget_eta == budget_eta:
+            line += f"  ETA {budget_eta:.3g} s (budget)"
+        return line
+
+    def update(self, t, ex, stop=False):
+        """State t has excess ``ex``; ``stop``: the loop ends at it."""
+        if not self.hist or t - self.hist[-1][0] >= max(1, (t - self.start) // 20):
+            self.hist.append((t, float(ex)))
+            self.hist = self.hist[-8:]
+        if self.bar is not None:
+            self.bar.n = t
+            post = f"rel. excess {ex / self.ysq:.2e}"
+            left = self._to_threshold(t, ex)
+            if left is not None:
+                post += f", ~{left:.0f} steps to tol"
+            self.bar.set_postfix_str(post, refresh=False)
+            if stop:
+                self.bar.refresh()
+            else:
+                self.bar.update(0)   # redraws at most every tqdm mininterval
+            return
+        if not self.lines:
+            return
+        now = time.perf_counter()
+        kind, n = self.every
+        due = (t - self.last_t >= n) if kind == "steps" else (now - self.last_log >= n)
+        if stop:
+            print(self.describe(t, ex, final=True), file=self.stream, flush=True)
+            self.done_line = True
+        elif due and t > self.start:
+            print(self.describe(t, ex), file=self.stream, flush=True)
+            self.last_log, self.last_t = now, t
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

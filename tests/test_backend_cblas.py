@@ -245,8 +245,9 @@ def test_single_pass_state_is_dropped_when_it_could_be_stale():
 
 @needs_cblas
 def test_single_pass_through_train_resets_between_calls(monkeypatch):
-    """gd_step binds a fresh stepper each call (reset), so editing the weights
-    between calls is seen; train after gd_step continues exactly."""
+    """gd_step keeps its stepper between calls but drops the carried chain
+    when the weights were edited in between (Network._probe sees the edit),
+    so the edit is seen; train after gd_step continues exactly."""
     monkeypatch.setattr(cblas, "SCHEDULE", "single-pass")
     X, Y = _data("r<d_out")
     prob = engine.Problem(X, Y)

@@ -83,11 +83,12 @@ def test_resume_extends_run_and_tol(prob, tmp_path):
     _same_run(res, ref)
     # tol: convergence is the same state with or without interruption
     tol = 1e-3 * float(ref.excess[0])
-    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
+    ref = engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, atol=tol,
                        backend="numpy")
     with pytest.raises(Interrupt):
-        engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, tol=tol,
-                     backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6))
+        engine.train(engine.init.orthogonal(WIDTHS, seed=2), prob, lr="theory", steps=500, atol=tol,
+                     backend="numpy", checkpoint=path, checkpoint_every=4, callback=_interrupt_at(6),
+                     overwrite=True)   # the path holds the earlier (tol-less) run
     res = engine.train(prob=prob, resume=path)
     assert ref.converged
     _same_run(res, ref)
@@ -257,8 +258,65 @@ def test_divergence_keeps_last_checkpoint(prob, tmp_path):
         with pytest.raises(engine.DivergenceError) as info:
             engine.train(net, prob, lr=lr, steps=1000, backend="numpy", checkpoint=path, checkpoint_every=2)
     c = ck.load(path)
-    assert info.value.step == 6 and c.step == 6 and np.isfinite(c.excess).all()
+    # state 6 exploded: the checkpoint due at step 6 is not written (issue 11 item 2), the
+    # file keeps state 4, and resuming it reaches the same divergence, not an instant one
+    assert info.value.step == 6 and c.step == 4 and np.isfinite(c.excess).all()
     np.testing.assert_array_equal(c.excess, info.value.result.excess[:len(c.excess)])
+    for W in c.network(prob).weights():
+        assert np.isfinite(W).all()
+    with pytest.raises(engine.DivergenceError) as again:
+        engine.train(resume=path, checkpoint_every=1000)
+    assert again.value.step == 6
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("lr", [1e308, 1e100, 1e6])
+def test_divergence_net_is_last_finite_state_below_threshold(prob, tmp_path, backend, lr):
+    """DivergenceError.net is state step-1 exactly (finite, below the threshold), even at lr 1e308,
+    and a periodic checkpoint never holds a diverged state."""
+    import warnings
+    path = tmp_path / "c"
+    net = engine.init.gaussian(WIDTHS, seed=2)
+    start = net.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(engine.DivergenceError) as info:
+            engine.train(net, prob, lr=lr, steps=50, backend=backend, checkpoint=path, checkpoint_every=1)
+    e = info.value
+    assert e.net_step == e.step - 1
+    for W in e.net.weights():
+        assert np.isfinite(W).all()
+    ref = start.copy()       # replay: the same number of plain steps from the start
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine.train(ref, prob, lr=lr, steps=e.net_step, backend=backend)   # steps=0 still binds
+    for W, V in zip(e.net.normalized(), ref.normalized()):
+        np.testing.assert_array_equal(W, V)
+    if path.exists():
+        c = ck.load(path)
+        assert c.step < e.step
+        for W in c.network(prob).weights():
+            assert np.isfinite(W).all()
+
+
+def test_divergence_long_after_a_snapshot_replays_to_the_last_state(prob):
+    """Divergence detected far from the last kept copy (SNAPSHOT_EVERY) still returns state step-1."""
+    import warnings
+    tr = sys.modules["engine.train"]
+    net = engine.init.orthogonal(WIDTHS, seed=1)
+    lr = 2.5 * engine.theory.lr_bound("orthogonal", prob, net.depth)     # diverges at step 45
+    start = net.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(engine.DivergenceError) as info:
+            engine.train(net, prob, lr=lr, steps=5000, backend="numpy")
+        e = info.value
+        assert e.step % tr.SNAPSHOT_EVERY > 1, "choose an lr that diverges between two snapshots"
+        ref = start.copy()
+        engine.train(ref, prob, lr=lr, steps=e.step - 1, backend="numpy")
+    assert e.net_step == e.step - 1
+    for W, V in zip(e.net.normalized(), ref.normalized()):
+        np.testing.assert_array_equal(W, V)
 
 
 # -- kill -9 ---------------------------------------------------------------------
@@ -468,3 +526,147 @@ def test_a_write_removes_temp_files_left_by_a_killed_earlier_write(prob, tmp_pat
     engine.train(engine.init.orthogonal(WIDTHS, seed=1), prob, steps=3, backend="numpy", checkpoint=path)
     assert ck.load(path).step == 3
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+# -- issue 11: one file descriptor, every field validated ----------------------------
+
+def _rewrite(path, edit_meta=None, edit_arrays=None):
+    """Rewrite a checkpoint with edited metadata/arrays and *valid* checksums (a hostile tool)."""
+    import json
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays.pop("meta")).decode())
+    arrays.pop("sha256")
+    if edit_meta:
+        edit_meta(meta)
+    if edit_arrays:
+        edit_arrays(arrays)
+    ck.save(path, arrays, meta)
+
+
+def test_load_reads_size_and_contents_through_one_descriptor(prob, tmp_path, monkeypatch):
+    """A writer's os.replace between 'size of the path' and 'open the path' must not make an
+    intact checkpoint look corrupt (seen 14 times in 3308 racing loads)."""
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    engine.train(engine.init.gaussian(WIDTHS, seed=4), prob, lr=1e-3, steps=3, backend="numpy", checkpoint=a)
+    engine.train(engine.init.gaussian(WIDTHS, seed=5), prob, lr=1e-3, steps=7, backend="numpy",
+                 checkpoint=b, record={"distance": 2})
+    real_getsize, real_open = os.path.getsize, open
+    swapped = []
+
+    def racing_getsize(p):          # the writer replaces the file right after its size was read
+        n = real_getsize(p)
+        if os.fspath(p) == str(a) and not swapped:
+            swapped.append(1)
+            os.replace(b, a)
+        return n
+
+    monkeypatch.setattr(os.path, "getsize", racing_getsize)
+    c = ck.load(a)
+    assert c.step in (3, 7)       # whichever file was opened, it is read whole and intact
+
+
+@pytest.mark.parametrize("field,edit", [
+    ("t", lambda m: m.update(t=-1)),
+    ("hi", lambda m: m.update(hi="nan")),
+    ("lr", lambda m: m.pop("lr")),
+    ("lr", lambda m: m.update(lr=-1.0)),
+    ("steps", lambda m: m.update(steps=1)),
+    ("tol", lambda m: m.update(tol=float("nan"))),
+    ("record_every", lambda m: m.update(record_every=0)),
+    ("net.widths", lambda m: m["net"].update(widths=[30, 16, 4])),
+    ("net.dtype", lambda m: m["net"].update(dtype="<i8")),
+    ("net", lambda m: m.pop("net")),
+    ("wall_time", lambda m: m.update(wall_time="x")),
+    ("recorders", lambda m: m.update(recorders=[{"n": 1}])),
+])
+def test_checksum_valid_bad_metadata_names_the_field(good, field, edit):
+    _rewrite(good, edit_meta=edit)
+    with pytest.raises(ck.CorruptCheckpoint, match=f"invalid field '{field}'"):
+        ck.load(good)
+
+
+@pytest.mark.parametrize("field,edit", [
+    ("layer_2", lambda a: a.update(layer_2=np.zeros((3, 3)))),
+    ("log_s", lambda a: a.update(log_s=np.zeros(2))),
+    ("hist_excess", lambda a: a.update(hist_excess=np.zeros(1))),
+    ("layer_1", lambda a: a.update(layer_1=np.full((16, 16), np.nan))),
+    ("net.widths", lambda a: a.pop("layer_3")),
+    ("data_Y", lambda a: a.update(data_Y=np.zeros((4, 5)))),
+])
+def test_checksum_valid_bad_arrays_name_the_field(good, field, edit):
+    _rewrite(good, edit_arrays=edit)
+    with pytest.raises(ck.CorruptCheckpoint, match=f"invalid field '{field}'"):
+        ck.load(good)
+    with pytest.raises(ck.CorruptCheckpoint, match=field):
+        engine.train(resume=good)
+
+
+def test_resume_from_a_directory_names_the_argument(tmp_path):
+    with pytest.raises(IsADirectoryError, match="resume: .* is a directory"):
+        engine.train(resume=tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        ck.load(tmp_path)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_ensemble_member_diverging_at_huge_lr_keeps_finite_weights(prob, backend):
+    """Issue 11 item 2 for ensembles: a member that diverges (lr 1e308) is returned with the
+    weights of a checked, finite state, and the other members are unaffected."""
+    import warnings
+    ens = engine.init.gaussian(WIDTHS, seed=3, ensemble=3)
+    lr0 = engine.theory.lr_bound("gaussian", prob, len(WIDTHS) - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = engine.train(ens, prob, lr=[lr0, 1e308, 1e100], steps=100, backend=backend)
+    assert list(res.diverged) == [False, True, True]
+    for k in range(3):
+        for W in ens.member(k).weights() if hasattr(ens, "member") else ens.members()[k].weights():
+            assert np.isfinite(W).all()
+    assert "weights kept from step 0" in res.messages[1]
+
+
+# -- issue 11 item 1: an existing checkpoint is resumed or refused, never overwritten -----
+
+def test_existing_checkpoint_is_resumed_not_overwritten(prob, tmp_path):
+    path = tmp_path / "run.ckpt"
+    kw = dict(lr="theory", steps=30, backend="numpy", checkpoint=path, checkpoint_every=5)
+    with pytest.raises(Interrupt):
+        engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, callback=_interrupt_at(12), **kw)
+    assert ck.load(path).step == 10
+    seen = []
+    res = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob,          # the same call again
+                       callback=lambda t, ex, net: seen.append(t), **kw)
+    assert seen[0] == 10, "the re-run must continue from the checkpoint, not from step 0"
+    ref = engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr="theory", steps=30, backend="numpy")
+    _same_run(res, ref)
+    assert ck.load(path).step == 30
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(lr=1e-3), "lr"), (dict(seed=2), "seed"), (dict(widths=[30, 8, 8, 8, 4]), "widths"),
+    (dict(tol=1e-3), "tol"), (dict(init="orthogonal"), "init"), (dict(data=1), "data"),
+])
+def test_existing_checkpoint_of_another_run_is_refused_unless_overwrite(prob, tmp_path, change, field):
+    path = tmp_path / "run.ckpt"
+    engine.train(engine.init.gaussian(WIDTHS, seed=1), prob, lr=2e-3, steps=20, backend="numpy",
+                 checkpoint=path, checkpoint_every=5)
+    before = path.read_bytes()
+    widths = change.get("widths", WIDTHS)
+    net = engine.init.by_name(change.get("init", "gaussian"))(widths, seed=change.get("seed", 1))
+    p = engine.Problem(*engine.synthetic(30, 12, 4, seed=7)) if "data" in change else prob
+    kw = dict(lr=change.get("lr", 2e-3), steps=20, backend="numpy", checkpoint=path, checkpoint_every=5,
+              tol=change.get("tol"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ck.CheckpointMismatch, match=f"checkpoint: .*already exists.*{field}.*overwrite=True"):
+            engine.train(net, p, **kw)
+        assert path.read_bytes() == before
+        res = engine.train(net, p, overwrite=True, **kw)
+    assert res.steps == 20 and ck.load(path).meta["lr"] == kw["lr"]
+
+
+def test_resume_refuses_numpy_integer_steps_below_the_saved_step(good):
+    with pytest.raises(ValueError, match="steps: the checkpoint is already at step 3"):
+        engine.train(resume=good, steps=np.int64(2))

@@ -223,8 +223,95 @@ def test_train_resume_continues_the_checkpointed_run(tmp_path, capsys):
     assert main(["train", "--resume", str(ck), "--steps", "60", "--no-progress"]) == 0
     c = engine.checkpoint.load(ck)
     assert c.step == 60
-    ref = engine.train(engine.init.orthogonal([32, 16, 16, 16, 3], seed=1),   # the CLI default init seed
+    ref = engine.train(engine.init.orthogonal([32, 16, 16, 16, 3], seed=0),   # the CLI default init seed
                        engine.Problem(*engine.synthetic(32, 8, 3, seed=0)), steps=60, backend="numpy")
     np.testing.assert_array_equal(c.excess, ref.excess[:len(c.excess)])
     assert main(["train", "--resume", str(tmp_path / "missing.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# -- issue 11 (reliability) -------------------------------------------------------------
+
+TRAIN_SMALL = ["train", "--init", "orthogonal", "--d-in", "32", "--n", "8", "--d-out", "3",
+               "--width", "16", "--depth", "4", "--tol", "0", "--backend", "numpy", "--no-progress"]
+
+
+def test_train_rerun_with_existing_checkpoint_resumes_or_refuses(tmp_path, capsys, monkeypatch):
+    """Item 1: re-running `train --checkpoint` continues the run; another run is refused
+    (exit 2) unless --overwrite; the Ctrl-C line talks about the checkpoint."""
+    ck = tmp_path / "run.ckpt"
+    assert main(TRAIN_SMALL + ["--steps", "20", "--checkpoint", str(ck), "--checkpoint-every", "5"]) == 0
+    capsys.readouterr()
+    import functools
+    calls = []
+    real = engine.train
+
+    @functools.wraps(real)
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "train", spy)
+    monkeypatch.setattr(sys.modules["engine.train"], "train", spy)   # train() resumes by calling itself
+    assert main(TRAIN_SMALL + ["--steps", "40", "--checkpoint", str(ck), "--checkpoint-every", "5"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert any(kw.get("resume") == str(ck) for kw in calls), "the second call must resume the file"
+    c = engine.checkpoint.load(ck)
+    ref = real(engine.init.orthogonal([32, 16, 16, 16, 3], seed=0),   # the CLI default init seed
+               engine.Problem(*engine.synthetic(32, 8, 3, seed=0)), steps=40, backend="numpy")
+    assert c.step == 40
+    np.testing.assert_array_equal(c.excess, ref.excess[:len(c.excess)])
+    before = ck.read_bytes()
+    assert main(TRAIN_SMALL + ["--steps", "40", "--lr", "1e-4", "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and ck.read_bytes() == before
+    assert main(TRAIN_SMALL + ["--steps", "10", "--lr", "1e-4", "--checkpoint", str(ck), "--overwrite"]) == 0
+    assert engine.checkpoint.load(ck).step == 10
+
+    @functools.wraps(real)
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    capsys.readouterr()
+    assert main(TRAIN_SMALL + ["--steps", "10", "--lr", "1e-4", "--checkpoint", str(ck)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(ck) in err and "resume" in err and "database" not in err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--tol", "nan"], "--tol"), (["--tol", "inf"], "--tol"), (["--data-seed", "-5"], "--data-seed"),
+    (["--seed", "-1"], "--seed"), (["--plot", "t.xyz"], "--plot"),
+    (["--history", "/proc/engine-no/h.csv"], "--history"),
+    (["--history", "afile/h.csv"], "--history"),
+])
+def test_train_bad_options_fail_before_training(extra, needle, capsys, monkeypatch, tmp_path):
+    """Item 9: NaN tol, negative seeds, an unwritable --history and an unknown --plot format are
+    refused up front (exit 2, naming the option), not after the run."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a directory")
+    ran = []
+    monkeypatch.setattr(engine, "train", lambda *a, **k: ran.append(1))
+    try:
+        code = main(TRAIN_SMALL + ["--steps", "5"] + extra)
+    except SystemExit as exc:          # argparse's own exit for a bad value
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err.strip().splitlines()[-1] and not ran   # usage, then one error line
+
+
+def test_info_huge_widths_is_arithmetic(capsys):
+    """Item 9: the estimate for 10^7 layers is computed from the run-length form, not a list."""
+    import time
+    import tracemalloc
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        assert main(["info", "--widths", "1024,1000x10000000,10"]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5 and peak < 20 * 1024 ** 2
+    assert "depth 10000001" in capsys.readouterr().out

@@ -185,8 +185,8 @@ def test_members_stop_at_tol_independently(backend):
     seeds = [0, 1, 2]
     ens = Ensemble.gaussian(widths, seeds=seeds)
     # tol 1e-3: members 1 and 2 reach it at different steps, member 0 never does
-    ref = _separate("gaussian", widths, seeds, prob, steps=400, tol=1e-3, backend="numpy", record_every=7)
-    res = E.train(ens, prob, steps=400, tol=1e-3, backend=backend, record_every=7)
+    ref = _separate("gaussian", widths, seeds, prob, steps=400, atol=1e-3, backend="numpy", record_every=7)
+    res = E.train(ens, prob, steps=400, atol=1e-3, backend=backend, record_every=7)
     for k, rr in enumerate(ref):
         m = res.member(k)
         assert m.converged == rr.converged and m.steps == rr.steps

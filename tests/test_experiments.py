@@ -97,3 +97,23 @@ def test_width_threshold_tiny(tmp_path):
 def test_unknown_experiment_is_a_clear_error():
     with pytest.raises(ValueError, match="experiment: unknown experiment 'nope'"):
         ex.run("nope")
+
+
+def test_beyond_experiments_tiny_run_and_tabulate(tmp_path):
+    """lazy_gap / sharpness / lyapunov_spectra: rows, plots and tables at the tiny size."""
+    import numpy as np
+    from engine import experiments as ex
+    lg = ex.run("lazy_gap", None, size="tiny")
+    assert {(r["init"], r["width"]) for r in lg} == {(i, w) for i in ex.INITS for w in (16, 32)}
+    assert all(0 <= r["gap"] < 1 for r in lg)
+    sh = ex.run("sharpness", None, size="tiny")
+    for init in ("gaussian", "orthogonal"):
+        rs = [r for r in sh if r["init"] == init]
+        assert rs[0]["t"] == 0 and np.isclose(rs[0]["sharpness"] * rs[0]["lr"], 2.5)   # starts above the edge
+    ly = ex.run("lyapunov_spectra", None, size="tiny")
+    assert all(abs(r["mean_log_sv"]) < 1e-12 for r in ly if r["init"] == "orthogonal")
+    assert all(r["mean_log_sv"] < 0 for r in ly if r["init"] == "gaussian" and r["i"] == r["width"])
+    for name, rows in (("lazy_gap", lg), ("sharpness", sh), ("lyapunov_spectra", ly)):
+        ex.plot(name, rows, str(tmp_path / f"{name}.png"))
+        header, recs = ex.figure_table(name, rows)
+        assert len(recs) == len(rows) and len(header) == len(recs[0])

@@ -334,3 +334,26 @@ def test_parquet_export_or_a_clear_message(tmp_path):
                 db.export_parquet(tmp_path / "p.parquet")
         else:
             assert db.export_parquet(tmp_path / "p.parquet") == 2
+
+
+def test_grid_accepts_any_ordered_iterable_and_refuses_sets_and_empty_axes():
+    """Issue 11 item 9: range/array axes work; a set (no order) and an empty axis are refused."""
+    import numpy as np
+    import pytest
+    from engine.sweep import grid
+    assert [c["seed"] for c in grid(seed=range(3), steps=5)] == [0, 1, 2]
+    assert len(grid(seed=np.arange(2), width=(8, 16))) == 4
+    with pytest.raises(TypeError, match="seed: a grid axis must be ordered"):
+        grid(seed={0, 1})
+    with pytest.raises(ValueError, match="width: the grid axis is empty"):
+        grid(width=[])
+
+
+def test_widths_as_set_or_dict_are_refused():
+    import numpy as np
+    import pytest
+    import engine
+    for bad in ({4, 3, 2}, {4: 0, 3: 0}):
+        with pytest.raises(TypeError, match="widths: must be an ordered sequence"):
+            engine.init.gaussian(bad, seed=0)
+    assert engine.init.gaussian(np.array([4, 3, 2]), seed=0).widths == (4, 3, 2)

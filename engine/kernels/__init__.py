@@ -124,6 +124,15 @@ def _auto_order(shape=None):
     return _AUTO_ORDER
 
 
+def auto_choice(widths, n, dtype="float64", **kw):
+    """(backend name, threads or None, reason) that ``auto`` runs for a network
+    of ``widths`` trained on rank-``n`` data: measured on this machine and
+    cached (``engine.kernels.auto``), or the fixed rule above for small
+    networks, with ENGINE_AUTO=rule, or the backend named by ENGINE_BACKEND."""
+    from .auto import auto_choice as _choice
+    return _choice(widths, n, dtype, **kw)
+
+
 # -- threads -------------------------------------------------------------------
 _CONTROLLER = None
 
@@ -148,9 +157,9 @@ def thread_limits(backend, threads=None):
     * ``numba`` backend: BLAS pools are limited to 1 thread (its kernels call
       no BLAS; an idle OpenBLAS pool that spins after a call would steal the
       cores from Numba's threads), and Numba uses ``threads`` threads if given.
-    * ``cblas`` / ``numpy``: their parallelism is the BLAS pool, so BLAS gets
-      ``threads`` threads if given (else is left as is) and Numba's pool,
-      which sleeps, is left alone.
+    * ``cblas`` / ``numpy``: their parallelism is the BLAS pool (and, for
+      cblas, the kernel's OpenMP threads), so both get ``threads`` threads if
+      given (else are left as is) and Numba's pool, which sleeps, is left alone.
 
     ``backend`` is a backend module or its name. Global state (threadpoolctl
     limits, ``numba.set_num_threads``) is restored on exit, also on error.
@@ -166,4 +175,6 @@ def thread_limits(backend, threads=None):
                 stack.callback(numba.set_num_threads, old)
         elif threads is not None:
             stack.enter_context(_controller().limit(limits=int(threads), user_api="blas"))
+            if name == "cblas":          # the C kernel's own threads are OpenMP's
+                stack.enter_context(_controller().limit(limits=int(threads), user_api="openmp"))
         yield
