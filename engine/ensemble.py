@@ -114,12 +114,12 @@ class Ensemble:
         return cls._build(lambda s: init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha, dtype=dtype), seeds)
 
     @classmethod
-    def orthogonal(cls, widths, seeds=range(8), *, dtype=np.float64) -> "Ensemble":
-        """Members ``engine.init.orthogonal(widths, seed=s)`` for s in ``seeds``."""
+    def orthogonal(cls, widths, seeds=range(8), alpha=None, *, dtype=np.float64) -> "Ensemble":
+        """Members ``engine.init.orthogonal(widths, seed=s, alpha=alpha)`` for s in ``seeds``."""
         from . import init, memory
         seeds = _seed_list(seeds)
         memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
-        return cls._build(lambda s: init.orthogonal(widths, seed=s, dtype=dtype), seeds)
+        return cls._build(lambda s: init.orthogonal(widths, seed=s, alpha=alpha, dtype=dtype), seeds)
 
     @classmethod
     def _build(cls, make, seeds) -> "Ensemble":
@@ -690,12 +690,23 @@ class EnsembleResult:
                 f"backend={self.backend!r} ({self.schedule}), wall_time={self.wall_time:.3g}s)")
 
 
+def _settings(ens):
+    """Each member's ``theory.Setting`` (from its init, sigma and alpha)."""
+    return [theory._member_setting(init, ens.depth, ens._sigmas[k], ens._log_beta[k])
+            for k, init in enumerate(ens.inits)]
+
+
 def _lr_per_member(ens, prob, lr):
     K = ens.size
     if isinstance(lr, str):
         if lr != "theory":
             raise ValueError(f"lr: must be a positive number, a sequence of K of them, or 'theory', got {lr!r}")
-        return np.array([theory.lr_bound(init, prob, ens.depth) for init in ens.inits])
+        lrs = []
+        for k, st in enumerate(_settings(ens)):
+            if not st.applies:
+                st.require(f"lr='theory' (member {k})")
+            lrs.append(theory.lr_bound(st, prob))
+        return np.array(lrs)
     if np.ndim(lr) == 0:
         lrs = np.full(K, positive_float(lr, "lr"))
     else:
@@ -712,9 +723,9 @@ def _warn_above_bound(ens, prob, lrs):
     import warnings
     from .train import LR_WARN_RTOL, LearningRateWarning
     over = []
-    for k, init in enumerate(ens.inits):
-        if init in ("gaussian", "orthogonal"):
-            bound = theory.lr_bound(init, prob, ens.depth)
+    for k, st in enumerate(_settings(ens)):
+        if st.applies:
+            bound = theory.lr_bound(st, prob)
             if lrs[k] > bound * (1.0 + LR_WARN_RTOL):
                 over.append((k, lrs[k] / bound))
     if over:
@@ -742,7 +753,8 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
     prob : Problem
     lr : float, sequence of K floats, or "theory"
         W-space learning rate(s); "theory" takes each member's theorem rate
-        (``engine.theory.lr_bound``; DH Thm 4.1 / HXP Thm 3.1).
+        (``engine.theory.lr_bound`` of the member's ``theory.Setting``; DH Thm 4.1 /
+        HXP Thm 3.1), refused (ValueError) for members no theorem covers.
     steps, tol, atol, record_every, progress : as in ``engine.train``
         (``tol`` relative: a member stops when its l - OPT <= tol ||Y||_F^2;
         ``atol`` absolute; default neither: every step runs; the progress
@@ -867,9 +879,9 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
         excess[k, np.searchsorted(grid, ts)] = es
     rate = np.array([fit_rate(ts, es) for ts, es in hist])
     predicted = np.full(K, np.nan)
-    for k in range(K):
-        if not diverged[k] and ens.inits[k] in ("gaussian", "orthogonal"):
-            predicted[k] = theory.predicted_factor(ens.inits[k], prob, ens.depth, lrs[k])
+    for k, setting in enumerate(_settings(ens)):
+        if not diverged[k] and setting.applies:
+            predicted[k] = theory.predicted_factor(setting, prob, lr=lrs[k])
     return EnsembleResult(t=grid, loss=opt + excess, excess=excess, steps=stop_t, converged=converged,
                           diverged=diverged, rate=rate, predicted=predicted, lr=lrs, messages=messages,
                           wall_time=wall, backend=st.name, schedule=st.schedule, opt=opt, ensemble=ens,

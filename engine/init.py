@@ -74,7 +74,7 @@ def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64, ensemb
                    dtype=dtype, _stack=stack)
 
 
-def orthogonal(widths, seed=0, *, dtype=np.float64, ensemble=None):
+def orthogonal(widths, seed=0, alpha=None, *, dtype=np.float64, ensemble=None):
     """Orthogonal initialization (HXP eq. 4).
 
     With ``ensemble=K`` returns an ``engine.Ensemble`` of K such networks with
@@ -92,15 +92,23 @@ def orthogonal(widths, seed=0, *, dtype=np.float64, ensemble=None):
     Haar sampling: QR of a Gaussian matrix with the signs of diag(R) moved into
     Q (Mezzadri 2007); without that correction QR output is not Haar.
 
-    Storage: s_i = sqrt(d_i), beta = 1, so A_i = sqrt(max(d_i, d_{i-1}) / d_i) Q_i.
+    alpha : float, optional
+        Output scale; default HXP's 1/sqrt(m^(L-1) d_y) = (prod_i d_i)^(-1/2).
+        Another alpha = c x the default is HXP's setting on targets Y / c
+        (``engine.theory.theorem_setting``).
+
+    Storage: s_i = sqrt(d_i), beta = alpha prod_i s_i (= 1 by default), so
+    A_i = sqrt(max(d_i, d_{i-1}) / d_i) Q_i.
     """
     if ensemble is not None:
         from .ensemble import Ensemble
-        return Ensemble.orthogonal(widths, seeds=_ensemble_seeds(seed, ensemble), dtype=dtype)
+        return Ensemble.orthogonal(widths, seeds=_ensemble_seeds(seed, ensemble), alpha=alpha,
+                                   dtype=dtype)
     widths = widths_list(widths)
     dtype = float_dtype(dtype)
     L = len(widths) - 1
     log_s = np.array([0.5 * np.log(widths[i + 1]) for i in range(L)])
+    log_beta = 0.0 if alpha is None else np.log(positive_float(alpha, "alpha")) + float(np.sum(log_s))
     rng = np.random.default_rng(seed_value(seed))
     memory.check(widths, dtype)
     layers, stack = _alloc_layers(widths, dtype)
@@ -109,7 +117,7 @@ def orthogonal(widths, seed=0, *, dtype=np.float64, ensemble=None):
         q = haar_semi_orthogonal(rng, rows, cols)
         q *= np.sqrt(max(rows, cols) / rows)
         a[...] = q
-    return Network(layers, log_s, 0.0, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
+    return Network(layers, log_s, log_beta, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
 
 
 def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Network:

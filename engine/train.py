@@ -307,7 +307,11 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     lr : float or "theory"
         W-space learning rate. "theory" takes the theorem's rate for the init:
         d_out / (3 L ||X||^2) for Gaussian (DH Thm 4.1), d_out / (2 L ||X||^2)
-        for orthogonal (HXP Thm 3.1).
+        for orthogonal (HXP Thm 3.1), times sigma^2 / c^2 for entries
+        N(0, sigma^2) and alpha = c x the default (``theory.theorem_setting``:
+        W-space GD at eta is the theorem's GD at eta c^2 / sigma^2). Refused
+        (ValueError naming lr) where no theorem applies: per-layer sigma_i
+        that differ, ``from_weights`` nets.
     steps : int >= 0      maximum number of GD steps (default 1000)
     tol : float >= 0, optional
         RELATIVE stopping tolerance: stop as soon as l(t) - OPT <= tol * ||Y||_F^2
@@ -452,7 +456,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         if lr != "theory":
             raise ValueError(f"lr: must be a positive number or 'theory', got {lr!r}")
         _check_net_prob(net, prob)
-        lr = theory.lr_bound(theorem_init(net.init), prob, net.depth)
+        lr = theory.lr_bound(theory.theorem_setting(net).require("lr='theory'"), prob)
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
@@ -529,10 +533,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         res.wall_time += prev_wall
         _attach_records(res, recorders)
         why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
-        bound = _safe_bound(net, prob)
-        hint = f" (the theorem's bound for this init is lr <= {bound:.4g})" if bound else ""
         return DivergenceError(
-            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; lr = {lr:.4g} is too large{hint}. "
+            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; {_lr_verdict(net, prob, lr)}. "
             f"The history and the network at step {good} (the last finite state below the "
             "threshold) are attached (.result, .net).",
             result=res, net=net, step=t_bad, net_step=good)
@@ -943,29 +945,50 @@ def warn_bottleneck(widths, prob, stacklevel=3):
 def _warn_above_bound(net, prob, lr):
     bound = _safe_bound(net, prob)
     if bound is not None and lr > bound * (1.0 + LR_WARN_RTOL):
-        thm = "DH Thm 4.1" if net.init == "gaussian" else "HXP Thm 3.1"
+        st = theory.theorem_setting(net)
+        rule = f"d_out / ({'3' if st.init == 'gaussian' else '2'} L ||X||^2)"
+        if st.lr_scale != 1.0:
+            rule += f" x sigma^2 / c^2 = x {st.lr_scale:.4g} for sigma = {st.sigma:.4g}, c = alpha / alpha_default = {st.output_scale:.4g}"
         warnings.warn(
             f"lr: {lr:.4g} exceeds the theorem's bound {bound:.4g} for {net.init} init "
-            f"({thm}: d_out / ({'3' if net.init == 'gaussian' else '2'} L ||X||^2)) by a factor "
+            f"({st.theorem}: {rule}) by a factor "
             f"{lr / bound:.3g}; the convergence guarantee does not apply and GD may diverge",
             LearningRateWarning, stacklevel=3)
 
 
 def _safe_bound(net, prob):
-    if net.init not in THEOREM_INIT:
-        return None
-    try:
-        return theory.lr_bound(theorem_init(net.init), prob, net.depth)
-    except ValueError:
-        return None
+    """The theorem's W-space bound for ``net`` (``theory.lr_bound``), or None if no theorem applies."""
+    st = theory.theorem_setting(net)
+    return theory.lr_bound(st, prob) if st.applies else None
+
+
+def _lr_verdict(net, prob, lr) -> str:
+    """What the divergence message says about ``lr``: never that an lr within the bound is too large."""
+    bound = _safe_bound(net, prob)
+    if bound is None:
+        return f"lr = {lr:.4g} is too large for this network (no theorem gives a bound for it)"
+    if lr > bound * (1.0 + LR_WARN_RTOL):
+        return (f"lr = {lr:.4g} is too large: {lr / bound:.3g} x the theorem's bound "
+                f"lr <= {bound:.4g} for this init")
+    st = theory.theorem_setting(net)
+    where = "DH eq. 4" if st.init == "gaussian" else "HXP eq. 5, m >= max{d_x, d_y}"
+    if theory.width_condition_met(net, prob):
+        cond = (f"the width condition ({where}) holds only in shape (with its unknown "
+                "universal constant set to 1)")
+    else:
+        cond = f"this network does not meet the width condition ({where})"
+    return (f"lr = {lr:.4g} is within the theorem's bound lr <= {bound:.4g} for this init, but "
+            f"{st.theorem} guarantees convergence only for wide enough networks and {cond}; "
+            "a smaller lr may still converge")
 
 
 def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
     t = np.asarray(ts, dtype=np.int64)
     ex = np.asarray(exs, dtype=np.float64)
     predicted = float("nan")
-    if prob is not None and net.init in THEOREM_INIT:
-        predicted = theory.predicted_factor(theorem_init(net.init), prob, net.depth, lr)
+    st = theory.theorem_setting(net)
+    if prob is not None and st.applies:
+        predicted = theory.predicted_factor(st, prob, lr=lr)
     return TrainResult(t=t, loss=opt + ex, excess=ex, steps=int(steps), net=net,
                        converged=converged, rate=fit_rate(t, ex), predicted=predicted,
                        lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
