@@ -813,6 +813,8 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
     # returned with non-finite or exploded weights (at lr = 1e308 the step
     # after a finite loss overflows the weights).
     snaps = [None] * K
+    settings = _settings(ens)
+    from .train import _lr_verdict
     snap_t = np.zeros(K, dtype=np.int64)
     frozen_at = {}
 
@@ -849,8 +851,10 @@ def _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress):
                 why = "is not finite" if not np.isfinite(ex[k]) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
                 restore(k)
                 kept = f"; weights kept from step {frozen_at[int(k)]}" if int(k) in frozen_at else ""
-                messages[int(k)] = (f"GD diverged at step {t}: loss {opt + ex[k]:.4g} {why}; "
-                                    f"lr = {lrs[k]:.4g} is too large{kept}")
+                # the wording of a single run's DivergenceError (engine.train): an lr within
+                # the theorem's bound is never called too large
+                verdict = _lr_verdict(settings[k], prob, float(lrs[k]), ens.widths)
+                messages[int(k)] = f"GD diverged at step {t}: loss {opt + ex[k]:.4g} {why}; {verdict}{kept}"
             good = active & ~bad
             if tol is not None:
                 converged |= good & (ex <= tol)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import memory
+from . import memory, theory
 from ._validate import as_real_matrix, float_dtype, positive_float, positive_int, seed_value, widths_list
 from .network import Network, _alloc_layers
 
@@ -139,7 +139,10 @@ def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Netwo
     holds deterministically) and E||f(x)||^2 = ||x||^2; ``scale`` multiplies
     the end-to-end map by scale^L (scale < 1: the small-init regime of deep
     matrix factorization). ``lr="theory"`` uses HXP Thm 3.1's rate
-    (d_y / (2 L ||X||^2)).
+    (d_y / (2 L ||X||^2)) for noise = 0. With noise > 0 the hidden layers are
+    no longer isometries and no theorem gives a rate: the net's ``init`` is
+    ``"identity+noise"`` (``theory.NOISY_IDENTITY``) and ``lr="theory"`` is
+    refused with a message naming the init noise; give a numeric lr.
 
     Storage: s_i = scale sqrt(d_i), beta = scale^L, A_i = E_i + noise G_i
     (exponents of ``diagnostics.lyapunov`` are 0 at noise = 0).
@@ -167,7 +170,10 @@ def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Netwo
         if noise > 0:
             q += noise * rng.standard_normal((rows, cols)) / np.sqrt(rows)
         a[...] = q
-    return Network(layers, log_s, L * np.log(scale), init="identity", seed=seed, dtype=dtype,
+    # noise > 0 is recorded in the init name (kept by copies, ensembles and
+    # checkpoints): theory.theorem_setting refuses lr="theory" for such nets
+    name = "identity" if noise == 0 else theory.NOISY_IDENTITY
+    return Network(layers, log_s, L * np.log(scale), init=name, seed=seed, dtype=dtype,
                    _stack=stack)
 
 

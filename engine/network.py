@@ -38,7 +38,7 @@ class Network:
     widths : tuple[int, ...]   [d_0, ..., d_L]
     depth  : int               L
     dtype  : numpy.dtype       storage dtype (float64 or float32)
-    init   : str               "gaussian", "orthogonal" or "custom"
+    init   : str               "gaussian", "orthogonal", "identity", "identity+noise" or "custom"
     """
 
     def __init__(self, layers, log_s, log_beta: float, *, init: str = "custom",

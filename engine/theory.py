@@ -58,7 +58,7 @@ import numpy as np
 from ._validate import positive_float, positive_int
 
 __all__ = [
-    "Setting", "theorem_setting", "width_condition_met", "THEOREMS",
+    "Setting", "theorem_setting", "width_condition_met", "width_note", "THEOREMS", "NOISY_IDENTITY",
     "lr_bound", "predicted_factor", "steps_to_excess", "predicted_steps",
     "dh_width", "dh_lr_bound", "dh_factor", "dh_loss_bound", "dh_radius", "dh_gram_bounds",
     "hxp_width", "hxp_lr_bound", "hxp_factor", "hxp_loss_bound", "hxp_radius", "hxp_gram_bounds",
@@ -74,6 +74,9 @@ _CONSTANTS = {
     "orthogonal": (2.0, 2.0),  # HXP Theorem 3.1
 }
 THEOREMS = {"gaussian": "DH Thm 4.1", "orthogonal": "HXP Thm 3.1"}
+
+# The init name engine.init.identity gives a net drawn with noise > 0 (outside every theorem).
+NOISY_IDENTITY = "identity+noise"
 
 # alpha counts as the default when ln(alpha / alpha_default) = ln(beta) is this
 # close to 0: an alpha passed as the default computed by hand differs by rounding.
@@ -141,10 +144,17 @@ class Setting:
 def _member_setting(init, depth, sigma, log_beta) -> Setting:
     """The Setting of a net built as ``init`` with per-layer sigma and ln(beta)."""
     L = int(depth)
+    if init == NOISY_IDENTITY:
+        # engine.init.identity(noise > 0) names its nets so: the perturbed hidden
+        # layers are no longer isometries, so HXP Lemma B.1's premise (and with it
+        # Thm 3.1's rate and factor) fails, and no theorem gives a rate for them
+        return Setting(str(init), L, reason=(
+            "identity init with init noise > 0 (engine.init.identity(noise=...)) perturbs the "
+            "hidden isometries HXP Thm 3.1 relies on (Lemma B.1), and no theorem covers the "
+            "perturbed net; noise=0 is HXP's setting"))
     if init == "identity":
-        # engine.init.identity(scale=g): W_i = g x its eq. (4)-like weights with the
-        # orthogonal alpha, i.e. sigma = g (equivalence a) and c = g^L (b); its
-        # noise is not recorded on the net, so noise > 0 is taken as noise = 0.
+        # engine.init.identity(scale=g, noise=0): W_i = g x its eq. (4)-like weights with
+        # the orthogonal alpha, i.e. sigma = g (equivalence a) and c = g^L (b).
         g = float(np.exp(float(log_beta) / L))
         if abs(float(log_beta)) <= _ALPHA_DEFAULT_ATOL:
             g = 1.0
@@ -237,10 +247,11 @@ def lr_bound(init, prob, depth: int | None = None) -> float:
     holds only under its theorem's width condition (``width_condition_met``;
     DH eq. 4, HXP eq. 5 with m >= max{d_x, d_y}). Outside it the rate can be
     far too large: for an orthogonal net with m < d_in (d_in = 1024, m = 16,
-    L = 4, HXP's data with data_seed 0) lambda_max(P(0)) is ~24x HXP's
-    2 L ||X||^2 / d_y for init seed 0 (1.28x and 1.16x for seeds 1 and 2), and
-    seed 0 diverges within a few steps at this rate; the phase diagrams mark
-    such cells as diverged.
+    L = 4, HXP's data with data_seed 0) lambda_max(P(0)) / (HXP's
+    2 L ||X||^2 / d_y) is 24.1 for init seed 0, 1.28 for seed 1 and 1.16 for
+    seed 2 (measured with ``diagnostics.gram_eigs``), and at this rate the
+    three runs diverge at steps 2, 9 and 26; the phase diagrams mark such
+    cells as diverged.
     """
     st = _resolve(init, depth).require()
     k, _ = _consts(st.init)
@@ -299,21 +310,55 @@ def width_condition_met(net, prob, delta: float = 0.1, C: float = 1.0) -> bool:
     Unequal hidden widths (the theorems take them all equal to m) count as
     met when every one of them meets the requirement.
     """
+    met, _, _, _ = _width_check(net, prob, delta, C)
+    return met
+
+
+def _width_check(net, prob, delta, C):
+    """(met, setting, narrowest hidden width or None, required width or None) for
+    ``width_condition_met`` / ``width_note``. ``net``: a Network, (init name, widths)
+    or (Setting, widths) (an ensemble member: its setting with the ensemble's widths)."""
     if isinstance(net, tuple):
         init, widths = net
-        _consts(init)
         from ._validate import widths_list
         widths = widths_list(widths)
-        st = Setting(init, len(widths) - 1)
+        if isinstance(init, Setting):
+            st = init
+            if st.depth != len(widths) - 1:
+                raise ValueError(f"net: the Setting's depth {st.depth} differs from the widths' "
+                                 f"depth {len(widths) - 1}")
+        else:
+            _consts(init)
+            st = Setting(init, len(widths) - 1)
     else:
         st = theorem_setting(net)
         widths = net.widths
     if not st.applies:
-        return False
+        return False, st, None, None
     hidden = _hidden(widths)
     if not hidden:
-        return True
-    return min(hidden) >= width_requirement(st, prob, st.depth, delta, C)
+        return True, st, None, None
+    req = width_requirement(st, prob, st.depth, delta, C)
+    return min(hidden) >= req, st, min(hidden), req
+
+
+def width_note(net, prob, delta: float = 0.1, C: float = 1.0) -> str:
+    """The label every drawn or printed theorem bound carries: whether it applies.
+
+    "(width condition met)" or "(width condition NOT met: m = 128 < required 1.2e+05)"
+    for the theorem's width requirement (``width_requirement``: DH eq. 4 / HXP eq. 5
+    with m >= max{d_x, d_y}; C = 1 by default, so "met" is met in shape only), or
+    "(no theorem applies)" when none covers ``net``. ``net`` as in
+    ``width_condition_met`` (a Network, (init, widths) or (Setting, widths)).
+    A bound drawn for a net whose condition is NOT met is the theorem's formula
+    evaluated outside its hypotheses: the curve may break it.
+    """
+    met, st, m, req = _width_check(net, prob, delta, C)
+    if not st.applies:
+        return "(no theorem applies)"
+    if met:
+        return "(width condition met)"
+    return f"(width condition NOT met: m = {m} < required {req:.4g})"
 
 
 # -- DH Theorem 4.1 -----------------------------------------------------------------
@@ -558,8 +603,14 @@ class Summary:
     width_condition_met: bool | None = None
 
     def __str__(self) -> str:
-        w = ("not checked (pass a network for its widths)" if self.width_condition_met is None
-             else f"{'met' if self.width_condition_met else 'NOT met'} (narrowest hidden width {self.width})")
+        if self.width_condition_met is None:
+            w, wn = "not checked", "pass a network for its widths"
+        elif self.width_condition_met:
+            w, wn = "met", ("no hidden layer" if self.width is None
+                            else f"narrowest hidden width {self.width}; in shape only (C = {self.C:g})")
+        else:
+            w, wn = "NOT met", (f"m = {self.width} < required {self.width_requirement:.4g}: the bounds "
+                                "below are the formulas outside the theorem's hypotheses")
         rows = [
             ("theorem", f"{self.theorem} ({self.init} init), depth L = {self.depth}", ""),
             ("lr", f"{self.lr:.6g}", "W-space" + (" (= the bound)" if self.lr == self.lr_bound else "")),
@@ -567,7 +618,7 @@ class Summary:
             ("factor", f"{self.factor:.8g}", "per step, on l(t) - OPT"),
             ("width requirement", f"{self.width_requirement:.6g}",
              f"hidden width m (shape only: C = {self.C:g}, delta = {self.delta:g})"),
-            ("width condition", w, ""),
+            ("width condition", w, wn),
             ("loss bound B", f"{self.loss_bound:.6g}", "loss units, l(0) <= B w.p. >= 1 - delta"),
             ("radius", f"{self.radius:.6g}", "Frobenius, W-space: ||W_i(t) - W_i(0)||_F"),
             ("Gram eigenvalues", f"[{self.gram_lower:.6g}, {self.gram_upper:.6g}]", "of P(t), units of 1/lr"),

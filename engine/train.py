@@ -962,8 +962,11 @@ def _safe_bound(net, prob):
     return theory.lr_bound(st, prob) if st.applies else None
 
 
-def _lr_verdict(net, prob, lr) -> str:
-    """What the divergence message says about ``lr``: never that an lr within the bound is too large."""
+def _lr_verdict(net, prob, lr, widths=None) -> str:
+    """What the divergence message says about ``lr``: never that an lr within the bound is too large.
+
+    ``net`` is a Network, or a ``theory.Setting`` with the network's ``widths``
+    (an ensemble member, engine.ensemble.train)."""
     bound = _safe_bound(net, prob)
     if bound is None:
         return f"lr = {lr:.4g} is too large for this network (no theorem gives a bound for it)"
@@ -972,7 +975,7 @@ def _lr_verdict(net, prob, lr) -> str:
                 f"lr <= {bound:.4g} for this init")
     st = theory.theorem_setting(net)
     where = "DH eq. 4" if st.init == "gaussian" else "HXP eq. 5, m >= max{d_x, d_y}"
-    if theory.width_condition_met(net, prob):
+    if theory.width_condition_met(net if widths is None else (st, widths), prob):
         cond = (f"the width condition ({where}) holds only in shape (with its unknown "
                 "universal constant set to 1)")
     else:
