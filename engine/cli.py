@@ -885,7 +885,7 @@ def cmd_train(args) -> int:
     print(f"lr {run.lr:.5g} ({'theory' if args.lr == 'theory' else 'given'}), backend {run.backend}")
     print(f"status {status}: {run.steps} steps, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
           f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}, "
-          f"theorem factor {run.predicted:.6f}, {run.wall_time:.2f} s")
+          f"theorem factor {run.predicted:.6f} {engine.theory.width_note(net, prob)}, {run.wall_time:.2f} s")
     _where_saved(run, args, args.checkpoint)
     if args.plot:
         from engine import experiments as ex
@@ -898,7 +898,8 @@ def cmd_train(args) -> int:
         e = np.asarray(run.excess)
         ax.semilogy(run.t, e / e[0], label=f"{args.init}, rate {run.rate:.5f}")
         if np.isfinite(run.predicted) and 0 < run.predicted < 1:
-            ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":", label="theorem bound")
+            ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":",
+                        label=f"theorem bound {engine.theory.width_note(net, prob)}")
         lazy = run.records.get("lazy")
         if lazy is not None:
             lv = np.asarray(lazy["values"], dtype=float)
@@ -975,7 +976,7 @@ def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto", data_seed=
     rows = []
     for init in ("gaussian", "orthogonal"):
         net = engine.init.by_name(init)(widths, seed=seed)
-        row = {"init": init}
+        row = {"init": init, "width_note": engine.theory.width_note(net, prob)}
         try:
             run = engine.train(net, prob, lr="theory", steps=steps, tol=tol, backend=backend)
             row.update(run=run, status="converged" if run.converged else "budget")
@@ -1003,9 +1004,11 @@ def cmd_demo(args) -> int:
         print(f"{row['init']:11s} {run.lr:10.4g} {run.steps:6d} {row['status']:>10s} "
               f"{run.excess[-1]:13.4e} {run.excess[-1] / run.excess[0]:12.3e} {run.rate:12.6f} "
               f"{run.predicted:15.6f} {run.wall_time:7.2f}")
+    for row in rows:
+        print(f"{row['init']} theorem factor {row['run'].predicted:.6f} {row['width_note']}")
     print()
     print("fitted rate: per-step contraction of l - OPT fitted over the tail of the run; theorem factor: "
-          "the per-step factor the theorem guarantees (when its width condition holds).")
+          "the per-step factor the theorem guarantees (only when its width condition holds).")
     if not args.no_plot:
         path = plot_demo(rows, args.out, args.width, args.depth)
         if path:
@@ -1031,7 +1034,7 @@ def plot_demo(rows, path, width, depth):
         if np.isfinite(run.predicted) and 0 < run.predicted < 1:
             tt = np.arange(0, run.t[-1] + 1)
             ax.semilogy(tt, run.predicted ** tt, color=colors[row["init"]], ls=":", lw=1,
-                        label=f"{row['init']} theorem bound ({run.predicted:.4f}^t)")
+                        label=f"{row['init']} theorem bound ({run.predicted:.4f}^t) {row['width_note']}")
     ax.set_xlabel("GD step t")
     ax.set_ylabel("(l(t) - OPT) / (l(0) - OPT)")
     ax.set_ylim(bottom=1e-14)

@@ -44,7 +44,7 @@ __all__ = ["EXPERIMENTS", "plot_grid", "fmt_line", "figure_table", "reproduce_al
 
 # A run is "trainable" when log10((l(T) - OPT) / (l(0) - OPT)) <= this after its budget.
 TRAINABLE_LOG10 = -3.0
-# HXP's data (DESIGN.md): X in R^{1024 x 16}, W* in R^{10 x 1024}, Y = W* X.
+# HXP's data (HXP Sec. 5; docs/design.md, "The problem"): X in R^{1024 x 16}, W* in R^{10 x 1024}, Y = W* X.
 HXP_DATA = {"d_in": 1024, "n": 16, "d_out": 10}
 INITS = ("gaussian", "orthogonal")
 
@@ -241,7 +241,7 @@ def plot_phase_diagram(rows, path, threshold=TRAINABLE_LOG10):
     steps = max((r["steps"] for r in rows), default=0)
     seeds = len({r["seed"] for r in rows})
     fig.suptitle(f"HXP phase diagram: X 1024x16, Y = W*X, {_lr_text(rows)}, budget {steps} steps, "
-                 f"median over {seeds} seed{'s' if seeds > 1 else ''}", fontsize=9)
+                 f"median over {seeds} seed{'s' if seeds > 1 else ''}" + _outside_hxp_note(rows), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -574,10 +574,24 @@ def plot_hxp_demo(rows, curves, path):
     ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
     if curves:
         ax.legend(fontsize=7)
-    fig.suptitle(f"HXP: Gaussian vs orthogonal init (X 1024x16, Y = W*X, {_lr_text(list(rows) + list(curves))})",
-                 fontsize=10)
+    fig.suptitle(f"HXP: Gaussian vs orthogonal init (X 1024x16, Y = W*X, {_lr_text(list(rows) + list(curves))})"
+                 + _outside_hxp_note(rows), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _outside_hxp_note(rows):
+    """A second title line when orthogonal cells have widths m < d_x: HXP Thm 3.1 assumes
+    m >= max{d_x, d_y}, so those cells use engine's extension of eq. (4) and HXP's rate
+    there is the formula outside the theorem (it diverges left of the boundary)."""
+    narrow = [r for r in rows if r.get("init") == "orthogonal" and r.get("depth", 1) > 1
+              and r.get("d_in") is not None and r["width"] < r["d_in"]]
+    if not narrow:
+        return ""
+    d_x = max(r["d_in"] for r in narrow)
+    every = all(r["width"] < r["d_in"] for r in rows if r.get("init") == "orthogonal" and r.get("depth", 1) > 1)
+    return (f"\n{'every' if every else 'some'} orthogonal width < d_x = {d_x}: outside HXP Thm 3.1 (m >= d_x; "
+            "eq. 4 extended to m < d_x), so the flat boundary is largely where HXP's rate becomes unstable")
 
 
 def phase_cells(rows, init, threshold=TRAINABLE_LOG10):

@@ -63,6 +63,8 @@ def run_check(width: int = 512, depth: int = 6, steps: int = 80, seed: int = 0,
         dist = np.asarray(run.records["distance"]["values"]).max(axis=1)
         out[name] = dict(
             run=run, lr=lr, gram=g, ratio=ratio, dist=dist, wall=wall,
+            # every bound below is the theorem's only when its width condition holds
+            width_note=theory.width_note(net, prob),
             factor=theory.predicted_factor(name, prob, depth, lr),
             gram_bounds=theory.gram_bounds(name, prob, depth),
             radius=theory.radius(name, prob, depth, B=float(ex[0])),
@@ -86,6 +88,7 @@ def table(res: dict) -> str:
         rows.append(f"| {label} | {fn(res['gaussian'])} | {fn(res['orthogonal'])} |")
 
     row("learning rate eta (theorem's bound)", lambda r: _fmt(r["lr"]))
+    row("width condition (DH eq. 4 / HXP eq. 5, C = 1)", lambda r: r["width_note"].strip("()"))
     row("theorem's per-step factor", lambda r: _fmt(r["factor"]))
     row("measured per-step contraction, max over t", lambda r: _fmt(np.nanmax(r["ratio"])))
     row("measured per-step contraction, median", lambda r: _fmt(np.nanmedian(r["ratio"])))
@@ -132,7 +135,8 @@ def figure(res: dict, path: str) -> None:
         r = res[name]
         t = np.arange(len(r["ratio"]))
         a.plot(t, r["ratio"], ".", color=c, ms=4, label=f"{name}: measured")
-        a.axhline(r["factor"], color=c, ls="--", label=f"{_THEOREM[name]} factor {r['factor']:.3f}")
+        a.axhline(r["factor"], color=c, ls="--",
+                  label=f"{_THEOREM[name]} factor {r['factor']:.3f} {r['width_note']}")
         lam = r["gram"][:-1]
         a.fill_between(t, (1 - r["lr"] * lam[:, 1]) ** 2, (1 - r["lr"] * lam[:, 0]) ** 2,
                        color=c, alpha=0.2, label="(1 - eta lambda(P(t)))^2, eq. (8)")
