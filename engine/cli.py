@@ -70,12 +70,12 @@ def _nonneg_float(text):
 
 
 def _lr(text):
-    if text == "theory":
+    if text in ("theory", "stable"):
         return text
     try:
         return _positive_float(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'theory' or a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected 'theory', 'stable' or a positive number, got {text!r}") from None
 
 
 def _record_arg(text):
@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
     t.add_argument("--data-seed", type=_nonneg_int, default=0, help="data seed (default 0)")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="init seed (default 0, as demo, sweep and reproduce)")
-    t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space) or 'theory' (default)")
+    t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space), 'theory' (default: the init's theorem rate) or 'stable' "
+                        "(1 / lambda_max(P(0)), any init)")
     t.add_argument("--steps", type=_nonneg_int, default=None,
                    help="GD step budget (default 1000; with --resume: the checkpoint's, raise it to extend the run)")
     t.add_argument("--tol", type=float, default=None,
@@ -882,7 +883,8 @@ def cmd_train(args) -> int:
         run, status = exc.result, "diverged"
         print(f"diverged: {exc}", file=sys.stderr)
     ex0 = run.excess[0]
-    print(f"lr {run.lr:.5g} ({'theory' if args.lr == 'theory' else 'given'}), backend {run.backend}")
+    rule = {"theory": "theory", "stable": "stable: 1/lambda_max(P(0))"}.get(args.lr, "given")
+    print(f"lr {run.lr:.5g} ({rule}), backend {run.backend}")
     print(f"status {status}: {run.steps} steps, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
           f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}, "
           f"theorem factor {run.predicted:.6f} {engine.theory.width_note(net, prob)}, {run.wall_time:.2f} s")

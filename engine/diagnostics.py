@@ -2,6 +2,7 @@
 
     gram_eigs(net, prob)        lambda_min, lambda_max of P(t) (DH eq. 7, HXP eq. 9)
                                 and the per-state bounds of DH eq. (10)
+    gram_lambda_max(net, prob)  lambda_max of P(t) alone (engine.train's lr="stable")
     gram_matrix(net, prob)      P(t) itself, (r d_out) x (r d_out)
     gram_operator(net, prob)    P(t) as a matrix-free scipy LinearOperator
     partial_spectra(net, prob)  sigma_max/min of W_{L:i} and W_{i:1} X, normalized
@@ -61,7 +62,7 @@ def _one_blas_thread(fn):
     return wrapper
 
 __all__ = [
-    "gram_eigs", "gram_matrix", "gram_operator", "GramEigs",
+    "gram_eigs", "gram_lambda_max", "gram_matrix", "gram_operator", "GramEigs",
     "partial_spectra", "PartialSpectra",
     "interior_norms", "InteriorNorms", "default_pairs",
     "distance_from_init", "RECORDERS",
@@ -322,6 +323,29 @@ def gram_eigs(net: Network, prob, method: str = "auto", tol: float = 1e-13) -> G
     else:
         lmin, lmax = _extreme_eigs_matrix_free(_operator(net, prob, ch, logw), n, tol)
     return GramEigs(lmin, lmax, lo, hi)
+
+
+def gram_lambda_max(net: Network, prob, method: str = "auto", tol: float = 1e-13) -> float:
+    """lambda_max of P(t) (DH eq. 7 / HXP eq. 9) alone: ``gram_eigs(...).lambda_max`` without
+    the bottom of the spectrum, which the matrix-free path finds slowly (ill-conditioned P).
+
+    Same computation as ``gram_eigs`` (same chains, same assembled matrix or operator), so the
+    exact method returns the same float; used by ``engine.train.stable_lr``.
+    """
+    _check(net, prob)
+    if method not in ("auto", "exact", "matrix-free"):
+        raise ValueError(f"method: must be 'auto', 'exact' or 'matrix-free', got {method!r}")
+    n = prob.rank * prob.d_out
+    if method == "auto":
+        method = "exact" if n <= EXACT_MAX_DIM else "matrix-free"
+    ch = _chains(net, prob)
+    logw = _gram_terms(net, prob, ch)
+    if method == "exact" or n <= 2:
+        return float(np.linalg.eigvalsh(_assemble(net, prob, ch, logw))[-1])
+    from scipy.sparse.linalg import eigsh
+    v0 = np.random.default_rng(12345).standard_normal(n)   # as gram_eigs: deterministic
+    return float(eigsh(_operator(net, prob, ch, logw), k=1, which="LA", v0=v0, tol=tol,
+                       return_eigenvectors=False)[0])
 
 
 # -- partial products ------------------------------------------------------------------

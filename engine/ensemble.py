@@ -56,7 +56,7 @@ from .problem import Problem
 from .train import (EXPLODE_FACTOR, SNAPSHOT_EVERY, Progress, TrainResult, fit_rate, stop_threshold,
                     warn_bottleneck)
 
-__all__ = ["Ensemble", "EnsembleResult", "train", "MEMBER_KERNEL_MAX_BYTES", "member_kernel_available"]
+__all__ = ["Ensemble", "EnsembleResult", "train", "stable_lrs", "MEMBER_KERNEL_MAX_BYTES", "member_kernel_available"]
 
 # Per-member weight bytes up to which ``auto`` runs members in parallel with
 # the member-parallel kernel. 4 MiB (m = 128, L = 32 in float64) is about the
@@ -696,11 +696,25 @@ def _settings(ens):
             for k, init in enumerate(ens.inits)]
 
 
+def stable_lrs(ens, prob) -> np.ndarray:
+    """(K,) each member's ``engine.train.stable_lr``: 1 / lambda_max(P_k(0)) (DH eq. 7), computed
+    on a copy of the member in its current state (call before training). ``lr="stable"`` uses
+    these, one per member; for one shared rate pass ``lr=stable_lrs(ens, prob).min()``
+    (the largest rate stable, in the linearized sense, for every member)."""
+    from .train import stable_lr
+    if not isinstance(ens, Ensemble):
+        raise TypeError(f"ens: must be an engine Ensemble, got {type(ens).__name__}")
+    return np.array([stable_lr(ens.member(k), prob) for k in range(ens.size)])
+
+
 def _lr_per_member(ens, prob, lr):
     K = ens.size
     if isinstance(lr, str):
+        if lr == "stable":
+            return stable_lrs(ens, prob)   # chosen above the theorem's bound on purpose: no warning
         if lr != "theory":
-            raise ValueError(f"lr: must be a positive number, a sequence of K of them, or 'theory', got {lr!r}")
+            raise ValueError(f"lr: must be a positive number, a sequence of K of them, 'theory' or "
+                             f"'stable', got {lr!r}")
         lrs = []
         for k, st in enumerate(_settings(ens)):
             if not st.applies:
@@ -751,10 +765,14 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
     ----------
     ens : Ensemble        trained in place
     prob : Problem
-    lr : float, sequence of K floats, or "theory"
+    lr : float, sequence of K floats, "theory" or "stable"
         W-space learning rate(s); "theory" takes each member's theorem rate
         (``engine.theory.lr_bound`` of the member's ``theory.Setting``; DH Thm 4.1 /
         HXP Thm 3.1), refused (ValueError) for members no theorem covers.
+        "stable" takes each member's own 1 / lambda_max(P_k(0)) (``stable_lrs``,
+        ``engine.train.stable_lr``), per member so that the results stay those
+        of K separate ``engine.train(lr="stable")`` runs; a shared rate is
+        ``lr=stable_lrs(ens, prob).min()``.
     steps, tol, atol, record_every, progress : as in ``engine.train``
         (``tol`` relative: a member stops when its l - OPT <= tol ||Y||_F^2;
         ``atol`` absolute; default neither: every step runs; the progress

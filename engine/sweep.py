@@ -40,7 +40,8 @@ __all__ = ["DEFAULT_CONFIG", "grid", "dask_client", "normalize_config", "run_con
 
 # Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
 # rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
-# seed ``seed``. Training: lr ("theory" = the init's theorem rate, times lr_scale),
+# seed ``seed``. Training: lr ("theory" = the init's theorem rate, "stable" = 1 / lambda_max(P(0))
+# of the run's network (engine.train.stable_lr), or a number; times lr_scale),
 # at most ``steps`` GD steps, stopping when l - OPT <= tol * ||Y||_F^2 (tol=0: never).
 # ``escape``: also record the first step t with l(t) <= escape * ||Y||_F^2
 # (HXP Thm 4.1's band is [0.4, 0.6] ||Y||_F^2) and stop there if stop_at_escape.
@@ -154,7 +155,7 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     """
     import engine
     from . import __version__
-    from .train import theorem_init
+    from .train import LearningRateWarning, stable_lr, theorem_init
 
     cfg = normalize_config(config)
     prob = _problem(cfg)
@@ -162,6 +163,8 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     lr = cfg["lr"]
     if lr == "theory":
         lr = engine.theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
+    elif lr == "stable":   # 1 / lambda_max(P(0)) of this very network, before its first step
+        lr = stable_lr(net, prob)
     lr = float(lr) * float(cfg["lr_scale"])
     ysq = prob.y_norm_sq
     tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
@@ -176,8 +179,11 @@ def run_config(config: dict, backend: str = "auto") -> dict:
 
     status, error = "ok", None
     try:
-        run = engine.train(net, prob, lr=lr, steps=cfg["steps"], tol=tol, backend=backend,
-                           callback=callback if escape is not None else None)
+        with warnings.catch_warnings():
+            if cfg["lr"] == "stable":   # above the theorem's bound on purpose (engine.train's "stable" too)
+                warnings.simplefilter("ignore", LearningRateWarning)
+            run = engine.train(net, prob, lr=lr, steps=cfg["steps"], tol=tol, backend=backend,
+                               callback=callback if escape is not None else None)
     except engine.DivergenceError as exc:
         run, status, error = exc.result, "diverged", str(exc)
     ex = np.asarray(run.excess, dtype=np.float64)

@@ -23,7 +23,7 @@ from ._validate import nonneg_int, positive_float, positive_int, widths_match_da
 from .network import Network
 from .problem import Problem
 
-__all__ = ["gd_step", "train", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
+__all__ = ["gd_step", "train", "stable_lr", "LR_RULES", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
            "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
 
@@ -137,6 +137,50 @@ THEOREM_INIT = {"gaussian": "gaussian", "orthogonal": "orthogonal", "identity": 
 def theorem_init(init):
     """The init name whose theorem gives ``init``'s lr="theory" (itself, or "orthogonal" for identity)."""
     return THEOREM_INIT.get(init, init)
+
+
+# The learning-rate rules train() resolves from the network and the data (any other lr is a number).
+LR_RULES = ("theory", "stable")
+
+
+def stable_lr(net: Network, prob: Problem) -> float:
+    """The W-space learning rate lr="stable": eta = 1 / lambda_max(P(0)), for any init.
+
+    P(0) is the Gram matrix of DH eq. (7) (HXP eq. 9) of ``net`` in its current
+    state -- call it before training, at initialization -- computed exactly by
+    ``engine.diagnostics.gram_lambda_max`` (the same chains and matrix as
+    ``diagnostics.gram_eigs``), in paper units, so eta is in the units of
+    ``engine.train``'s lr.
+
+    Why 1 / lambda_max. To first order in eta one GD step changes the residual
+    by vec R(t+1) = (I - eta P(t)) vec R(t) (DH eq. 6). In the linearized
+    (lazy) regime P(t) = P(0), l = ||R||^2 / 2 is a quadratic, and GD on it
+    contracts every eigendirection of P(0) iff |1 - eta lambda| < 1 for every
+    eigenvalue lambda in (0, lambda_max], i.e. iff 0 < eta < 2 / lambda_max
+    (beyond it the top direction grows by |1 - eta lambda_max| > 1 per step:
+    divergence). eta = 1 / lambda_max is the halfway choice: the factors
+    1 - lambda / lambda_max lie in [0, 1) (no direction overshoots or
+    oscillates, the top one is removed in one step) and a factor-2 margin to
+    the edge is left for P(t) drifting from P(0) during training. It is a
+    statement about the linearization at init, not a convergence theorem:
+    where P(t) moves far from P(0) (narrow, deep nets) GD at this rate can
+    still stall or diverge. For comparison the theorems' rates are the
+    inverses of upper bounds on lambda_max(P(t)) along the trajectory:
+    DH Thm 4.1's d_out / (3 L ||X||^2) is 1 / DH eq. (9)'s upper bound, so for
+    a wide Gaussian net (lambda_max(P(0)) ~ L ||X||^2 / d_out) the stable rate
+    is ~3x it; HXP Thm 3.1's d_y / (2 L ||X||^2) is ~1/2 of the stable rate of
+    an orthogonal net with m >= d_x. Where the width condition fails (m < d_x)
+    lambda_max(P(0)) can be far above the bound the theorem's rate assumes
+    (``theory.lr_bound``), and the theorem's rate diverges while the stable
+    rate does not.
+    """
+    from . import diagnostics
+    _check_net_prob(net, prob)
+    lmax = diagnostics.gram_lambda_max(net, prob)
+    if not (np.isfinite(lmax) and lmax > 0):
+        raise ValueError(f"lr: 'stable' needs lambda_max(P(0)) > 0 and finite, got {lmax!r} "
+                         "(an all-zero layer makes P(0) = 0: give a numeric lr)")
+    return 1.0 / lmax
 
 
 def _check_net_prob(net, prob):
@@ -304,8 +348,12 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     ----------
     net : Network         trained in place
     prob : Problem
-    lr : float or "theory"
-        W-space learning rate. "theory" takes the theorem's rate for the init:
+    lr : float, "theory" or "stable"
+        W-space learning rate. "stable" (any init, ``from_weights`` too) takes
+        1 / lambda_max(P(0)), P(0) the Gram matrix of DH eq. (7) of ``net`` at
+        the start (``stable_lr``, which says why: GD on the linearized
+        quadratic is stable for eta < 2 / lambda_max; no LearningRateWarning;
+        refused on resume). "theory" takes the theorem's rate for the init:
         d_out / (3 L ||X||^2) for Gaussian (DH Thm 4.1), d_out / (2 L ||X||^2)
         for orthogonal (HXP Thm 3.1), times sigma^2 / c^2 for entries
         N(0, sigma^2) and alpha = c x the default (``theory.theorem_setting``:
@@ -408,6 +456,9 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     if resume is None and checkpoint is not None and not overwrite:
         path = _path_arg(checkpoint, "checkpoint")
         if os.path.isfile(path):
+            if isinstance(_value(lr), str) and _value(lr) == "stable":
+                _check_net_prob(net, prob)
+                lr = stable_lr(net, prob)   # of the fresh network: the state at step 0
             _check_same_run(ckpt.load(path), net, prob, lr, tol, atol, record_every, record, backend)
             return train(net, prob, lr=lr, steps=steps, tol=tol, atol=atol, record_every=record_every,
                          backend=backend, progress=progress, callback=callback, record=record,
@@ -452,11 +503,15 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         thr = stop_threshold(prob, tol, atol)
     log_every = _log_every_value(log_every)
 
+    lr_rule = lr if isinstance(lr, str) else None
     if isinstance(lr, str):
-        if lr != "theory":
-            raise ValueError(f"lr: must be a positive number or 'theory', got {lr!r}")
+        if lr not in LR_RULES:
+            raise ValueError(f"lr: must be a positive number, 'theory' or 'stable', got {lr!r}")
         _check_net_prob(net, prob)
-        lr = theory.lr_bound(theory.theorem_setting(net).require("lr='theory'"), prob)
+        if lr == "theory":
+            lr = theory.lr_bound(theory.theorem_setting(net).require("lr='theory'"), prob)
+        else:
+            lr = stable_lr(net, prob)   # net is at its initial state here (no resume)
     lr = positive_float(lr, "lr")
     steps = nonneg_int(steps, "steps")
     record_every = positive_int(record_every, "record_every")
@@ -479,7 +534,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     st = _Stepper(net, prob, lr, backend)
     reset = getattr(st.backend, "reset", None)
     if saved is None:
-        _warn_above_bound(net, prob, lr)
+        if lr_rule != "stable":   # "stable" is above the theorem's bound on purpose: no warning
+            _warn_above_bound(net, prob, lr)
         warn_bottleneck(net.widths, prob)
     elif saved.meta.get("backend") == st.backend.name:
         _set_schedule_state(st, saved.meta.get("backend_state"))
@@ -760,6 +816,10 @@ def _same_as_saved(x, saved_value, name, net=None, prob=None):
     if not _given(x):
         return saved_value
     val = x
+    if name == "lr" and isinstance(x, str) and x == "stable":
+        raise ValueError(f"lr: 'stable' is 1 / lambda_max(P(0)) of the network at step 0, which a "
+                         f"resumed run no longer holds; omit lr (the checkpoint's lr = {saved_value!r} "
+                         "is used) or pass that number")
     if name == "lr" and isinstance(x, str) and x == "theory":
         val = _safe_bound(net, prob)
     elif name == "record_every":

@@ -44,3 +44,17 @@ def gd(Ws, alpha, X, Y, lr, steps):
         Ws = [W - lr * g for W, g in zip(Ws, G)]
         losses.append(loss(Ws, alpha, X, Y))
     return Ws, np.array(losses)
+
+
+def gram(Ws, alpha, X):
+    """P of DH eq. (7) on the full data, dense, from raw products:
+    alpha^2 sum_i (W_{i-1:1}X)^T (W_{i-1:1}X) (x) W_{L:i+1} W_{L:i+1}^T, (n d_out) x (n d_out)."""
+    L = len(Ws)
+    widths = [X.shape[0]] + [W.shape[0] for W in Ws]
+    n, d_out = X.shape[1], widths[-1]
+    P = np.zeros((n * d_out, n * d_out))
+    for i in range(1, L + 1):
+        pre = chain(Ws, i - 1, 1, widths[0]) @ X
+        suf = chain(Ws, L, i + 1, widths[i])
+        P += alpha ** 2 * np.kron(pre.T @ pre, suf @ suf.T)
+    return P
