@@ -78,6 +78,20 @@ class Problem:
         X = as_real_matrix(X, "X")
         Y = as_real_matrix(Y, "Y")
         if Y.shape[1] != X.shape[1]:
+            if Y.shape[0] == X.shape[0]:
+                # same number of rows: most likely samples as rows (the PyTorch/JAX habit)
+                n, d_in, d_out = X.shape[0], X.shape[1], Y.shape[1]
+                raise ValueError(
+                    f"X, Y: samples must be columns; X has shape {X.shape} and Y {Y.shape}, i.e. "
+                    f"{n} samples as rows. engine expects X of shape (d_in, n) = ({d_in}, {n}) and Y of "
+                    f"shape (d_out, n) = ({d_out}, {n}): pass X.T and Y.T"
+                )
+            if X.shape[0] == Y.shape[1]:
+                raise ValueError(
+                    f"X: samples must be columns; X has shape {X.shape} but Y {Y.shape} has "
+                    f"{Y.shape[1]} samples (columns): X looks transposed, pass X.T of shape "
+                    f"(d_in, n) = ({X.shape[1]}, {X.shape[0]})"
+                )
             raise ValueError(
                 f"Y: must have as many columns (samples) as X; X is {X.shape}, Y is {Y.shape}"
             )

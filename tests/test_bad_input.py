@@ -231,3 +231,14 @@ def test_float32_network_on_float64_problem_and_other_bad_objects(prob):
         engine.gd_step(net.weights(), prob, 1e-3)
     with pytest.raises(TypeError, match="^prob"):
         engine.train(net, None, lr=1e-3, steps=1)
+
+
+def test_samples_as_rows_suggests_transposing():
+    """Issue 12 item 8: X, Y given as (n, d) (the PyTorch/JAX habit) -> the error says to pass .T."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((32, 16)), rng.standard_normal((10, 16))   # d_in 32, d_out 10, n 16
+    with pytest.raises(ValueError, match=r"samples must be columns.*pass X\.T and Y\.T"):
+        engine.Problem(X.T, Y.T)
+    with pytest.raises(ValueError, match=r"X looks transposed, pass X\.T of shape \(d_in, n\) = \(32, 16\)"):
+        engine.Problem(X.T, Y)
+    assert engine.Problem(X, Y).n == 16   # the paper convention: (32, 16) and (10, 16)
