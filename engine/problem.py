@@ -79,10 +79,11 @@ class Problem:
         Y = as_real_matrix(Y, "Y")
         if Y.shape[1] != X.shape[1]:
             if Y.shape[0] == X.shape[0]:
-                # same number of rows: most likely samples as rows (the PyTorch/JAX habit)
+                # same number of rows: most likely samples as rows (the PyTorch/JAX habit);
+                # the message names Y, the argument whose column count disagrees
                 n, d_in, d_out = X.shape[0], X.shape[1], Y.shape[1]
                 raise ValueError(
-                    f"X, Y: samples must be columns; X has shape {X.shape} and Y {Y.shape}, i.e. "
+                    f"Y: samples must be columns (in X and Y); X has shape {X.shape} and Y {Y.shape}, i.e. "
                     f"{n} samples as rows. engine expects X of shape (d_in, n) = ({d_in}, {n}) and Y of "
                     f"shape (d_out, n) = ({d_out}, {n}): pass X.T and Y.T"
                 )

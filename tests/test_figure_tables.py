@@ -2,8 +2,27 @@
 
 `python -m engine reproduce all --out-dir docs` regenerates every committed figure and its
 table; this test recomputes each table in memory at the committed grid size and compares.
-Numbers are compared to 1e-5 relative (the CSV keeps 6 significant digits), everything else
-(status, counts, widths) exactly. The expensive ones are marked slow.
+
+"Equal" means equal up to what a different CPU can change. BLAS and Numba pick their
+kernels (and so their summation order) by the CPU they run on, so a fresh run on another
+machine differs from the committed one by rounding, and some of the figures' cells amplify
+rounding by design. Measured between two x86 machines (an AVX2 one that committed the tables
+and an AVX-512 AMD EPYC, 2026-12-04), everything else equal:
+
+- structure (panels, inits, depths, widths, run counts, budgets, statuses) and every
+  conclusion a figure draws (the trainability contour, thresholds, step counts) were
+  identical: compared exactly;
+- other numbers agreed to 1e-5 relative (the CSV keeps 6 significant digits), except
+- cells below the trainability threshold of a phase diagram (narrow nets at a rate outside
+  the theorems' width conditions, some near saddles): their log10 relative excess differed
+  by up to 0.4 decades and 6 of 162 cells flipped between "diverged" and "stalled".
+  Those cells are compared by class only (not trainable on both sides);
+  trainable cells (contracting runs) carry a rounding-amplified time shift from their
+  early steps, measured at most 0.009 decades: compared to ``TRAINABLE_ATOL`` = 0.05;
+- values at the float64 rounding floor: relative excesses of converged runs (1e-28..1e-24,
+  eps^2 = 5e-32 times conditioning) and log singular values of exactly orthogonal products
+  (~1e-15, L eps): compared with the absolute floors in ``FLOORS``.
+The expensive tables are marked slow.
 """
 import math
 import os
@@ -17,7 +36,14 @@ CHEAP = ["rate_vs_kappa", "theory-check", "lazy_gap", "sharpness", "lyapunov"]  
 SLOW = ["width_threshold", "exponential_curse", "hxp", "phase_diagram"]
 
 
-def _same(a, b):
+# Absolute tolerances of columns whose values sit at the float64 rounding floor (see above).
+FLOORS = {"final_rel_excess": 1e-20, "lazy_final_rel_excess": 1e-20,   # relative excess, eps^2 x cond
+          "mean_log_sv": 1e-12, "sd": 1e-12}                          # log sv of exact isometries, L eps
+# log10 relative excess of trainable phase-diagram cells: rounding-amplified time shift (0.009 measured).
+TRAINABLE_ATOL = 0.05
+
+
+def _same(a, b, abs_tol=0.0):
     if a == b:
         return True
     try:
@@ -26,21 +52,43 @@ def _same(a, b):
         return False
     if math.isnan(x) and math.isnan(y):
         return True
-    return math.isclose(x, y, rel_tol=1e-5, abs_tol=0.0)
+    return math.isclose(x, y, rel_tol=1e-5, abs_tol=abs_tol)
 
 
-def _check(name, tmp_path):
+def _trainable(v):
+    return float(v) <= ex.TRAINABLE_LOG10
+
+
+def _row_differs(header, a, b):
+    """Why committed row ``a`` and fresh row ``b`` differ beyond what rounding can change (None: they agree)."""
+    if len(a) != len(b):
+        return "row lengths differ"
+    ra, rb = dict(zip(header, a)), dict(zip(header, b))
+    for col, x, y in zip(header, a, b):
+        if ra.get("panel") == "phase" and col in ("log10_rel_excess", "diverged"):
+            vx, vy = ra["log10_rel_excess"], rb["log10_rel_excess"]
+            if _trainable(vx) != _trainable(vy):
+                return f"{col}: cell is {'' if _trainable(vx) else 'not '}trainable committed, fresh {vy}"
+            if _trainable(vx) and col == "log10_rel_excess" and not _same(x, y, TRAINABLE_ATOL):
+                return f"{col}: {x} vs {y} (more than {TRAINABLE_ATOL} decades apart)"
+            continue            # cells not trainable on both sides: class only (module docstring)
+        if not _same(x, y, FLOORS.get(col, 0.0)):
+            return f"{col}: {x} vs {y}"
+    return None
+
+
+def _check(name, tmp_path, workers=0):
     committed = os.path.join(DOCS, f"{name}.csv")
     assert os.path.exists(committed), (f"docs/{name}.csv is missing: run "
                                        "'python -m engine reproduce all --out-dir docs'")
-    _, fresh = ex.reproduce_figure(name, str(tmp_path), db=None, workers=0)
+    _, fresh = ex.reproduce_figure(name, str(tmp_path), db=None, workers=workers)
     h1, r1 = ex.read_table(committed)
     h2, r2 = ex.read_table(fresh)
     assert h1 == h2
     assert len(r1) == len(r2), f"{name}: {len(r1)} committed rows, {len(r2)} fresh"
-    diff = [(a, b) for a, b in zip(r1, r2) if len(a) != len(b) or not all(map(_same, a, b))]
+    diff = [(a, why) for a, b in zip(r1, r2) if (why := _row_differs(h1, a, b))]
     assert not diff, (f"docs/{name}.csv differs from a fresh run in {len(diff)} rows, e.g. "
-                      f"committed {diff[0][0]} vs fresh {diff[0][1]}; regenerate with "
+                      f"row {diff[0][0]}: {diff[0][1]}; regenerate with "
                       "'python -m engine reproduce all --out-dir docs'")
 
 
@@ -52,7 +100,8 @@ def test_cheap_figure_table_matches_a_fresh_run(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
 def test_expensive_figure_table_matches_a_fresh_run(name, tmp_path):
-    _check(name, tmp_path)
+    # both cores (two single-threaded worker processes: the same numbers as a serial run)
+    _check(name, tmp_path, workers=2)
 
 
 def test_every_committed_figure_is_regenerated_by_reproduce_all():
@@ -65,6 +114,25 @@ def test_tables_round_trip_and_compare(tmp_path):
     h, r = ex.read_table(p)
     assert h == ["a", "b", "c"] and r == [["x", "1", "0.123457"], ["y", "", "inf"]]
     assert _same("0.123457", "0.1234571") and not _same("0.123457", "0.123470") and not _same("ok", "diverged")
+
+
+def test_row_comparison_tolerates_rounding_only():
+    h = ["panel", "init", "depth", "width", "log10_rel_excess", "runs", "diverged", "trainable_from_width"]
+    cell = ["phase", "gaussian", "8", "20"]
+    # below the threshold: class only (stalled vs diverged are both "not trainable")
+    assert _row_differs(h, cell + ["-0.25", "1", "0", "40"], cell + ["inf", "1", "1", "40"]) is None
+    # a trainable cell that became untrainable, or moved by more than rounding, or a changed contour
+    assert "trainable" in _row_differs(h, cell + ["-3.5", "1", "0", "40"], cell + ["-2.5", "1", "0", "40"])
+    assert "decades" in _row_differs(h, cell + ["-3.5", "1", "0", "40"], cell + ["-3.7", "1", "0", "40"])
+    assert _row_differs(h, cell + ["-3.5", "1", "0", "40"], cell + ["-3.51", "1", "0", "40"]) is None
+    assert "trainable_from_width" in _row_differs(h, cell + ["-0.25", "1", "0", "40"],
+                                                  cell + ["-0.25", "1", "0", "56"])
+    assert "runs" in _row_differs(h, cell + ["-0.25", "1", "0", "40"], cell + ["-0.25", "2", "0", "40"])
+    # values at the rounding floor
+    f = ["init", "final_rel_excess", "gap"]
+    assert _row_differs(f, ["orthogonal", "3.61193e-26", "0.1"], ["orthogonal", "3.61402e-26", "0.1"]) is None
+    assert "final_rel_excess" in _row_differs(f, ["orthogonal", "3e-12", "0.1"], ["orthogonal", "4e-12", "0.1"])
+    assert "gap" in _row_differs(f, ["orthogonal", "0", "0.1"], ["orthogonal", "0", "0.1001"])
 
 
 def test_fit_line_text_has_a_proper_sign_and_its_support():
