@@ -1,6 +1,6 @@
 """Packaging shim: builds the optional cffi C kernel of the ``cblas`` backend.
 
-All metadata lives in pyproject.toml. The C kernel (csrc/, DESIGN.md
+All metadata lives in pyproject.toml. The C kernel (csrc/, docs/design.md
 "Backends") is compiled here through ``cffi_modules`` into
 ``engine.kernels._cblas``. The build is optional: a failure (no compiler, no
 Python headers, cffi missing) is reported as a warning and never makes

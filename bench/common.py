@@ -6,7 +6,7 @@
 * ``bandwidth()``               streaming memory bandwidth in bytes/s, measured
                                 with a NumPy copy of a 256 MiB array (cached)
 * ``floor_seconds(nbytes)``     t_floor = 2 * weight bytes / bandwidth
-                                (DESIGN.md, "The physical limit")
+                                (docs/design.md, "The physical limit")
 * ``gemm_rate(dtype)``          ?GEMM multiply-adds per second, measured with
                                 a 1024^3 NumPy matmul (BLAS threads as set; cached)
 * ``fma_min(cfg)``              FMA_min = sum_i d_i d_{i-1} (d_out + 2 min(r, d_out))

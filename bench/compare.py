@@ -7,7 +7,7 @@
     python bench/compare.py --configs 64,16,10,32,8 --quick    # any (d_in, n, d_out, m, L)
 
 All in float64, one GD step of the same network in the same normalized
-parametrization (DESIGN.md: A_i = W_i / s_i, per-layer step c_i = lr / s_i^2,
+parametrization (docs/design.md: A_i = W_i / s_i, per-layer step c_i = lr / s_i^2,
 output scale beta), same machine, same run:
 
 * engine backends (``numpy``, ``numba``, ``cblas`` where available): the bound

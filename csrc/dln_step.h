@@ -1,5 +1,5 @@
 /* dln_step.h -- one full-batch GD step of a deep linear network, all layers
- * in one call (the ``cblas`` backend of engine; see DESIGN.md, "The step
+ * in one call (the ``cblas`` backend of engine; see docs/design.md, "The step
  * schedule, and the physical limit", and engine/kernels/numpy_backend.py,
  * whose semantics these kernels reproduce exactly up to rounding).
  *
@@ -55,7 +55,7 @@ int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
                  float *work, double lo, double hi, int do_update,
                  double *excess);
 
-/* Single-pass alternating schedule (2 weight passes per step, DESIGN.md).
+/* Single-pass alternating schedule (2 weight passes per step, docs/design.md).
  * Same arguments and gate as dln_step_*, plus `state`, which the caller
  * keeps between steps: 0 = nothing valid (set it to 0 whenever the weights,
  * beta, xs or yred may have changed behind the kernel's back), 1 / 2 = the

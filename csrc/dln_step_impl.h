@@ -5,14 +5,14 @@
  *   GEMM_FN  the matching Fortran ?gemm pointer type
  *   SFX(x)   appends the precision suffix to a name
  *
- * Notation (DESIGN.md, "Chain products"; engine/kernels/numpy_backend.py):
+ * Notation (docs/design.md, "Chain products"; engine/kernels/numpy_backend.py):
  *   suffix   S_i = beta M_L ... M_{i+1}   (d_out x d_i),  S_L = beta I
  *   prefix   P_i = M_i ... M_1 X_red      (d_i x r),      P_0 = X_red = diag(xs)
  *   residual R = S_0 X_red - Y_red = beta P_L - Y_red     (d_out x r)
  *   gradient dl/dM_i = S_i^T R P_{i-1}^T = S_i^T T_{i-1}^T,
  *            T_{i-1} = M_{i-1} ... M_1 X_red R^T          (d_{i-1} x d_out)
  *
- * Two-pass schedule (DESIGN.md, "The step schedule"):
+ * Two-pass schedule (docs/design.md, "The step schedule"):
  *   pass 1, read-only: one chain (P bottom-up, or S top-down) and R;
  *   pass 2, fused read-write: per row block of M_i (sized to stay in L2),
  *   advance the other chain from the OLD block, then apply the rank-d_out
@@ -49,7 +49,7 @@ static double SFX(half_sq)(const REAL *R, long long n)
 }
 
 /* Read-only pass computing the suffix chain S_{L-1} .. S_1 (stored at
- * Sch + sum_{1<=k<j} d_out d_k) and S_0 (d_out x r), DESIGN.md pass 1 of the
+ * Sch + sum_{1<=k<j} d_out d_k) and S_0 (d_out x r), docs/design.md pass 1 of the
  * T form.  Each product S_j = S_{j+1} M_{j+1} is split by columns across
  * threads (disjoint outputs: deterministic).  With block_bytes > 0 (the
  * single-pass schedule rebuilding its chain after a reset) it instead sums,
@@ -101,7 +101,7 @@ static void SFX(suffix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **laye
 }
 
 /* Read-only pass computing the prefix chain P_1 .. P_L (stored at
- * Pch + sum_{1<=k<j} d_k r), DESIGN.md pass 1 of the P form.  Each product
+ * Pch + sum_{1<=k<j} d_k r), docs/design.md pass 1 of the P form.  Each product
  * P_{j+1} = M_{j+1} P_j is split by rows across threads. */
 static void SFX(prefix_pass)(GEMM_FN gemm, int L, const int *widths, REAL **layers,
                              const REAL *xs, REAL *Pch)
@@ -361,7 +361,7 @@ int SFX(dln_step)(void *gemm_ptr, int L, const int *widths, REAL **layers,
 }
 
 /* ------------------------------------------------------------------------
- * Single-pass alternating schedule (DESIGN.md, "The step schedule": 2 weight
+ * Single-pass alternating schedule (docs/design.md, "The step schedule": 2 weight
  * passes per step, the floor).  Each step is ONE sweep over the layers; per
  * row block of M_i it advances the OLD chain from the old block, applies the
  * update, and advances the NEW chain (for the next step) from the new block,

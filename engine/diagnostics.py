@@ -17,7 +17,7 @@ Beyond the two papers (quantities they do not define):
     lyapunov(net, i, j)         all log singular values of A_j ... A_i (QR accumulation)
     LazyTwin(net, prob, lr)     GD on the linearization at a state: (I - eta P(0))^t vec R(0)
 
-Everything is computed on the reduced data of DESIGN.md (X_red = diag(S_r),
+Everything is computed on the reduced data of docs/design.md (X_red = diag(S_r),
 first layer B_1 = A_1 U_r) in normalized storage (W_i = s_i A_i), with chain
 products renormalized as they are built and every paper-scale factor
 (prod s_i, m^(q/2), alpha) carried as a logarithm, so nothing overflows at

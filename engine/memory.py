@@ -79,7 +79,7 @@ def breakdown(widths, dtype="float64", ensemble: int = 1) -> dict:
     bind       K * 2 d_1 d_0 * itemsize: while bound to a Problem the first layer
                is held as B_1 = A_1 U_r (d_1 x r, r <= d_0) plus the frozen
                A_1 (I - U_r U_r^T) (d_1 x d_0), i.e. up to one extra copy of
-               layer 1 and B_1 (DESIGN.md, "Data reduction").
+               layer 1 and B_1 (docs/design.md, "Data reduction").
     workspace  K * (one scratch buffer per distinct layer shape + the stored
                chain, at most sum_i d_i * d_out numbers, + O(d_out d_0))
                * itemsize: the numpy backend's buffers for one step

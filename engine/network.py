@@ -3,7 +3,7 @@
 Paper convention: W_i in R^{d_i x d_{i-1}}, f(x) = alpha W_L ... W_1 x
 (DH eq. 1, HXP eq. 1). With N(0, 1)-sized entries the raw product W_{L:1}
 grows like m^{L/2} and overflows float64 long before L = 1000, so the
-network stores (DESIGN.md, "Normalized weights")
+network stores (docs/design.md, "Normalized weights")
 
     A_i = W_i / s_i,   s_i = sqrt(d_i) sigma_i,   beta = alpha prod_i s_i,
 
@@ -14,7 +14,7 @@ is 1e-1500 at m = 1000, L = 1000, never has to be represented.
 
 While a network is being trained on a Problem it is *bound* to it: its first
 layer is held as B_1 = A_1 U_r (d_1 x r) plus the frozen component
-A_1 (I - U_r U_r^T), which GD never changes (DESIGN.md, "Data reduction").
+A_1 (I - U_r U_r^T), which GD never changes (docs/design.md, "Data reduction").
 All public views reconstruct A_1 = B_1 U_r^T + A_1 (I - U_r U_r^T).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ samples; the loss of an end-to-end matrix E (d_out x d_in) is
 l(E) = 1/2 ||E X - Y||_F^2.
 
 Data reduction (DH Assumption 5.1 and Appendix B, made constructive; see
-DESIGN.md): with the thin SVD X = U_r S_r V_r^T of rank r,
+docs/design.md): with the thin SVD X = U_r S_r V_r^T of rank r,
 
     l(E) = OPT + 1/2 ||E U_r S_r - Y V_r||_F^2                      (*)
 
@@ -30,7 +30,7 @@ _tokens = itertools.count(1)
 
 @dataclass(frozen=True)
 class Reduced:
-    """The reduced problem of DESIGN.md, in one dtype.
+    """The reduced problem of docs/design.md, in one dtype.
 
     basis   : (d_in, r)  U_r, orthonormal columns spanning the column space of X.
     s       : (r,)       singular values S_r of X (descending); the reduced input
@@ -245,7 +245,7 @@ def synthetic(d_in: int, n: int, d_out: int, seed=0, *, rank: int | None = None,
               kappa: float | None = None, noise: float = 0.0):
     """Synthetic regression data (X, Y), paper convention.
 
-    Default: HXP's experiment (Sec. 5 of DESIGN.md): X (d_in, n) and
+    Default: HXP's experiment (docs/design.md, "The problem"): X (d_in, n) and
     W* (d_out, d_in) with iid N(0, 1) entries and Y = W* X.
 
     Parameters

@@ -206,7 +206,7 @@ def test_step_gate_and_excess(form):
 @needs_cblas
 def test_single_pass_state_is_dropped_when_it_could_be_stale():
     """The kept chain belongs to the weights it was computed from; reset or new
-    arrays / beta / data make the next step recompute it (DESIGN.md)."""
+    arrays / beta / data make the next step recompute it (docs/design.md)."""
     X, Y = _data("r>d_out")
     prob = engine.Problem(X, Y)
     net = engine.init.gaussian([12, 9, 9, 9, 4], seed=0)

@@ -6,7 +6,7 @@ reproduce numpy's weights and losses over STEPS steps. A backend module may
 list its schedules in ``FORMS`` (values of the ``form`` argument of its
 ``workspace``); each is tested, plus the default choice.
 
-The backends compute the same exact algebra (DESIGN.md) with different
+The backends compute the same exact algebra (docs/design.md) with different
 association orders, so they differ by rounding only: ~1e-16 per operation,
 amplified mildly by 60 steps of GD on depth <= 6.
 """

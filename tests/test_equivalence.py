@@ -1,6 +1,6 @@
 """gd_step equals raw paper-convention GD (DH eq. 2 and 5), to rounding.
 
-The reduction and normalization are exact algebra (DESIGN.md), so the only
+The reduction and normalization are exact algebra (docs/design.md), so the only
 difference is floating-point rounding: ~1e-15 per operation, growing mildly
 over 30-40 steps. RTOL = 1e-9 leaves a wide margin yet would catch any
 algebraic error (those show up at 1e-3 or worse).

@@ -7,7 +7,7 @@ from engine import memory
 
 
 def test_estimate_counts_weights_exactly_and_scales():
-    w = [1024] + [1000] * 699 + [10]          # DESIGN.md: ~5.6 GB of float64 weights
+    w = [1024] + [1000] * 699 + [10]          # docs/design.md: ~5.6 GB of float64 weights
     parts = memory.breakdown(w)
     n_weights = 1024 * 1000 + 698 * 1000 * 1000 + 1000 * 10
     assert parts["weights"] == 8 * n_weights

@@ -1,4 +1,4 @@
-"""A GD step allocates nothing proportional to L*m^2 (issue 2, DESIGN.md).
+"""A GD step allocates nothing proportional to L*m^2 (issue 2, docs/design.md).
 
 numpy reports its buffers to tracemalloc, so the traced peak during a step
 bounds what the step allocates. Weights are L*m^2*8 bytes; the step may

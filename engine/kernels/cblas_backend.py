@@ -6,7 +6,7 @@ the update is written only if the excess before the step is finite and
 ``lo < excess <= hi``, otherwise no weight is touched; the excess before the
 step is returned.
 
-The kernel (csrc/dln_step_impl.h) has both schedules of DESIGN.md ("The
+The kernel (csrc/dln_step_impl.h) has both schedules of docs/design.md ("The
 step schedule, and the physical limit"), each walking every layer in row
 blocks of ``BLOCK_BYTES`` (sized for L2):
 

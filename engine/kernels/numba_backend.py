@@ -1,7 +1,7 @@
 """The ``numba`` backend: the whole GD step, all layers, in one compiled call.
 
 Same semantics as ``numpy_backend`` (the oracle; notation there and in
-DESIGN.md, "Chain products" and "The step schedule"): layers M_1 = B_1
+docs/design.md, "Chain products" and "The step schedule"): layers M_1 = B_1
 (d_1 x r), M_i = A_i; suffix S_i = beta M_L ... M_{i+1} (d_out x d_i);
 prefix P_i = M_i ... M_1 X_red (d_i x r); residual R = beta P_L - Y_red
 (d_out x r); gradient dl/dM_i = S_i^T R P_{i-1}^T = S_i^T T_{i-1}^T with
@@ -17,7 +17,7 @@ Schedules (``form`` argument of ``workspace``):
   prefixes P_i; a fused top-down sweep carries S_i from the old block and
   applies the rank-r update G_i = (S_i^T R) P_{i-1}^T. ~(2r + d_out)
   multiply-adds per weight: cheaper when r < d_out.
-* ``"single"`` -- single-pass alternating schedule (DESIGN.md): a bottom-up
+* ``"single"`` -- single-pass alternating schedule (docs/design.md): a bottom-up
   sweep finishes step t with the stored S(t) and the carried T(t), and from
   each *new* block builds the prefix chain P(t+1), hence R(t+1) and
   l(t+1); the next, top-down, sweep finishes step t+1 with the stored

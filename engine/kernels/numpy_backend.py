@@ -1,6 +1,6 @@
 """The ``numpy`` backend: the readable reference GD step (two-pass schedule).
 
-Notation (DESIGN.md, "Chain products"): layers M_1 = B_1 = A_1 U_r (d_1 x r),
+Notation (docs/design.md, "Chain products"): layers M_1 = B_1 = A_1 U_r (d_1 x r),
 M_i = A_i (i >= 2); reduced input X_red = diag(xs) (r x r); reduced targets
 Y_red (d_out x r); per-layer A-space steps c_i = eta / s_i^2.
 
