@@ -1,6 +1,6 @@
 /* dln_step.h -- one full-batch GD step of a deep linear network, all layers
  * in one call (the ``cblas`` backend of engine; see docs/design.md, "The step
- * schedule, and the physical limit", and engine/kernels/numpy_backend.py,
+ * schedule" and "The physical limit", and engine/kernels/numpy_backend.py,
  * whose semantics these kernels reproduce exactly up to rounding).
  *
  * Storage is row-major (NumPy C order).  Layer i (0-based, i = 0..L-1) is

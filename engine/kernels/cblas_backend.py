@@ -7,7 +7,7 @@ the update is written only if the excess before the step is finite and
 step is returned.
 
 The kernel (csrc/dln_step_impl.h) has both schedules of docs/design.md ("The
-step schedule, and the physical limit"), each walking every layer in row
+step schedule"), each walking every layer in row
 blocks of ``BLOCK_BYTES`` (sized for L2):
 
 * ``two-pass`` (3 weight passes): a read-only pass computes one chain and
