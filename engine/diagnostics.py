@@ -43,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._validate import positive_int
+from .kernels import threads
 from .network import Network
 
 
@@ -50,13 +51,12 @@ def _one_blas_thread(fn):
     """Run ``fn`` with BLAS limited to one thread. sharpness and lyapunov are long loops of
     tiny matmuls / QRs (width-sized), where a second BLAS thread costs more in hand-offs than
     it gains: a 20x slowdown was measured with 2 OpenBLAS threads. The previous limits are
-    restored on return (threadpoolctl, via engine.kernels' shared controller)."""
+    restored on return (``engine.kernels.threads``)."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .kernels import _controller
-        with _controller().limit(limits=1, user_api="blas"):
+        with threads.limit(blas=1):
             return fn(*args, **kwargs)
 
     return wrapper

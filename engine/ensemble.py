@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels, theory
+from .kernels import _numba_members, threads
 from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list, widths_match_data
 from .network import Network, _alloc_layers
 from .problem import Problem
@@ -332,208 +333,9 @@ def _index(k, K):
     return k % K
 
 
-# --------------------------------------------------------------------------
-# The member-parallel Numba kernel
-# --------------------------------------------------------------------------
-try:  # Numba is optional for this module: without it the members run one by one.
-    import numba as _nb
-    _HAVE_NUMBA = True
-    _NUMBA_REASON = ""
-except Exception as _exc:  # pragma: no cover - numba is a dependency
-    _nb = None
-    _HAVE_NUMBA = False
-    _NUMBA_REASON = f"numba cannot be imported: {_exc}"
-
-
 def member_kernel_available() -> tuple[bool, str]:
-    """(available, reason) for the member-parallel Numba kernel."""
-    return _HAVE_NUMBA, _NUMBA_REASON
-
-
-if _HAVE_NUMBA:
-    # fastmath off: the kernel must reproduce the numpy reference to rounding,
-    # and NaN/Inf must propagate so divergence is detected.
-    _jit = _nb.njit(cache=True, fastmath=False, nogil=True)
-    _pjit = _nb.njit(cache=True, fastmath=False, parallel=True, nogil=True)
-    prange = _nb.prange
-
-    @_jit
-    def _layer(B1, H, Lw, i, L):
-        """M_{i+1} (0-based i): B1, H[i-1] or Lw."""
-        if i == 0:
-            return B1
-        if i == L - 1:
-            return Lw
-        return H[i - 1]
-
-    @_jit
-    def _member_T(B1, H, Lw, c, beta, xs, yred, lo, hi, Sch, s0, R, Ta, Tb, G):
-        """One GD step of one member, T form (numpy_backend._step, ws.form == "T").
-
-        Pass 1 top-down stores S_{L-1}..S_1 and gives R; pass 2 bottom-up carries
-        T^T (d_out x d_i, in the flat buffers Ta/Tb), advancing it from the old
-        M_i before M_i -= c_i S_i^T T_{i-1}^T. Products by ?gemm (numba's np.dot
-        calls the BLAS SciPy ships): at m = 32 that is ~2x faster than compiled
-        loops. G: flat (m*m) gradient scratch.
-        """
-        L = H.shape[0] + 2
-        d_out, r = R.shape
-        S = Sch[L - 2]
-        for o in range(d_out):
-            for j in range(Lw.shape[1]):
-                S[o, j] = Lw[o, j] * beta
-        for i in range(L - 2, 0, -1):
-            np.dot(Sch[i], H[i - 1], Sch[i - 1])
-        np.dot(Sch[0], B1, s0)
-        ex = 0.0
-        for o in range(d_out):
-            for j in range(r):
-                v = s0[o, j] * xs[j] - yred[o, j]
-                R[o, j] = v
-                ex += v * v
-        ex *= 0.5
-        if not (math.isfinite(ex) and lo < ex <= hi):
-            return ex, False
-        Tt = Ta[:d_out * r].reshape((d_out, r))
-        for o in range(d_out):
-            for j in range(r):
-                Tt[o, j] = R[o, j] * xs[j]
-        for i in range(L):
-            M = _layer(B1, H, Lw, i, L)
-            rows, cols = M.shape
-            if i == L - 1:
-                f = beta * c[i]
-                for a in range(rows):
-                    for b in range(cols):
-                        M[a, b] -= Tt[a, b] * f
-                break
-            Tn = (Tb if (i % 2 == 0) else Ta)[:d_out * rows].reshape((d_out, rows))
-            np.dot(Tt, M.T, Tn)                      # T_i^T = T_{i-1}^T M_i^T, old M_i
-            Gi = G[:rows * cols].reshape((rows, cols))
-            np.dot(Sch[i].T, Tt, Gi)                 # S_i^T T_{i-1}^T
-            ci = c[i]
-            for a in range(rows):
-                for b in range(cols):
-                    M[a, b] -= ci * Gi[a, b]
-            Tt = Tn
-        return ex, True
-
-    @_pjit
-    def _ens_step_T(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Sch, s0, R, Ta, Tb, G, ex_out, applied_out):
-        for k in prange(B1.shape[0]):
-            if active[k]:
-                ex, ok = _member_T(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
-                                        Sch[k], s0[k], R[k], Ta[k], Tb[k], G[k])
-                ex_out[k] = ex
-                applied_out[k] = ok
-            else:
-                ex_out[k] = np.nan
-                applied_out[k] = False
-
-    @_jit
-    def _member_P(B1, H, Lw, c, beta, xs, yred, lo, hi, Pch, Pout, R, Sa, Sb, Q, G):
-        """One GD step of one member, P form (numpy_backend._step, ws.form == "P").
-
-        Pass 1 bottom-up stores P_1..P_{L-1} and gives R; pass 2 top-down
-        carries S_i (flat buffers Sa/Sb), forming Q = c_i S_i^T R and advancing
-        S_{i-1} = S_i M_i from the old M_i before M_i -= Q P_{i-1}^T. Products
-        by ?gemm as in ``_member_T``. Q, G: flat scratch.
-        """
-        L = H.shape[0] + 2
-        d_out, r = R.shape
-        m = B1.shape[0]
-        P1 = Pch[0]
-        for a in range(m):
-            for j in range(r):
-                P1[a, j] = B1[a, j] * xs[j]
-        for i in range(1, L - 1):
-            np.dot(H[i - 1], Pch[i - 1], Pch[i])
-        np.dot(Lw, Pch[L - 2], Pout)
-        ex = 0.0
-        for o in range(d_out):
-            for j in range(r):
-                v = Pout[o, j] * beta - yred[o, j]
-                R[o, j] = v
-                ex += v * v
-        ex *= 0.5
-        if not (math.isfinite(ex) and lo < ex <= hi):
-            return ex, False
-        S = Sa.reshape((d_out, m))
-        use_b = True                      # S_{i-1} goes to Sb and Sa in turn
-        for i in range(L - 1, -1, -1):
-            M = _layer(B1, H, Lw, i, L)
-            rows, cols = M.shape
-            ci = c[i]
-            Qi = Q[:rows * r].reshape((rows, r))
-            if i == L - 1:
-                for a in range(rows):
-                    for j in range(r):
-                        Qi[a, j] = (R[a, j] * beta) * ci
-            else:
-                np.dot(S.T, R, Qi)        # S_{i+1}^T R
-                for a in range(rows):
-                    for j in range(r):
-                        Qi[a, j] *= ci
-            if i > 0:
-                Sn = (Sb if use_b else Sa).reshape((d_out, cols))   # cols == m for i > 0
-                use_b = not use_b
-                if i == L - 1:
-                    for o in range(d_out):
-                        for b in range(cols):
-                            Sn[o, b] = M[o, b] * beta
-                else:
-                    np.dot(S, M, Sn)
-                Gi = G[:rows * cols].reshape((rows, cols))
-                np.dot(Qi, Pch[i - 1].T, Gi)
-                for a in range(rows):
-                    for b in range(cols):
-                        M[a, b] -= Gi[a, b]
-                S = Sn
-            else:
-                for a in range(rows):
-                    for b in range(cols):
-                        M[a, b] -= Qi[a, b] * xs[b]
-        return ex, True
-
-    @_pjit
-    def _ens_step_P(B1, H, Lw, c, beta, xs, yred, lo, hi, active, Pch, Pout, R, Sa, Sb, Q, G, ex_out, applied_out):
-        for k in prange(B1.shape[0]):
-            if active[k]:
-                ex, ok = _member_P(B1[k], H[k], Lw[k], c[k], beta[k], xs, yred, lo, hi[k],
-                                   Pch[k], Pout[k], R[k], Sa[k], Sb[k], Q[k], G[k])
-                ex_out[k] = ex
-                applied_out[k] = ok
-            else:
-                ex_out[k] = np.nan
-                applied_out[k] = False
-
-
-class _MemberKernelWS:
-    """Buffers of the member-parallel kernel for one (ensemble shape, r, form)."""
-
-    def __init__(self, ens, r, d_out, form):
-        K, L, dt = ens.size, ens.depth, ens.dtype
-        m = ens.widths[1]
-        self.form = form
-        self.R = np.empty((K, d_out, r), dtype=dt)
-        mm = max(m, r)
-        if form == "T":
-            self.bufs = (np.empty((K, L - 1, d_out, m), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
-                         np.empty((K, d_out * mm), dtype=dt), np.empty((K, d_out * mm), dtype=dt),
-                         np.empty((K, m * mm), dtype=dt))
-        else:
-            self.bufs = (np.empty((K, L - 1, m, r), dtype=dt), np.empty((K, d_out, r), dtype=dt), self.R,
-                         np.empty((K, d_out * m), dtype=dt), np.empty((K, d_out * m), dtype=dt),
-                         np.empty((K, max(m, d_out) * r), dtype=dt), np.empty((K, max(m, d_out) * m), dtype=dt))
-        self.ex = np.empty(K, dtype=np.float64)
-        self.applied = np.empty(K, dtype=np.bool_)
-
-
-def _member_kernel_shape_ok(ens) -> bool:
-    """The kernel covers d_1 = ... = d_{L-1} (= m) with L >= 2."""
-    if ens.depth < 2:
-        return False
-    return all(h == ens.widths[1] for h in ens.widths[1:-1])
+    """(available, reason) for the member-parallel Numba kernel (``engine.kernels._numba_members``)."""
+    return _numba_members.available, _numba_members.reason
 
 
 # --------------------------------------------------------------------------
@@ -555,19 +357,18 @@ class _KernelStepper:
         if ens._ws is not None and ens._ws[0] == key:
             self.ws = ens._ws[1]
         else:
-            self.ws = _MemberKernelWS(ens, prob.rank, prob.d_out, form)
+            self.ws = _numba_members.workspace(ens.size, ens.widths, prob.rank, prob.d_out, dt, form)
             ens._ws = (key, self.ws)
         L, K, m = ens.depth, ens.size, ens.widths[1]
         lay = ens._layers
         self.B1 = lay[0]
         self.H = ens.hidden if ens.hidden is not None else np.empty((K, 0, m, m), dtype=dt)
         self.Lw = lay[L - 1]
-        self.kern = _ens_step_T if form == "T" else _ens_step_P
 
     def step(self, lo, hi, active):
         ws = self.ws
-        self.kern(self.B1, self.H, self.Lw, self.c, self.beta, self.xs, self.yred, float(lo),
-                  np.ascontiguousarray(hi, dtype=np.float64), active, *ws.bufs, ws.ex, ws.applied)
+        _numba_members.step(self.B1, self.H, self.Lw, self.c, self.beta, self.xs, self.yred, ws, lo,
+                            np.ascontiguousarray(hi, dtype=np.float64), active)
         return ws.ex.copy(), ws.applied.copy()
 
 
@@ -607,12 +408,13 @@ class _LoopStepper:
 def _make_stepper(ens, prob, c, beta, backend):
     if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
         raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
-    shape_ok = _member_kernel_shape_ok(ens)
+    shape_ok = _numba_members.shape_ok(ens.widths)
     if backend == "numba" and shape_ok:
-        if not _HAVE_NUMBA:
-            raise kernels.BackendUnavailable(f"backend: 'numba' is unavailable: {_NUMBA_REASON}")
+        if not _numba_members.available:
+            raise kernels.BackendUnavailable(f"backend: 'numba' is unavailable: {_numba_members.reason}")
         return _KernelStepper(ens, prob, c, beta)
-    if backend == "auto" and shape_ok and _HAVE_NUMBA and ens.member_nbytes() <= MEMBER_KERNEL_MAX_BYTES:
+    if (backend == "auto" and shape_ok and _numba_members.available
+            and ens.member_nbytes() <= MEMBER_KERNEL_MAX_BYTES):
         return _KernelStepper(ens, prob, c, beta)
     return _LoopStepper(ens, prob, c, beta, backend)
 
@@ -802,8 +604,7 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
     if isinstance(st, _KernelStepper):
         # numba threads run members in parallel and each member calls ?gemm:
         # BLAS must stay single-threaded meanwhile (no oversubscription)
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(limits=1, user_api="blas"):
+        with threads.limit(blas=1):
             return _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress)
     return _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress)
 

@@ -256,8 +256,9 @@ def test_auto_choice_and_fallback_without_numba(monkeypatch):
     prob, widths = _widths("T-form")
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
     assert res.schedule == ("members-parallel" if NUMBA else "sequential")
-    monkeypatch.setattr(E, "_HAVE_NUMBA", False)
-    monkeypatch.setattr(E, "_NUMBA_REASON", "numba cannot be imported: (simulated)")
+    from engine.kernels import _numba_members
+    monkeypatch.setattr(_numba_members, "available", False)
+    monkeypatch.setattr(_numba_members, "reason", "numba cannot be imported: (simulated)")
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
     assert res.schedule == "sequential"
     with pytest.raises(engine.BackendUnavailable, match="simulated"):
