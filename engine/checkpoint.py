@@ -50,7 +50,9 @@ import time
 
 import numpy as np
 
-from .network import Network, _alloc_layers
+from . import memory
+from .network import Ensemble, Network, Storage
+from .problem import Problem
 
 __all__ = ["CheckpointError", "CorruptCheckpoint", "CheckpointMismatch", "Checkpoint",
            "load", "save", "FORMAT", "VERSION"]
@@ -243,48 +245,77 @@ def _read(path) -> dict:
 
 # -- networks ------------------------------------------------------------------
 
-def pack_network(net: Network, prefix: str = "") -> tuple[dict, dict]:
-    """Arrays and JSON metadata that rebuild ``net`` exactly (bound state included)."""
-    arrays = {f"{prefix}layer_{i}": a for i, a in enumerate(net._layers)}
-    arrays[f"{prefix}log_s"] = net._log_s
-    arrays[f"{prefix}log_beta"] = np.array(net._log_beta)
-    if net.sigma is not None:
-        arrays[f"{prefix}sigma"] = net.sigma
-    if net._bound is not None:
-        arrays[f"{prefix}perp"] = net._perp
-    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
-    meta = {"widths": list(net.widths), "dtype": net.dtype.str, "init": net.init, "seed": seed,
-            "bound": net._bound is not None}
+def pack_network(net, prefix: str = "") -> tuple[dict, dict]:
+    """Arrays and JSON metadata that rebuild ``net`` exactly (bound state included).
+
+    A Network's arrays are its own (``layer_i`` is A_i, or B_1 for i = 0 while
+    bound); an Ensemble's have a leading member axis, and its metadata a
+    ``members`` count and per-member ``init`` / ``seed`` lists (``sigma`` is
+    (K, L) with rows of NaN for members without one).
+    """
+    store = net._store
+    ensemble = isinstance(net, Ensemble)
+    ids = list(range(store.size)) if ensemble else [net._k]
+
+    def take(values):
+        return np.stack(values) if ensemble else values[0]
+
+    arrays = {f"{prefix}layer_{i}": (store.blocks[i] if ensemble else store.layers[net._k][i])
+              for i in range(store.depth)}
+    arrays[f"{prefix}log_s"] = take([store.log_s[k] for k in ids])
+    arrays[f"{prefix}log_beta"] = take([np.array(store.log_beta[k]) for k in ids])
+    sigmas = [store.sigmas[k] for k in ids]
+    if any(s is not None for s in sigmas):
+        arrays[f"{prefix}sigma"] = take([np.full(store.depth, np.nan) if s is None else s for s in sigmas])
+    if store.bound is not None:
+        arrays[f"{prefix}perp"] = take([store.perp[k] for k in ids])
+    seeds = [s if isinstance(s, (int, type(None))) else repr(s) for s in (store.seeds[k] for k in ids)]
+    meta = {"widths": list(store.widths), "dtype": store.dtype.str, "bound": store.bound is not None}
+    if ensemble:
+        meta.update(members=store.size, init=list(store.inits), seed=seeds)
+    else:
+        meta.update(init=store.inits[net._k], seed=seeds[0])
     return arrays, meta
 
 
-def unpack_network(arrays: dict, meta: dict, prob, prefix: str = "") -> Network:
-    """Inverse of ``pack_network``; a bound network is bound to ``prob`` (checked by the caller)."""
+def unpack_network(arrays: dict, meta: dict, prob, prefix: str = ""):
+    """Inverse of ``pack_network`` (a Network, or an Ensemble when ``meta`` has ``members``);
+    a bound network is bound to ``prob`` (checked by the caller)."""
     widths = tuple(meta["widths"])
     dtype = np.dtype(meta["dtype"])
-    L = len(widths) - 1
-    from . import memory
-    memory.check(widths, dtype)   # the guard init functions apply, before allocating (issue 11 item 4)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i in range(1, L):
-        layers[i][...] = arrays[f"{prefix}layer_{i}"]
+    K = meta.get("members")
+    single = K is None
+    n = 1 if single else K
+    memory.check(widths, dtype, ensemble=n)   # the guard init functions apply, before allocating
+
+    def member(a, k):
+        return a if single else a[k]
+
     first = arrays[f"{prefix}layer_0"]
-    if not meta["bound"]:
-        layers[0][...] = first
-    seed = meta.get("seed")
-    net = Network(layers, arrays[f"{prefix}log_s"], float(arrays[f"{prefix}log_beta"]),
-                  init=meta["init"], seed=seed if not isinstance(seed, str) else None,
-                  sigma=arrays.get(f"{prefix}sigma"), dtype=dtype, _stack=stack)
+    r = None
     if meta["bound"]:
         basis = prob.reduced(dtype).basis
-        if first.shape != (widths[1], basis.shape[1]):
+        r = basis.shape[1]
+        if first.shape[-2:] != (widths[1], r):
             raise CheckpointMismatch(
-                f"prob: the checkpoint's first layer has shape {first.shape}, which does not fit "
-                f"this problem (rank {basis.shape[1]})")
-        net._layers[0] = np.ascontiguousarray(first, dtype=dtype)
-        net._perp = np.ascontiguousarray(arrays[f"{prefix}perp"], dtype=dtype)
-        net._bound = (prob.token, basis)
-    return net
+                f"prob: the checkpoint's first layer has shape {first.shape[-2:]}, which does not fit "
+                f"this problem (rank {r})")
+    store = Storage(widths, n, dtype, first_cols=r)
+    inits = [meta["init"]] if single else meta["init"]
+    seeds = [meta.get("seed")] if single else meta["seed"]
+    sig = arrays.get(f"{prefix}sigma")
+    for k in range(n):
+        for i, dst in enumerate(store.layers[k]):
+            dst[...] = member(arrays[f"{prefix}layer_{i}"], k)
+        s = None if sig is None else member(sig, k)
+        store.set_member(k, member(arrays[f"{prefix}log_s"], k), float(member(arrays[f"{prefix}log_beta"], k)),
+                         init=inits[k], seed=seeds[k] if not isinstance(seeds[k], str) else None,
+                         sigma=None if s is None or np.isnan(s).all() else s)
+    if meta["bound"]:
+        perp = arrays[f"{prefix}perp"]
+        store.perp = np.ascontiguousarray(perp[None] if single else perp, dtype=dtype)
+        store.bound = (prob.token, basis)
+    return Network._view(store) if single else Ensemble(store)
 
 
 # -- field validation ----------------------------------------------------------
@@ -501,7 +532,6 @@ class Checkpoint:
             raise TypeError(
                 f"prob: checkpoint {self.path!r} does not store the data (X and Y exceed "
                 f"{DATA_LIMIT // 1024 ** 2} MiB); pass prob=engine.Problem(X, Y)")
-        from .problem import Problem
         prob = Problem(self.arrays["data_X"], self.arrays["data_Y"], rtol=float(self.meta["rtol"]))
         self.check_problem(prob)
         return prob

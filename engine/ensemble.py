@@ -52,7 +52,7 @@ import numpy as np
 from . import kernels, theory
 from .kernels import _numba_members, threads
 from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list, widths_match_data
-from .network import Network, _alloc_layers
+from .network import Ensemble, _index
 from .problem import Problem
 from .train import (EXPLODE_FACTOR, SNAPSHOT_EVERY, Progress, TrainResult, fit_rate, stop_threshold,
                     warn_bottleneck)
@@ -65,272 +65,6 @@ __all__ = ["Ensemble", "EnsembleResult", "train", "stable_lrs", "MEMBER_KERNEL_M
 # and splitting one step across cores does not pay; above it the
 # single-network backends parallelize inside the step.
 MEMBER_KERNEL_MAX_BYTES = 4 << 20
-
-
-# --------------------------------------------------------------------------
-# Storage
-# --------------------------------------------------------------------------
-class Ensemble:
-    """K deep linear networks with the same widths and dtype, stacked.
-
-    Build with ``Ensemble.gaussian``, ``Ensemble.orthogonal`` or
-    ``Ensemble.from_networks``. Member k is exactly the network the
-    corresponding ``engine.init`` call (or the k-th given network) gives.
-
-    Attributes
-    ----------
-    widths : tuple[int, ...]   [d_0, ..., d_L]
-    depth  : int               L
-    size   : int               K, the number of members (also ``len(ens)``)
-    dtype  : numpy.dtype
-    inits  : tuple[str, ...]   init name of each member
-    seeds  : tuple             seed of each member (None where unknown)
-    hidden : ndarray or None   (K, L-2, m, m) C-contiguous hidden layers A_2..A_{L-1}
-                               when the hidden widths are uniform and L >= 3
-    """
-
-    def __init__(self, widths, layers, log_s, log_beta, *, inits, seeds, sigmas, dtype, hidden):
-        self.widths = tuple(widths)
-        self.depth = len(self.widths) - 1
-        self.dtype = np.dtype(dtype)
-        self._layers = layers                 # list of L arrays (K, d_i, d_{i-1}); layer 1 is B_1 while bound
-        self.hidden = hidden
-        self._log_s = np.ascontiguousarray(log_s, dtype=np.float64)        # (K, L)
-        self._log_beta = np.ascontiguousarray(log_beta, dtype=np.float64)  # (K,)
-        self.size = int(self._log_beta.shape[0])
-        self.inits = tuple(inits)
-        self.seeds = tuple(seeds)
-        self._sigmas = list(sigmas)
-        self._bound = None                    # (problem token, basis U_r)
-        self._perp = None                     # (K, d_1, d_0): A_1 (I - U_r U_r^T) while bound
-        self._ws = None                       # cached workspace (key, ws)
-
-    # -- construction ----------------------------------------------------------
-    @classmethod
-    def gaussian(cls, widths, seeds=range(8), sigma=None, alpha=None, *, dtype=np.float64) -> "Ensemble":
-        """Members ``engine.init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha)`` for s in ``seeds``."""
-        from . import init, memory
-        seeds = _seed_list(seeds)
-        memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
-        return cls._build(lambda s: init.gaussian(widths, seed=s, sigma=sigma, alpha=alpha, dtype=dtype), seeds)
-
-    @classmethod
-    def orthogonal(cls, widths, seeds=range(8), alpha=None, *, dtype=np.float64) -> "Ensemble":
-        """Members ``engine.init.orthogonal(widths, seed=s, alpha=alpha)`` for s in ``seeds``."""
-        from . import init, memory
-        seeds = _seed_list(seeds)
-        memory.check(widths_list(widths), float_dtype(dtype), ensemble=len(seeds))
-        return cls._build(lambda s: init.orthogonal(widths, seed=s, alpha=alpha, dtype=dtype), seeds)
-
-    @classmethod
-    def _build(cls, make, seeds) -> "Ensemble":
-        """Members make(s) for s in seeds, drawn one at a time into the stacked
-        storage (peak memory: the ensemble plus one network)."""
-        first = make(seeds[0])
-        widths, dtype = first.widths, first.dtype
-        K, L = len(seeds), first.depth
-        layers, hidden = _alloc_stacked(widths, K, dtype)
-        log_s = np.empty((K, L))
-        log_beta = np.empty(K)
-        inits, sigmas = [], []
-        for k, sd in enumerate(seeds):
-            net, first = (first, None) if k == 0 else (make(sd), None)
-            for i in range(L):
-                layers[i][k] = net._layers[i]
-            log_s[k] = net._log_s
-            log_beta[k] = net._log_beta
-            inits.append(net.init)
-            sigmas.append(net.sigma)
-            del net
-        return cls(widths, layers, log_s, log_beta, inits=inits, seeds=list(seeds), sigmas=sigmas,
-                   dtype=dtype, hidden=hidden)
-
-    @classmethod
-    def from_networks(cls, nets) -> "Ensemble":
-        """An ensemble holding copies of ``nets`` (same widths and dtype).
-
-        If every network is bound to the same Problem (as after
-        ``engine.train``), the bound state is copied as is, so that training
-        the ensemble continues each run exactly as training that network
-        would.
-        """
-        try:
-            nets = list(nets)
-        except TypeError:
-            raise TypeError("nets: must be a sequence of engine Networks") from None
-        if not nets:
-            raise ValueError("nets: needs at least one network")
-        for k, n in enumerate(nets):
-            if not isinstance(n, Network):
-                raise TypeError(f"nets[{k}]: must be an engine Network, got {type(n).__name__}")
-            if n.widths != nets[0].widths:
-                raise ValueError(f"nets[{k}]: widths {list(n.widths)} differ from nets[0]'s {list(nets[0].widths)}")
-            if n.dtype != nets[0].dtype:
-                raise ValueError(f"nets[{k}]: dtype {n.dtype} differs from nets[0]'s {nets[0].dtype}")
-        widths, dtype, K = nets[0].widths, nets[0].dtype, len(nets)
-        layers, hidden = _alloc_stacked(widths, K, dtype)
-        tokens = {None if n._bound is None else n._bound[0] for n in nets}
-        keep_bound = len(tokens) == 1 and None not in tokens
-        ens = cls(widths, layers, np.stack([n._log_s for n in nets]),
-                  np.array([n._log_beta for n in nets]), inits=[n.init for n in nets],
-                  seeds=[n.seed for n in nets], sigmas=[n.sigma for n in nets], dtype=dtype, hidden=hidden)
-        if keep_bound:
-            basis = nets[0]._bound[1]
-            ens._layers[0] = np.empty((K,) + nets[0]._layers[0].shape, dtype=dtype)
-            ens._perp = np.empty((K,) + nets[0]._perp.shape, dtype=dtype)
-            ens._bound = (nets[0]._bound[0], basis)
-            for k, n in enumerate(nets):
-                ens._perp[k] = n._perp
-        for k, n in enumerate(nets):
-            for i in range(len(widths) - 1):
-                if i == 0 and not keep_bound:
-                    ens._layers[0][k] = n._first_normalized()
-                else:
-                    ens._layers[i][k] = n._layers[i]
-        return ens
-
-    # -- members -----------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.size
-
-    def member(self, k: int) -> Network:
-        """Member k as an independent Network (a copy; binding included).
-
-        The copy is bitwise what a separate ``engine.train`` run would hold:
-        if the ensemble is bound to a problem, so is the copy.
-        """
-        k = _index(k, self.size)
-        layers, stack = _alloc_layers(self.widths, self.dtype)
-        for i in range(self.depth):
-            if i > 0 or self._bound is None:
-                layers[i][...] = self._layers[i][k]
-        sigma = self._sigmas[k]
-        net = Network(layers, self._log_s[k], float(self._log_beta[k]), init=self.inits[k],
-                      seed=self.seeds[k], sigma=sigma, dtype=self.dtype, _stack=stack)
-        if self._bound is not None:
-            net._layers[0] = self._layers[0][k].copy()
-            net._perp = self._perp[k].copy()
-            net._bound = self._bound
-        return net
-
-    def members(self) -> list[Network]:
-        """All members as independent Networks (copies, see ``member``)."""
-        return [self.member(k) for k in range(self.size)]
-
-    def _member_layers(self, k: int) -> list[np.ndarray]:
-        """Views of member k's layers (M_1 = B_1 while bound), each C-contiguous.
-
-        With uniform hidden widths, layers 2..L-1 are slices of one (L-2, m, m)
-        view of ``hidden[k]`` that is its own ``base`` (as_strided), so a
-        backend that passes a contiguous hidden stack whole (numba) sees one.
-        """
-        out = [a[k] for a in self._layers]
-        if self.hidden is not None:
-            from numpy.lib.stride_tricks import as_strided
-            hk = self.hidden[k]
-            stack = as_strided(hk, hk.shape, hk.strides)
-            out[1:-1] = [stack[i] for i in range(stack.shape[0])]
-        return out
-
-    @property
-    def hidden_uniform(self) -> bool:
-        return self.hidden is not None
-
-    @property
-    def scales(self) -> np.ndarray:
-        """(K, L) scales s_i of every member (W_i = s_i A_i)."""
-        return np.exp(self._log_s)
-
-    @property
-    def log_alpha(self) -> np.ndarray:
-        """(K,) ln(alpha) of every member."""
-        return self._log_beta - self._log_s.sum(axis=1)
-
-    def nbytes(self) -> int:
-        """Bytes of weight storage (all members)."""
-        total = sum(a.nbytes for a in self._layers)
-        return total + (self._perp.nbytes if self._perp is not None else 0)
-
-    def member_nbytes(self) -> int:
-        """Bytes of one member's trained weights (bound first layer if bound)."""
-        return sum(a[0].nbytes for a in self._layers)
-
-    # -- binding ---------------------------------------------------------------
-    def _bind(self, prob) -> None:
-        """Hold layer 1 of every member as B_1 = A_1 U_r (as Network._bind does, member by member)."""
-        if self._bound is not None and self._bound[0] == prob.token:
-            return
-        self._unbind()
-        widths_match_data(self.widths, prob)
-        basis = prob.reduced(self.dtype).basis
-        A1 = self._layers[0]
-        K, d1 = A1.shape[0], A1.shape[1]
-        B = np.empty((K, d1, basis.shape[1]), dtype=self.dtype)
-        perp = np.empty_like(A1)
-        for k in range(K):          # 2-D products member by member: bitwise as Network._bind
-            Bk = A1[k] @ basis
-            perp[k] = A1[k] - Bk @ basis.T
-            B[k] = Bk
-        self._layers[0] = B
-        self._perp = perp
-        self._bound = (prob.token, basis)
-        self._ws = None
-
-    def _unbind(self) -> None:
-        if self._bound is None:
-            return
-        basis = self._bound[1]
-        A1 = np.empty_like(self._perp)
-        for k in range(self.size):
-            A1[k] = self._perp[k] + self._layers[0][k] @ basis.T
-        self._layers[0] = A1
-        self._perp = None
-        self._bound = None
-        self._ws = None
-
-    def __repr__(self) -> str:
-        w = self.widths
-        shown = str(list(w)) if len(w) <= 6 else f"[{w[0]}, {w[1]}, ..., {w[-2]}, {w[-1]}]"
-        inits = sorted(set(self.inits))
-        return (f"Ensemble(size={self.size}, widths={shown}, depth={self.depth}, "
-                f"init={inits[0] if len(inits) == 1 else inits}, dtype={self.dtype})")
-
-
-def _alloc_stacked(widths, K, dtype):
-    L = len(widths) - 1
-    layers = [None] * L
-    hidden = None
-    hid = widths[1:-1]
-    if L >= 3 and all(h == hid[0] for h in hid):
-        m = hid[0]
-        hidden = np.empty((K, L - 2, m, m), dtype=dtype)
-        for i in range(1, L - 1):
-            layers[i] = hidden[:, i - 1]
-    for i in range(L):
-        if layers[i] is None:
-            layers[i] = np.empty((K, widths[i + 1], widths[i]), dtype=dtype)
-    return layers, hidden
-
-
-def _seed_list(seeds):
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        raise TypeError(f"seeds: must be a sequence of seeds (e.g. range({seeds})), got the integer {seeds!r}")
-    try:
-        seeds = list(seeds)
-    except TypeError:
-        raise TypeError(f"seeds: must be a sequence of seeds, got {seeds!r}") from None
-    if not seeds:
-        raise ValueError("seeds: needs at least one seed")
-    return seeds
-
-
-def _index(k, K):
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k: must be an integer, got {k!r}")
-    k = int(k)
-    if not -K <= k < K:
-        raise IndexError(f"k: member index {k} out of range for an ensemble of {K}")
-    return k % K
 
 
 def member_kernel_available() -> tuple[bool, str]:
@@ -354,11 +88,12 @@ class _KernelStepper:
         self.beta = np.ascontiguousarray(beta, dtype=dt)
         form = kernels.numpy_backend.choose_form(prob.rank, prob.d_out)
         key = ("member-kernel", prob.token, form)
-        if ens._ws is not None and ens._ws[0] == key:
-            self.ws = ens._ws[1]
+        store = ens._store
+        if store.workspace is not None and store.workspace[0] == key:
+            self.ws = store.workspace[1]
         else:
             self.ws = _numba_members.workspace(ens.size, ens.widths, prob.rank, prob.d_out, dt, form)
-            ens._ws = (key, self.ws)
+            store.workspace = (key, self.ws)
         L, K, m = ens.depth, ens.size, ens.widths[1]
         lay = ens._layers
         self.B1 = lay[0]
@@ -383,12 +118,13 @@ class _LoopStepper:
         self.layers = [ens._member_layers(k) for k in range(ens.size)]
         self.c = [np.array(ck) for ck in c]
         self.beta = [float(b) for b in beta]
-        key = ("loop", self.name, prob.token)
-        if ens._ws is not None and ens._ws[0] == key:
-            self.ws = ens._ws[1]
+        key = ("ens-loop", self.name, prob.token)
+        store = ens._store
+        if store.workspace is not None and store.workspace[0] == key:
+            self.ws = store.workspace[1]
         else:
             self.ws = [self.backend.workspace(lay, prob.rank, prob.d_out, ens.dtype, None) for lay in self.layers]
-            ens._ws = (key, self.ws)
+            store.workspace = (key, self.ws)
         reset = getattr(self.backend, "reset", None)
         if reset is not None:
             for w in self.ws:

@@ -208,13 +208,13 @@ class _Stepper:
         self.xs, self.yred = red.s, red.targets
         self.set_lr(lr)
         self.beta = net.beta
-        key = (self.backend.name, prob.token, form, net.dtype)
-        cached = getattr(net, "_ws", None)
+        key = ("loop", self.backend.name, prob.token, form, net.dtype, (net._k,))
+        cached = net._store.workspace
         if cached is not None and cached[0] == key:
-            self.ws = cached[1]
+            self.ws = cached[1][0]
         else:
             self.ws = self.backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype, form)
-            net._ws = (key, self.ws)
+            net._store.workspace = (key, [self.ws])
         # A backend that carries state between steps (the single-pass
         # schedule keeps the chain of the next step) must forget it here:
         # between two calls anything may have changed the weights.
@@ -241,7 +241,7 @@ class _Stepper:
                 ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
                                                 self.yred, self.ws, lo, hi)
         if applied:
-            self.net._version += 1       # a change through the API (see Network.version)
+            self.net.touch()             # a change through the API (see Network.version)
             self._version = self.net._version
         return ex, applied
 
@@ -753,9 +753,7 @@ def _check_adoptable(net, loaded):
 def _adopt(net, loaded):
     """Give ``net`` the state of ``loaded`` (same widths and dtype, else refuse)."""
     _check_adoptable(net, loaded)
-    for name in ("_layers", "_stack", "_perp", "_bound", "_log_s", "_log_beta", "init", "seed", "sigma"):
-        setattr(net, name, getattr(loaded, name))
-    net._ws = None
+    net._store, net._k, net._gd = loaded._store, loaded._k, None
 
 
 def _tol_value(tol, name="tol"):
