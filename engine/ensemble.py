@@ -50,21 +50,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels, theory
-from .kernels import _numba_members, threads
+from .kernels import _numba_members
 from ._validate import float_dtype, nonneg_int, positive_float, positive_int, widths_list, widths_match_data
 from .network import Ensemble, _index
 from .problem import Problem
+from .stepper import MEMBER_KERNEL_MAX_BYTES, Stepper
 from .train import (EXPLODE_FACTOR, SNAPSHOT_EVERY, Progress, TrainResult, fit_rate, stop_threshold,
                     warn_bottleneck)
 
 __all__ = ["Ensemble", "EnsembleResult", "train", "stable_lrs", "MEMBER_KERNEL_MAX_BYTES", "member_kernel_available"]
 
-# Per-member weight bytes up to which ``auto`` runs members in parallel with
-# the member-parallel kernel. 4 MiB (m = 128, L = 32 in float64) is about the
-# L2 + share of L3 per core: below it a single-network step is latency-bound
-# and splitting one step across cores does not pay; above it the
-# single-network backends parallelize inside the step.
-MEMBER_KERNEL_MAX_BYTES = 4 << 20
 
 
 def member_kernel_available() -> tuple[bool, str]:
@@ -72,87 +67,20 @@ def member_kernel_available() -> tuple[bool, str]:
     return _numba_members.available, _numba_members.reason
 
 
-# --------------------------------------------------------------------------
-# Steppers: the member-parallel kernel, or members one by one
-# --------------------------------------------------------------------------
-class _KernelStepper:
-    name = "numba"
-    schedule = "members-parallel"
+class _EnsStepper:
+    """The ensemble loop's view of engine.stepper.Stepper (masks and (K,) arrays)."""
 
-    def __init__(self, ens, prob, c, beta):
-        self.ens = ens
-        red = prob.reduced(ens.dtype)
-        dt = ens.dtype
-        self.xs, self.yred = red.s, red.targets
-        self.c = np.ascontiguousarray(c, dtype=dt)
-        self.beta = np.ascontiguousarray(beta, dtype=dt)
-        form = kernels.numpy_backend.choose_form(prob.rank, prob.d_out)
-        key = ("member-kernel", prob.token, form)
-        store = ens._store
-        if store.workspace is not None and store.workspace[0] == key:
-            self.ws = store.workspace[1]
-        else:
-            self.ws = _numba_members.workspace(ens.size, ens.widths, prob.rank, prob.d_out, dt, form)
-            store.workspace = (key, self.ws)
-        L, K, m = ens.depth, ens.size, ens.widths[1]
-        lay = ens._layers
-        self.B1 = lay[0]
-        self.H = ens.hidden if ens.hidden is not None else np.empty((K, 0, m, m), dtype=dt)
-        self.Lw = lay[L - 1]
+    def __init__(self, ens, prob, lrs, backend):
+        self.st = Stepper(ens, prob, lrs, backend)
+        self.name, self.schedule = self.st.name, self.st.schedule
 
     def step(self, lo, hi, active):
-        ws = self.ws
-        _numba_members.step(self.B1, self.H, self.Lw, self.c, self.beta, self.xs, self.yred, ws, lo,
-                            np.ascontiguousarray(hi, dtype=np.float64), active)
-        return ws.ex.copy(), ws.applied.copy()
-
-
-class _LoopStepper:
-    schedule = "sequential"
-
-    def __init__(self, ens, prob, c, beta, backend):
-        self.backend = kernels.get(backend, shape=(ens.widths, prob.rank))
-        self.name = self.backend.name
-        red = prob.reduced(ens.dtype)
-        self.xs, self.yred = red.s, red.targets
-        self.layers = [ens._member_layers(k) for k in range(ens.size)]
-        self.c = [np.array(ck) for ck in c]
-        self.beta = [float(b) for b in beta]
-        key = ("ens-loop", self.name, prob.token)
-        store = ens._store
-        if store.workspace is not None and store.workspace[0] == key:
-            self.ws = store.workspace[1]
-        else:
-            self.ws = [self.backend.workspace(lay, prob.rank, prob.d_out, ens.dtype, None) for lay in self.layers]
-            store.workspace = (key, self.ws)
-        reset = getattr(self.backend, "reset", None)
-        if reset is not None:
-            for w in self.ws:
-                reset(w)
-
-    def step(self, lo, hi, active):
-        K = len(self.layers)
-        ex = np.full(K, np.nan)
-        applied = np.zeros(K, dtype=bool)
-        for k in range(K):
-            if active[k]:
-                ex[k], applied[k] = self.backend.step(self.layers[k], self.c[k], self.beta[k], self.xs,
-                                                      self.yred, self.ws[k], lo, hi[k])
+        js = np.flatnonzero(active).tolist()
+        ex = np.full(len(active), np.nan)
+        applied = np.zeros(len(active), dtype=bool)
+        e, a = self.st.step_members(js, lo, list(hi))
+        ex[js], applied[js] = e, a
         return ex, applied
-
-
-def _make_stepper(ens, prob, c, beta, backend):
-    if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
-    shape_ok = _numba_members.shape_ok(ens.widths)
-    if backend == "numba" and shape_ok:
-        if not _numba_members.available:
-            raise kernels.BackendUnavailable(f"backend: 'numba' is unavailable: {_numba_members.reason}")
-        return _KernelStepper(ens, prob, c, beta)
-    if (backend == "auto" and shape_ok and _numba_members.available
-            and ens.member_nbytes() <= MEMBER_KERNEL_MAX_BYTES):
-        return _KernelStepper(ens, prob, c, beta)
-    return _LoopStepper(ens, prob, c, beta, backend)
 
 
 # --------------------------------------------------------------------------
@@ -332,16 +260,7 @@ def train(ens: Ensemble, prob: Problem, lr="theory", steps: int = 1000, tol=None
     if not isinstance(backend, str) or backend not in kernels.BACKEND_NAMES:
         raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(kernels.BACKEND_NAMES)}")
 
-    K = ens.size
-    ens._bind(prob)
-    c = lrs[:, None] / np.exp(2.0 * ens._log_s)          # (K, L): eta / s_i^2, as engine.train
-    beta = np.array([float(np.exp(b)) for b in ens._log_beta])
-    st = _make_stepper(ens, prob, c, beta, backend)
-    if isinstance(st, _KernelStepper):
-        # numba threads run members in parallel and each member calls ?gemm:
-        # BLAS must stay single-threaded meanwhile (no oversubscription)
-        with threads.limit(blas=1):
-            return _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress)
+    st = _EnsStepper(ens, prob, lrs, backend)
     return _train_loop(ens, prob, st, lrs, steps, tol, record_every, progress)
 
 

@@ -201,11 +201,13 @@ class Storage:
         return total + (self.perp[k].nbytes if self.perp is not None else 0)
 
 
-def check_net_prob(net, prob) -> None:
-    """TypeError naming ``net`` / ``prob`` unless they are a Network and a Problem; ValueError
-    naming ``widths`` unless the widths fit the data."""
-    if not isinstance(net, Network):
-        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
+def check_net_prob(net, prob, ensemble_ok: bool = False) -> None:
+    """TypeError naming ``net`` / ``prob`` unless they are a Network (or, with
+    ``ensemble_ok``, an Ensemble) and a Problem; ValueError naming ``widths``
+    unless the widths fit the data."""
+    if not isinstance(net, (Network, Ensemble) if ensemble_ok else Network):
+        what = "Network or Ensemble" if ensemble_ok else "Network"
+        raise TypeError(f"net: must be an engine {what}, got {type(net).__name__}")
     if not isinstance(prob, Problem):
         raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
     widths_match_data(net.widths, prob)

@@ -22,6 +22,7 @@ from . import kernels, theory
 from ._validate import nonneg_int, positive_float, positive_int, widths_match_data
 from .network import Network
 from .problem import Problem
+from .stepper import Stepper
 
 __all__ = ["gd_step", "train", "stable_lr", "LR_RULES", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
            "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
@@ -191,62 +192,8 @@ def _check_net_prob(net, prob):
     widths_match_data(net.widths, prob)
 
 
-class _Stepper:
-    """Binds (net, prob, backend) once and runs steps without re-validating."""
-
-    def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
-        _check_net_prob(net, prob)
-        self.threads = None              # None: thread settings left as they are
-        if backend == "auto" and form is None:
-            name, self.threads, _ = kernels.auto_choice(net.widths, prob.rank, net.dtype)
-            self.backend = kernels.get(name)
-        else:
-            self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
-        net._bind(prob)
-        self.net = net
-        red = prob.reduced(net.dtype)
-        self.xs, self.yred = red.s, red.targets
-        self.set_lr(lr)
-        self.beta = net.beta
-        key = ("loop", self.backend.name, prob.token, form, net.dtype, (net._k,))
-        cached = net._store.workspace
-        if cached is not None and cached[0] == key:
-            self.ws = cached[1][0]
-        else:
-            self.ws = self.backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype, form)
-            net._store.workspace = (key, [self.ws])
-        # A backend that carries state between steps (the single-pass
-        # schedule keeps the chain of the next step) must forget it here:
-        # between two calls anything may have changed the weights.
-        reset = getattr(self.backend, "reset", None)
-        if reset is not None:
-            reset(self.ws)
-        self._version = net._version
-
-    def set_lr(self, lr: float) -> None:
-        self.lr = lr
-        self.c = lr / np.exp(2.0 * self.net._log_s)   # A-space step per layer: eta / s_i^2
-
-    @property
-    def version(self):
-        """net.version right after this stepper's last applied step (or binding)."""
-        return self._version
-
-    def step(self, lo=-1.0, hi=math.inf):
-        if self.threads is None:
-            ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
-                                            self.yred, self.ws, lo, hi)
-        else:                            # auto's measured thread count (restored after)
-            with kernels.thread_limits(self.backend, self.threads):
-                ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
-                                                self.yred, self.ws, lo, hi)
-        if applied:
-            self.net.touch()             # a change through the API (see Network.version)
-            self._version = self.net._version
-        return ex, applied
-
-    def excess(self) -> float:
-        return self.backend.excess(self.net._layers, self.beta, self.xs, self.yred, self.ws)
+# bench/ imports the stepper under its old private name (removed once bench/ uses engine.stepper)
+_Stepper = Stepper
 
 
 def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
@@ -267,7 +214,7 @@ def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
     lr = positive_float(lr, "lr")
     st = _cached_stepper(net, prob, backend)
     if st is None:
-        st = _Stepper(net, prob, lr, backend)
+        st = Stepper(net, prob, lr, backend)
     elif lr != st.lr:
         st.set_lr(lr)           # the carried chain does not depend on the step size
     net._gd = None              # a refused or failed step leaves no cache behind
@@ -531,14 +478,13 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         else:
             _adopt(net, loaded)
 
-    st = _Stepper(net, prob, lr, backend)
-    reset = getattr(st.backend, "reset", None)
+    st = Stepper(net, prob, lr, backend)
     if saved is None:
         if lr_rule != "stable":   # "stable" is above the theorem's bound on purpose: no warning
             _warn_above_bound(net, prob, lr)
         warn_bottleneck(net.widths, prob)
-    elif saved.meta.get("backend") == st.backend.name:
-        _set_schedule_state(st, saved.meta.get("backend_state"))
+    elif saved.meta.get("backend") == st.name:
+        st.set_schedule_state(0, saved.meta.get("backend_state"))
     start_net = None
     if record:
         if saved is not None:
@@ -567,8 +513,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     def save_state():
         try:
             _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, thr,
-                             limit, record_every, record, st.backend.name, checkpoint_every,
-                             prev_wall + time.perf_counter() - t0, _get_schedule_state(st))
+                             limit, record_every, record, st.name, checkpoint_every,
+                             prev_wall + time.perf_counter() - t0, st.schedule_state())
         except (OSError, ckpt.CheckpointError) as exc:
             warnings.warn(f"checkpoint: writing {checkpoint!r} at step {t} failed "
                           f"({type(exc).__name__}: {exc}); training continues and the previous "
@@ -585,7 +531,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
 
     def diverged(t_bad, ex):
         good = _rewind(st, snap[0], t_bad - 1)
-        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.backend.name)
+        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.name)
         res.wall_time += prev_wall
         _attach_records(res, recorders)
         why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
@@ -603,8 +549,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                 # check state t *before* its step is applied: only a finite state below
                 # the threshold becomes a snapshot or a checkpoint
                 ex = st.excess()
-                if reset is not None:
-                    reset(st.ws)   # the next step rebuilds its chain (bit-identical, see kernels)
+                st.reset()   # the next step rebuilds its chain (bit-identical, see kernels)
                 if t > 0 and (not np.isfinite(ex) or ex > hi):
                     raise diverged(t, ex)
                 snap[0] = _snapshot(st, t, snap[0])
@@ -641,8 +586,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
                         limit = t + 1   # step t is already applied; record state t+1 and stop
                     # the callback may have edited the weights in place, which a
                     # backend carrying the next step's chain (single-pass) cannot see
-                    if reset is not None:
-                        reset(st.ws)
+                    st.reset()
             if bar is not None:
                 bar.update(t, ex, stop)
             if stop:
@@ -651,7 +595,7 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     finally:
         if bar is not None:
             bar.close()
-    res = _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
+    res = _result(ts, exs, t, net, converged, lr, opt, t0, st.name, prob)
     res.wall_time += prev_wall
     _attach_records(res, recorders)
     return res
@@ -664,14 +608,14 @@ SNAPSHOT_EVERY = 64
 
 def _snapshot(st, t, old):
     """(t, copies of the layers, schedule state) of the current (checked) state t."""
-    layers = st.net._layers
+    layers = st.model._layers
     if old is None or len(old[1]) != len(layers):
         bufs = [a.copy() for a in layers]
     else:
         bufs = old[1]
         for dst, src in zip(bufs, layers):
             dst[...] = src
-    return (t, bufs, _get_schedule_state(st))
+    return (t, bufs, st.schedule_state())
 
 
 def _rewind(st, snap, target):
@@ -683,16 +627,13 @@ def _rewind(st, snap, target):
     if snap is None or snap[0] > target or target < 0:
         return target + 1
     s, bufs, sched = snap
-    for dst, src in zip(st.net._layers, bufs):
+    for dst, src in zip(st.model._layers, bufs):
         dst[...] = src
-    reset = getattr(st.backend, "reset", None)
-    if reset is not None:
-        reset(st.ws)
-    _set_schedule_state(st, sched)
+    st.reset()
+    st.set_schedule_state(0, sched)
     for _ in range(s, target):
         st.step()
-    if reset is not None:
-        reset(st.ws)
+    st.reset()
     return target
 
 
@@ -847,34 +788,6 @@ def _check_writable_dir(path):
         raise PermissionError(f"checkpoint: directory {d!r} is not writable")
     if os.path.isdir(path):
         raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
-
-
-def _get_schedule_state(st):
-    """The backend's schedule state carried between steps (JSON-able), or None.
-
-    A backend may define ``get_state(ws)`` / ``set_state(ws, state)``; without
-    them an integer ``ws.phase`` (the sweep direction of an alternating
-    single-pass schedule) is what a resumed run needs to take the same
-    rounding path as the uninterrupted one (the carried chain itself is
-    rebuilt bit for bit after ``reset``).
-    """
-    get = getattr(st.backend, "get_state", None)
-    if get is not None:
-        return get(st.ws)
-    phase = getattr(st.ws, "phase", None)
-    if isinstance(phase, (int, np.integer)) and not isinstance(phase, bool):
-        return {"phase": int(phase)}
-    return None
-
-
-def _set_schedule_state(st, state):
-    if state is None:
-        return
-    put = getattr(st.backend, "set_state", None)
-    if put is not None:
-        put(st.ws, state)
-    elif "phase" in state and hasattr(st.ws, "phase"):
-        st.ws.phase = int(state["phase"])
 
 
 def _save_checkpoint(path, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol, steps,
