@@ -42,9 +42,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import positive_int
+from ._validate import positive_float, positive_int
 from .kernels import threads
-from .network import Network
+from .network import Network, check_net_prob
 
 
 def _one_blas_thread(fn):
@@ -75,8 +75,7 @@ EXACT_MAX_DIM = 2000
 
 
 def _check(net, prob):
-    from .train import _check_net_prob   # deferred: train imports this module lazily too
-    _check_net_prob(net, prob)
+    check_net_prob(net, prob)
 
 
 def _f64(a):
@@ -926,7 +925,6 @@ class LazyTwin:
 
     def __init__(self, net: Network, prob, lr):
         _check(net, prob)
-        from ._validate import positive_float
         self.lr = positive_float(lr, "lr")
         P = gram_matrix(net, prob)
         lam, V = np.linalg.eigh(P)

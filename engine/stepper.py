@@ -76,18 +76,7 @@ class Stepper:
         check_net_prob(model, prob, ensemble_ok=True)
         ids = list(range(model.size)) if isinstance(model, Ensemble) else [model._k]
         store = model._store
-        widths, r = store.widths, prob.rank
-        self.threads = None              # None: thread settings left as they are
-        if isinstance(model, Ensemble) and form is None and _members_parallel(store, backend):
-            self.backend = _numba_members
-            engine = _MembersParallel
-        else:
-            if backend == "auto" and form is None:
-                name, self.threads, _ = kernels.auto_choice(widths, r, store.dtype)
-                self.backend = kernels.get(name)
-            else:
-                self.backend = kernels.get(backend, shape=(widths, r))
-            engine = _Sequential
+        engine, self.backend, self.threads = choose(model, prob, backend, form)
         store.bind(prob)
         self.model, self._store, self._ids, self.size = model, store, ids, len(ids)
         red = prob.reduced(store.dtype)
@@ -191,6 +180,20 @@ class Stepper:
             put(ws, state)
         elif "phase" in state and hasattr(ws, "phase"):
             ws.phase = int(state["phase"])
+
+
+def choose(model, prob, backend="auto", form=None):
+    """(how, backend module, threads) a Stepper runs for ``model`` on ``prob``: the member-parallel
+    kernel or a loop, the backend (its ``name`` is what results report) and auto's measured
+    thread count (None: thread settings left as they are). Raises ValueError naming ``backend``
+    for an unknown name and BackendUnavailable for one that cannot run here."""
+    store = model._store
+    if isinstance(model, Ensemble) and form is None and _members_parallel(store, backend):
+        return _MembersParallel, _numba_members, None
+    if backend == "auto" and form is None:
+        name, threads, _ = kernels.auto_choice(store.widths, prob.rank, store.dtype)
+        return _Sequential, kernels.get(name), threads
+    return _Sequential, kernels.get(backend, shape=(store.widths, prob.rank)), None
 
 
 def _members_parallel(store, backend) -> bool:
