@@ -100,7 +100,7 @@ def cache_dir() -> str:
 @functools.lru_cache(maxsize=None)
 def machine_id() -> str:
     """What a calibration is valid for: CPU, core count, engine and library versions."""
-    from .. import __version__
+    from .._version import __version__
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
