@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ._validate import as_real_matrix, float_dtype, positive_float, seed_value, widths_list
+from ._validate import as_real_matrix, float_dtype, nonempty_list, positive_float, seed_value, widths_list
 
 # The init name of an identity init with noise > 0: no theorem gives its learning
 # rate (engine.theory refuses lr="theory" for it).
@@ -91,12 +91,7 @@ def identity(widths, seeds, scale=1.0, noise=0.0, dtype=np.float64):
 
 def from_weights(Ws, alpha, dtype=np.float64):
     """One member with the given paper-convention weights (``engine.init.from_weights``)."""
-    try:
-        Ws = list(Ws)
-    except TypeError:
-        raise TypeError("Ws: must be a sequence of 2-D arrays W_1, ..., W_L") from None
-    if not Ws:
-        raise ValueError("Ws: needs at least one weight matrix")
+    Ws = nonempty_list(Ws, "Ws", "2-D arrays W_1, ..., W_L", "weight matrix")
     dtype = float_dtype(dtype)
     mats = [as_real_matrix(W, f"Ws[{i}]") for i, W in enumerate(Ws)]
     for i in range(1, len(mats)):

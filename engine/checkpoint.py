@@ -297,8 +297,7 @@ def unpack_network(arrays: dict, meta: dict, prob, prefix: str = ""):
     first = arrays[f"{prefix}layer_0"]
     r = None
     if meta["bound"]:
-        basis = prob.reduced(dtype).basis
-        r = basis.shape[1]
+        r = prob.rank
         if first.shape[-2:] != (widths[1], r):
             raise CheckpointMismatch(
                 f"prob: the checkpoint's first layer has shape {first.shape[-2:]}, which does not fit "
@@ -316,8 +315,7 @@ def unpack_network(arrays: dict, meta: dict, prob, prefix: str = ""):
                          sigma=None if s is None or np.isnan(s).all() else s)
     if meta["bound"]:
         perp = arrays[f"{prefix}perp"]
-        store.perp = np.ascontiguousarray(perp[None] if single else perp, dtype=dtype)
-        store.bound = (prob.token, basis)
+        store.restore_bound(prob, perp[None] if single else perp)
     return Network._view(store) if single else Ensemble(store)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _draw, memory
-from ._validate import seed_value, widths_match_data
+from ._validate import nonempty_list, seed_value, widths_match_data
 from .problem import Problem
 
 __all__ = ["Storage", "Network", "Ensemble", "check_net_prob", "PROBE_ENTRIES"]
@@ -182,6 +182,12 @@ class Storage:
         self._set_first(A1)
         self.perp = None
         self.bound = None
+
+    def restore_bound(self, prob, perp) -> None:
+        """Declare the first layers, which already hold B_1 = A_1 U_r, bound to ``prob`` with the
+        frozen components ``perp`` (K, d_1, d_0): how a checkpoint's bound state comes back."""
+        self.perp = np.ascontiguousarray(perp, dtype=self.dtype)
+        self.bound = (prob.token, prob.reduced(self.dtype).basis)
 
     def _set_first(self, block) -> None:
         self.blocks[0] = block
@@ -460,12 +466,7 @@ class Ensemble:
         the ensemble continues each run exactly as training that network
         would.
         """
-        try:
-            nets = list(nets)
-        except TypeError:
-            raise TypeError("nets: must be a sequence of engine Networks") from None
-        if not nets:
-            raise ValueError("nets: needs at least one network")
+        nets = nonempty_list(nets, "nets", "engine Networks", "network")
         for k, n in enumerate(nets):
             if not isinstance(n, Network):
                 raise TypeError(f"nets[{k}]: must be an engine Network, got {type(n).__name__}")
@@ -510,10 +511,6 @@ class Ensemble:
         one changes the other, and binding it binds every member."""
         return Network._view(self._store, _index(k, self.size))
 
-    def _member_layers(self, k: int) -> list[np.ndarray]:
-        """Member k's layers (M_1 = B_1 while bound), 2-D C-contiguous views."""
-        return self._store.layers[k]
-
     @property
     def hidden_uniform(self) -> bool:
         return self.hidden is not None
@@ -551,13 +548,7 @@ class Ensemble:
 def _seed_list(seeds):
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         raise TypeError(f"seeds: must be a sequence of seeds (e.g. range({seeds})), got the integer {seeds!r}")
-    try:
-        seeds = list(seeds)
-    except TypeError:
-        raise TypeError(f"seeds: must be a sequence of seeds, got {seeds!r}") from None
-    if not seeds:
-        raise ValueError("seeds: needs at least one seed")
-    return seeds
+    return nonempty_list(seeds, "seeds", "seeds", "seed")
 
 
 def _index(k, K):

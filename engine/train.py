@@ -323,12 +323,6 @@ class _Run:
     saved: object = None         # the Checkpoint resumed, or None
 
 
-def _check_model(net, prob, name="net"):
-    if not isinstance(net, (Network, Ensemble)):
-        raise TypeError(f"{name}: must be an engine Network or Ensemble, got {type(net).__name__}")
-    check_net_prob(net, prob, ensemble_ok=True)
-
-
 def _members(model) -> list:
     """The members of a model as Networks: the Network itself, or views of the ensemble's."""
     return [model] if isinstance(model, Network) else [model.view(k) for k in range(model.size)]
@@ -336,7 +330,7 @@ def _members(model) -> list:
 
 def _fresh_run(net, prob, *, lr, steps, tol, atol, record_every, backend, record, **options) -> _Run:
     threshold = stop_threshold(prob, tol, atol)
-    _check_model(net, prob)
+    check_net_prob(net, prob, ensemble_ok=True)
     lrs, rule = _learning_rates(net, prob, "theory" if lr is None else lr)
     return _Run(net, prob, lrs, rule, nonneg_int(1000 if steps is None else steps, "steps"), threshold,
                 positive_int(1 if record_every is None else record_every, "record_every"),
@@ -467,7 +461,7 @@ def _check_same_run(saved, net, prob, lr, tol, atol, record_every, record, backe
     """Refuse (CheckpointMismatch naming ``checkpoint`` and what differs) unless the existing
     checkpoint ``saved`` holds the run these arguments describe. Returns ``lr`` for the resumed
     call ("stable" resolved on the fresh network: the state at step 0)."""
-    _check_model(net, prob)
+    check_net_prob(net, prob, ensemble_ok=True)
     members = _members(net)
     if isinstance(lr, str) and lr == "stable":
         lr = [stable_lr(n, prob) for n in members] if isinstance(net, Ensemble) else stable_lr(net, prob)
