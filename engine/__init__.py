@@ -12,23 +12,23 @@ rates are in W-space units.
     net = engine.init.orthogonal([1024] + [64] * 31 + [10], seed=0)
     run = engine.train(net, prob, lr="theory", steps=500)
 """
-from . import checkpoint, diagnostics, init, kernels, memory, theory
-from . import ensemble
+from . import checkpoint, diagnostics, ensemble, init, kernels, memory, stepper, theory
+from ._version import __version__
 from .checkpoint import CheckpointError, CheckpointMismatch, CorruptCheckpoint
+from .errors import (BottleneckWarning, CheckpointWarning, DivergenceError, EngineWarning,
+                     LearningRateWarning)
 from .kernels import BackendUnavailable
-from .ensemble import Ensemble, EnsembleResult
 from .memory import InsufficientMemory
-from .network import Network
+from .network import Ensemble, Network
 from .problem import Problem, synthetic
-from .train import (BottleneckWarning, CheckpointWarning, DivergenceError, EngineWarning, LearningRateWarning,
-                    TrainResult, fit_rate, gd_step, stop_threshold, train)
-
-__version__ = "0.1.0"
+from .recording import EnsembleResult, TrainResult, fit_rate
+from .stepper import Stepper
+from .train import gd_step, stop_threshold, train
 
 __all__ = [
     "Problem", "synthetic", "init", "Network", "gd_step", "train", "TrainResult",
     "DivergenceError", "BackendUnavailable", "fit_rate", "stop_threshold", "theory", "kernels", "diagnostics",
     "checkpoint", "memory", "InsufficientMemory", "CheckpointError", "CorruptCheckpoint",
     "CheckpointMismatch", "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning",
-    "ensemble", "Ensemble", "EnsembleResult", "__version__",
+    "ensemble", "Ensemble", "EnsembleResult", "stepper", "Stepper", "__version__",
 ]

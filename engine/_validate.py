@@ -63,6 +63,18 @@ def positive_int(x, name: str) -> int:
     return x
 
 
+def nonempty_list(x, name: str, what: str, one: str) -> list:
+    """``x`` as a list: TypeError naming ``name`` unless it is a sequence (of ``what``),
+    ValueError unless it holds at least one (``one``)."""
+    try:
+        out = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: must be a sequence of {what}, got {x!r}") from None
+    if not out:
+        raise ValueError(f"{name}: needs at least one {one}")
+    return out
+
+
 def widths_list(widths, name: str = "widths") -> tuple[int, ...]:
     """``[d_0, ..., d_L]``: at least two positive integers (depth L >= 1)."""
     if isinstance(widths, (set, frozenset, dict)) or not hasattr(widths, "__len__") and not hasattr(widths, "__iter__"):

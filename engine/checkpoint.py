@@ -3,7 +3,8 @@
 ``engine.train(net, prob, ..., checkpoint="run.ckpt", checkpoint_every=k)``
 writes the state of the run every k steps (and the final state), and
 ``engine.train(resume="run.ckpt")`` (or with ``prob=`` for data too large to
-store) continues it. The resumed
+store) continues it; ``net`` may be an Ensemble (every array then has a
+leading member axis, see "the state of a training run" below). The resumed
 trajectory is bit-identical to an uninterrupted one on the same backend:
 weights are stored exactly as trained (normalized storage A_i in their dtype,
 the first layer as the bound pair B_1 = A_1 U_r and A_1 (I - U_r U_r^T), the
@@ -19,10 +20,11 @@ File format (one ``.npz`` zip container, no pickles):
     perp      A_1 (I - U_r U_r^T) (only when bound)
     log_s, log_beta, sigma            scales and init parameters
     hist_t, hist_excess               history recorded so far (t < step)
+    hist_n                            entries per member (ensembles: histories concatenated)
     data_X, data_Y                    the data (only up to DATA_LIMIT bytes)
     start_*   the network at the start of the run (only with ``record=``,
               whose diagnostics such as "distance" refer to it)
-    rec_*     each recorder's steps, values and seconds
+    rec*_     each recorder's steps, values and seconds (m<j>_rec* for ensemble member j)
     sha256    hex digest over every other entry (name, dtype, shape, bytes)
 
 followed by a trailer ``\nENGINE-CHECKPOINT-SHA256:<hex>\n`` holding the
@@ -50,10 +52,13 @@ import time
 
 import numpy as np
 
-from .network import Network, _alloc_layers
+from . import memory
+from ._version import __version__
+from .network import Ensemble, Network, Storage
+from .problem import Problem
 
 __all__ = ["CheckpointError", "CorruptCheckpoint", "CheckpointMismatch", "Checkpoint",
-           "load", "save", "FORMAT", "VERSION"]
+           "load", "save", "save_run", "restore_recorders", "FORMAT", "VERSION"]
 
 FORMAT = "engine-checkpoint"
 VERSION = 1
@@ -243,48 +248,75 @@ def _read(path) -> dict:
 
 # -- networks ------------------------------------------------------------------
 
-def pack_network(net: Network, prefix: str = "") -> tuple[dict, dict]:
-    """Arrays and JSON metadata that rebuild ``net`` exactly (bound state included)."""
-    arrays = {f"{prefix}layer_{i}": a for i, a in enumerate(net._layers)}
-    arrays[f"{prefix}log_s"] = net._log_s
-    arrays[f"{prefix}log_beta"] = np.array(net._log_beta)
-    if net.sigma is not None:
-        arrays[f"{prefix}sigma"] = net.sigma
-    if net._bound is not None:
-        arrays[f"{prefix}perp"] = net._perp
-    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
-    meta = {"widths": list(net.widths), "dtype": net.dtype.str, "init": net.init, "seed": seed,
-            "bound": net._bound is not None}
+def pack_network(net, prefix: str = "") -> tuple[dict, dict]:
+    """Arrays and JSON metadata that rebuild ``net`` exactly (bound state included).
+
+    A Network's arrays are its own (``layer_i`` is A_i, or B_1 for i = 0 while
+    bound); an Ensemble's have a leading member axis, and its metadata a
+    ``members`` count and per-member ``init`` / ``seed`` lists (``sigma`` is
+    (K, L) with rows of NaN for members without one).
+    """
+    store = net._store
+    ensemble = isinstance(net, Ensemble)
+    ids = list(range(store.size)) if ensemble else [net._k]
+
+    def take(values):
+        return np.stack(values) if ensemble else values[0]
+
+    arrays = {f"{prefix}layer_{i}": (store.blocks[i] if ensemble else store.layers[net._k][i])
+              for i in range(store.depth)}
+    arrays[f"{prefix}log_s"] = take([store.log_s[k] for k in ids])
+    arrays[f"{prefix}log_beta"] = take([np.array(store.log_beta[k]) for k in ids])
+    sigmas = [store.sigmas[k] for k in ids]
+    if any(s is not None for s in sigmas):
+        arrays[f"{prefix}sigma"] = take([np.full(store.depth, np.nan) if s is None else s for s in sigmas])
+    if store.bound is not None:
+        arrays[f"{prefix}perp"] = take([store.perp[k] for k in ids])
+    seeds = [s if isinstance(s, (int, type(None))) else repr(s) for s in (store.seeds[k] for k in ids)]
+    meta = {"widths": list(store.widths), "dtype": store.dtype.str, "bound": store.bound is not None}
+    if ensemble:
+        meta.update(members=store.size, init=list(store.inits), seed=seeds)
+    else:
+        meta.update(init=store.inits[net._k], seed=seeds[0])
     return arrays, meta
 
 
-def unpack_network(arrays: dict, meta: dict, prob, prefix: str = "") -> Network:
-    """Inverse of ``pack_network``; a bound network is bound to ``prob`` (checked by the caller)."""
+def unpack_network(arrays: dict, meta: dict, prob, prefix: str = ""):
+    """Inverse of ``pack_network`` (a Network, or an Ensemble when ``meta`` has ``members``);
+    a bound network is bound to ``prob`` (checked by the caller)."""
     widths = tuple(meta["widths"])
     dtype = np.dtype(meta["dtype"])
-    L = len(widths) - 1
-    from . import memory
-    memory.check(widths, dtype)   # the guard init functions apply, before allocating (issue 11 item 4)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i in range(1, L):
-        layers[i][...] = arrays[f"{prefix}layer_{i}"]
+    K = meta.get("members")
+    single = K is None
+    n = 1 if single else K
+    memory.check(widths, dtype, ensemble=n)   # the guard init functions apply, before allocating
+
+    def member(a, k):
+        return a if single else a[k]
+
     first = arrays[f"{prefix}layer_0"]
-    if not meta["bound"]:
-        layers[0][...] = first
-    seed = meta.get("seed")
-    net = Network(layers, arrays[f"{prefix}log_s"], float(arrays[f"{prefix}log_beta"]),
-                  init=meta["init"], seed=seed if not isinstance(seed, str) else None,
-                  sigma=arrays.get(f"{prefix}sigma"), dtype=dtype, _stack=stack)
+    r = None
     if meta["bound"]:
-        basis = prob.reduced(dtype).basis
-        if first.shape != (widths[1], basis.shape[1]):
+        r = prob.rank
+        if first.shape[-2:] != (widths[1], r):
             raise CheckpointMismatch(
-                f"prob: the checkpoint's first layer has shape {first.shape}, which does not fit "
-                f"this problem (rank {basis.shape[1]})")
-        net._layers[0] = np.ascontiguousarray(first, dtype=dtype)
-        net._perp = np.ascontiguousarray(arrays[f"{prefix}perp"], dtype=dtype)
-        net._bound = (prob.token, basis)
-    return net
+                f"prob: the checkpoint's first layer has shape {first.shape[-2:]}, which does not fit "
+                f"this problem (rank {r})")
+    store = Storage(widths, n, dtype, first_cols=r)
+    inits = [meta["init"]] if single else meta["init"]
+    seeds = [meta.get("seed")] if single else meta["seed"]
+    sig = arrays.get(f"{prefix}sigma")
+    for k in range(n):
+        for i, dst in enumerate(store.layers[k]):
+            dst[...] = member(arrays[f"{prefix}layer_{i}"], k)
+        s = None if sig is None else member(sig, k)
+        store.set_member(k, member(arrays[f"{prefix}log_s"], k), float(member(arrays[f"{prefix}log_beta"], k)),
+                         init=inits[k], seed=seeds[k] if not isinstance(seeds[k], str) else None,
+                         sigma=None if s is None or np.isnan(s).all() else s)
+    if meta["bound"]:
+        perp = arrays[f"{prefix}perp"]
+        store.restore_bound(prob, perp[None] if single else perp)
+    return Network._view(store) if single else Ensemble(store)
 
 
 # -- field validation ----------------------------------------------------------
@@ -344,6 +376,7 @@ def _array_field(arrays, key, path, shape=None, ndim=None, dtype=None, finite=Tr
 
 
 def _check_net_fields(arrays, net, path, prefix=""):
+    """The packed network (``pack_network``): a Network, or an Ensemble with ``members``."""
     where = "net." if not prefix else "start."
     widths = _get(net, "widths", path, where)
     if (not isinstance(widths, list) or len(widths) < 2
@@ -356,11 +389,23 @@ def _check_net_fields(arrays, net, path, prefix=""):
         raise _bad(path, where + "dtype", f"not a dtype: {dt!r}") from None
     if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise _bad(path, where + "dtype", f"must be float64 or float32, got {dt!r}")
-    if not isinstance(_get(net, "init", path, where), str):
-        raise _bad(path, where + "init", f"must be a string, got {net['init']!r}")
-    seed = net.get("seed")
-    if not (seed is None or isinstance(seed, str) or (isinstance(seed, int) and not isinstance(seed, bool))):
-        raise _bad(path, where + "seed", f"must be an integer, None or a string, got {seed!r}")
+    K = net.get("members")
+    if K is not None:
+        _int_field(K, where + "members", path, lo=1)
+    lead = () if K is None else (K,)
+
+    def per_member(key, ok, what):
+        v = _get(net, key, path, where)
+        vals = [v] if K is None else v
+        if K is not None and not (isinstance(v, list) and len(v) == K):
+            raise _bad(path, where + key, f"must be a list of {K} entries (one per member), got {v!r}")
+        if not all(ok(x) for x in vals):
+            raise _bad(path, where + key, f"must be {what}, got {v!r}")
+
+    per_member("init", lambda x: isinstance(x, str), "a string")
+    if "seed" in net:
+        per_member("seed", lambda s: s is None or isinstance(s, str) or (isinstance(s, int) and not isinstance(s, bool)),
+                   "an integer, None or a string")
     bound = _get(net, "bound", path, where)
     if not isinstance(bound, bool):
         raise _bad(path, where + "bound", f"must be true or false, got {bound!r}")
@@ -369,31 +414,103 @@ def _check_net_fields(arrays, net, path, prefix=""):
     if n_layers != L:
         raise _bad(path, where + "widths", f"{widths!r} give depth {L} but the file holds {n_layers} layers")
     for i in range(1, L):
-        _array_field(arrays, f"{prefix}layer_{i}", path, shape=(widths[i + 1], widths[i]), dtype=dtype)
+        _array_field(arrays, f"{prefix}layer_{i}", path, shape=lead + (widths[i + 1], widths[i]), dtype=dtype)
     if bound:
-        first = _array_field(arrays, f"{prefix}layer_0", path, ndim=2, dtype=dtype)
-        if first.shape[0] != widths[1] or not 1 <= first.shape[1] <= widths[0]:
-            raise _bad(path, f"{prefix}layer_0", f"must have shape ({widths[1]}, r) with 1 <= r <= "
+        first = _array_field(arrays, f"{prefix}layer_0", path, ndim=2 + len(lead), dtype=dtype)
+        if first.shape[:-2] != lead or first.shape[-2] != widths[1] or not 1 <= first.shape[-1] <= widths[0]:
+            raise _bad(path, f"{prefix}layer_0", f"must have shape {lead + (widths[1],)} + (r,) with 1 <= r <= "
                        f"{widths[0]} (bound first layer), got {first.shape}")
-        _array_field(arrays, f"{prefix}perp", path, shape=(widths[1], widths[0]), dtype=dtype)
+        _array_field(arrays, f"{prefix}perp", path, shape=lead + (widths[1], widths[0]), dtype=dtype)
     else:
-        _array_field(arrays, f"{prefix}layer_0", path, shape=(widths[1], widths[0]), dtype=dtype)
-    _array_field(arrays, f"{prefix}log_s", path, shape=(L,))
-    _array_field(arrays, f"{prefix}log_beta", path, shape=())
+        _array_field(arrays, f"{prefix}layer_0", path, shape=lead + (widths[1], widths[0]), dtype=dtype)
+    _array_field(arrays, f"{prefix}log_s", path, shape=lead + (L,))
+    _array_field(arrays, f"{prefix}log_beta", path, shape=lead)
     if f"{prefix}sigma" in arrays:
-        sig = _array_field(arrays, f"{prefix}sigma", path)
-        if sig.size and not (sig > 0).all():
+        sig = _array_field(arrays, f"{prefix}sigma", path, finite=K is None)
+        rows = sig.reshape(-1, sig.shape[-1]) if sig.ndim else sig.reshape(1, 1)
+        # an ensemble member without sigma has a row of NaN
+        if sig.size and not all((r > 0).all() or (K is not None and np.isnan(r).all()) for r in rows):
             raise _bad(path, f"{prefix}sigma", "must be > 0")
+    return K
+
+
+def _check_members(meta, K, path):
+    """An ensemble run's per-member settings and states (lists of K)."""
+    for key in ("lr", "hi", "backend_state", "members"):
+        v = _get(meta, key, path)
+        if not (isinstance(v, list) and len(v) == K):
+            raise _bad(path, key, f"must be a list of {K} entries (one per member), got {v!r}")
+    for k, v in enumerate(meta["lr"]):
+        _real_field(v, f"lr[{k}]", path, positive=True)
+    for k, v in enumerate(meta["hi"]):
+        _threshold_field(v, f"hi[{k}]", path)
+    for k, s in enumerate(meta["backend_state"]):
+        if s is not None and not isinstance(s, dict):
+            raise _bad(path, f"backend_state[{k}]", f"must be null or an object, got {s!r}")
+    for k, m in enumerate(meta["members"]):
+        f = f"members[{k}]"
+        if not isinstance(m, dict) or m.get("status") not in MEMBER_STATUS:
+            raise _bad(path, f, f"must be an object with a status in {MEMBER_STATUS}, got {m!r}")
+        _int_field(_get(m, "stop", path, f + "."), f + ".stop", path)
+        if not (m.get("message") is None or isinstance(m["message"], str)):
+            raise _bad(path, f + ".message", "must be a string or null")
+
+
+def _threshold_field(hi, field, path):
+    try:
+        hi_v = float(hi)
+    except (TypeError, ValueError):
+        raise _bad(path, field, f"must be a number (the divergence threshold), got {hi!r}") from None
+    if not hi_v > 0:   # NaN fails this too: it would switch divergence detection off
+        raise _bad(path, field, f"must be a number > 0 or inf (the divergence threshold), got {hi!r}")
+
+
+def _check_history(arrays, ht, t, path, field="hist_t"):
+    if ht.size and (ht[0] < 0 or ht[-1] >= max(t, 1) or (np.diff(ht) <= 0).any()):
+        raise _bad(path, field, f"must be increasing steps in [0, t = {t}), got {ht[:3]}...{ht[-3:]}")
+
+
+def _check_recorders(arrays, infos, rec, path, key, field):
+    if not isinstance(infos, list):
+        raise _bad(path, field, f"must be a list, got {type(infos).__name__}")
+    if len(infos) != len(rec or {}):
+        raise _bad(path, field, f"has {len(infos)} entries for record={rec!r}")
+    for k, info in enumerate(infos):
+        f = f"{field}[{k}]"
+        if not isinstance(info, dict):
+            raise _bad(path, f, "must be an object")
+        n = _int_field(_get(info, "n", path, f + "."), f + ".n", path)
+        kind = _get(info, "kind", path, f + ".")
+        _real_field(_get(info, "seconds", path, f + "."), f + ".seconds", path, lo=0.0)
+        if not isinstance(_get(info, "scalar", path, f + "."), bool):
+            raise _bad(path, f + ".scalar", "must be true or false")
+        _array_field(arrays, f"{key(k)}_t", path, shape=(n,), finite=False)
+        if kind == "stacked":
+            v = _array_field(arrays, f"{key(k)}_values", path, finite=False)
+            if v.ndim < 1 or v.shape[0] != n:
+                raise _bad(path, f"{key(k)}_values", f"must hold {n} values, got shape {v.shape}")
+        elif kind == "each":
+            for j in range(n):
+                _array_field(arrays, f"{key(k)}_v{j}", path, finite=False)
+        else:
+            raise _bad(path, f + ".kind", f"must be 'stacked' or 'each', got {kind!r}")
 
 
 def validate_fields(meta, arrays, path) -> None:
     """Check every field of a checksum-valid checkpoint; raise CorruptCheckpoint naming the first bad one."""
-    _check_net_fields(arrays, _get(meta, "net", path), path)
+    K = _check_net_fields(arrays, _get(meta, "net", path), path)
     t = _int_field(_get(meta, "t", path), "t", path)
     steps = _int_field(_get(meta, "steps", path), "steps", path)
     if steps < t:
         raise _bad(path, "steps", f"must be >= the saved step t = {t}, got {steps}")
-    _real_field(_get(meta, "lr", path), "lr", path, positive=True)
+    if K is None:
+        _real_field(_get(meta, "lr", path), "lr", path, positive=True)
+        state = meta.get("backend_state")
+        if state is not None and not isinstance(state, dict):
+            raise _bad(path, "backend_state", f"must be null or an object, got {state!r}")
+        _threshold_field(_get(meta, "hi", path), "hi", path)
+    else:
+        _check_members(meta, K, path)
     tol = _get(meta, "tol", path)
     if tol is not None:
         _real_field(tol, "tol", path, lo=0.0)
@@ -408,26 +525,22 @@ def validate_fields(meta, arrays, path) -> None:
         raise _bad(path, "record", f"must be null or {{name: stride >= 1}}, got {rec!r}")
     if not isinstance(_get(meta, "backend", path), str):
         raise _bad(path, "backend", f"must be a backend name, got {meta['backend']!r}")
-    state = meta.get("backend_state")
-    if state is not None and not isinstance(state, dict):
-        raise _bad(path, "backend_state", f"must be null or an object, got {state!r}")
     fp = _get(meta, "problem", path)
     if not (isinstance(fp, str) and len(fp) >= 16):
         raise _bad(path, "problem", f"must be the problem's sha256 fingerprint, got {fp!r}")
-    hi = _get(meta, "hi", path)
-    try:
-        hi_v = float(hi)
-    except (TypeError, ValueError):
-        raise _bad(path, "hi", f"must be a number (the divergence threshold), got {hi!r}") from None
-    if not hi_v > 0:   # NaN fails this too: it would switch divergence detection off
-        raise _bad(path, "hi", f"must be a number > 0 or inf (the divergence threshold), got {hi!r}")
     _real_field(_get(meta, "wall_time", path), "wall_time", path, lo=0.0)
     ht = _array_field(arrays, "hist_t", path, ndim=1)
     if not np.issubdtype(ht.dtype, np.integer):
         raise _bad(path, "hist_t", f"must hold integer steps, got dtype {ht.dtype}")
     _array_field(arrays, "hist_excess", path, shape=ht.shape, finite=False)
-    if ht.size and (ht[0] < 0 or ht[-1] >= max(t, 1) or (np.diff(ht) <= 0).any()):
-        raise _bad(path, "hist_t", f"must be increasing steps in [0, t = {t}), got {ht[:3]}...{ht[-3:]}")
+    if K is None:
+        _check_history(arrays, ht, t, path)
+    else:
+        counts = _array_field(arrays, "hist_n", path, shape=(K,))
+        if not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any() or counts.sum() != ht.size:
+            raise _bad(path, "hist_n", f"must be {K} counts adding up to {ht.size} entries, got {counts}")
+        for part in np.split(ht, np.cumsum(counts)[:-1]):
+            _check_history(arrays, part, t, path)
     if np.isnan(arrays["hist_excess"]).any():
         raise _bad(path, "hist_excess", "contains NaN")
     if "data_X" in arrays or "data_Y" in arrays:
@@ -442,36 +555,114 @@ def validate_fields(meta, arrays, path) -> None:
     if "start" in meta:
         _check_net_fields(arrays, meta["start"], path, prefix="start_")
     recs = meta.get("recorders", [])
-    if not isinstance(recs, list):
-        raise _bad(path, "recorders", f"must be a list, got {type(recs).__name__}")
-    if len(recs) != len(rec or {}):
-        raise _bad(path, "recorders", f"has {len(recs)} entries for record={rec!r}")
-    for k, info in enumerate(recs):
-        f = f"recorders[{k}]"
-        if not isinstance(info, dict):
-            raise _bad(path, f, "must be an object")
-        n = _int_field(_get(info, "n", path, f + "."), f + ".n", path)
-        kind = _get(info, "kind", path, f + ".")
-        _real_field(_get(info, "seconds", path, f + "."), f + ".seconds", path, lo=0.0)
-        if not isinstance(_get(info, "scalar", path, f + "."), bool):
-            raise _bad(path, f + ".scalar", "must be true or false")
-        _array_field(arrays, f"rec{k}_t", path, shape=(n,), finite=False)
-        if kind == "stacked":
-            v = _array_field(arrays, f"rec{k}_values", path, finite=False)
-            if v.ndim < 1 or v.shape[0] != n:
-                raise _bad(path, f"rec{k}_values", f"must hold {n} values, got shape {v.shape}")
-        elif kind == "each":
-            for j in range(n):
-                _array_field(arrays, f"rec{k}_v{j}", path, finite=False)
-        else:
-            raise _bad(path, f + ".kind", f"must be 'stacked' or 'each', got {kind!r}")
+    if K is None:
+        _check_recorders(arrays, recs, rec, path, _recorder_key(None), "recorders")
+    elif not (isinstance(recs, list) and len(recs) == K):
+        raise _bad(path, "recorders", f"must be a list of {K} lists (one per member), got {type(recs).__name__}")
+    else:
+        for j, infos in enumerate(recs):
+            _check_recorders(arrays, infos, rec, path, _recorder_key(j), f"recorders[{j}]")
+
+
+# -- the state of a training run ---------------------------------------------------
+#
+# engine.train writes the state of a run at step t: the model at state t, the
+# history and the recorded diagnostics of steps < t (those at t are recomputed
+# on resume), and the settings that make the resumed run the same run. A
+# Network's run keeps the single-network layout; an ensemble's has one entry per
+# member in ``lr``, ``hi``, ``backend_state``, ``members`` (status, stop step,
+# message) and ``recorders``, and its history as ``hist_t`` / ``hist_excess``
+# concatenated over members with ``hist_n`` entries each.
+
+# What a member of an ensemble run is doing: stepping, or stopped and why.
+MEMBER_STATUS = ("running", "converged", "stopped", "diverged")
+
+
+def _recorder_key(j):
+    """Array name prefix of recorder k (of ensemble member j; None for a Network's run)."""
+    return (lambda k: f"rec{k}") if j is None else (lambda k: f"m{j}_rec{k}")
+
+
+def save_run(path, *, model, prob, start, recorders, histories, t, settings) -> None:
+    """Write the state of a training run at step ``t`` to ``path`` (atomic, checksummed).
+
+    model       the Network or Ensemble at state t
+    start       the model at step 0 (kept with ``record=``, whose diagnostics refer to it) or None
+    recorders   per member, its ``engine.recording.Recorder`` list
+    histories   per member, (steps, excesses) recorded so far
+    settings    JSON-able: lr, tol (the absolute stop threshold), steps, record_every,
+                record, backend, backend_state, checkpoint_every, hi, wall_time (and members)
+    Raises CheckpointError for diagnostics whose values are not numeric, OSError from the disk.
+    """
+    single = isinstance(model, Network)
+    arrays, net_meta = pack_network(model)
+    meta = dict(settings, engine_version=__version__, net=net_meta, t=int(t), problem=prob.fingerprint)
+    if prob.X.nbytes + prob.Y.nbytes <= DATA_LIMIT:
+        arrays["data_X"], arrays["data_Y"] = prob.X, prob.Y
+        meta["rtol"] = prob.rtol
+    arrays["hist_t"] = np.asarray([s for ts, _ in histories for s in ts], dtype=np.int64)
+    arrays["hist_excess"] = np.asarray([e for _, es in histories for e in es], dtype=np.float64)
+    if not single:
+        arrays["hist_n"] = np.array([len(ts) for ts, _ in histories], dtype=np.int64)
+    if start is not None:
+        a2, m2 = pack_network(start, prefix="start_")
+        arrays.update(a2)
+        meta["start"] = m2
+    infos = [[_pack_recorder(rec, _recorder_key(None if single else j)(k), arrays, t)
+              for k, rec in enumerate(recs)] for j, recs in enumerate(recorders)]
+    meta["recorders"] = infos[0] if single else infos
+    save(path, arrays, meta)
+
+
+def _pack_recorder(rec, key, arrays, t):
+    """Store a recorder's entries for steps < t (those at t are recomputed on resume)."""
+    n = len(rec.t)
+    while n and rec.t[n - 1] >= t:
+        n -= 1
+    arrays[f"{key}_t"] = np.asarray(rec.t[:n], dtype=np.int64)
+    vals = [np.asarray(v) for v in rec.values[:n]]
+    for v in vals:
+        if v.dtype == object:
+            raise CheckpointError(f"record: values of diagnostic {rec.name!r} cannot be checkpointed "
+                                  f"(type {type(rec.values[0]).__name__})")
+    kind = "stacked" if vals and len({(v.shape, v.dtype) for v in vals}) == 1 else "each"
+    if kind == "stacked":
+        arrays[f"{key}_values"] = np.stack(vals)
+    else:
+        for j, v in enumerate(vals):
+            arrays[f"{key}_v{j}"] = v
+    scalar = bool(vals) and all(np.ndim(v) == 0 and not isinstance(v0, np.ndarray)
+                                for v, v0 in zip(vals, rec.values))
+    return {"name": rec.name, "n": n, "kind": kind, "scalar": scalar, "seconds": rec.seconds}
+
+
+def restore_recorders(recorders, saved) -> None:
+    """Give each member's recorders (made for the same ``record=``) the entries ``saved`` holds."""
+    single = saved.members is None
+    infos = saved.meta.get("recorders", [])
+    for j, recs in enumerate(recorders):
+        key = _recorder_key(None if single else j)
+        for k, (rec, info) in enumerate(zip(recs, infos if single else infos[j])):
+            n = info["n"]
+            rec.t = saved.arrays[f"{key(k)}_t"].tolist()
+            if info["kind"] == "stacked":
+                stacked = saved.arrays[f"{key(k)}_values"]
+                vals = [stacked[i] for i in range(n)]
+            else:
+                vals = [saved.arrays[f"{key(k)}_v{i}"] for i in range(n)]
+            if info["scalar"]:
+                vals = [v.item() for v in vals]
+            rec.values = vals
+            rec.seconds = float(info["seconds"])
 
 
 class Checkpoint:
     """A verified checkpoint read from disk.
 
     Attributes: ``path``, ``meta`` (dict), ``step`` (the state's step t),
-    ``t`` and ``excess`` (history recorded before t), ``lr``.
+    ``members`` (K for an ensemble's run, None for a network's), ``t`` and
+    ``excess`` (history recorded before t; all members' concatenated for an
+    ensemble, see ``histories``), ``lr`` (a network's; per member in ``meta``).
     """
 
     def __init__(self, path, arrays):
@@ -480,9 +671,17 @@ class Checkpoint:
         validate_fields(self.meta, arrays, self.path)
         self.arrays = arrays
         self.step = int(self.meta["t"])
-        self.lr = float(self.meta["lr"])
+        self.members = self.meta["net"].get("members")
+        self.lr = float(self.meta["lr"]) if self.members is None else float("nan")
         self.t = arrays["hist_t"]
         self.excess = arrays["hist_excess"]
+
+    def histories(self) -> list:
+        """Per member, (steps, excesses) recorded before ``step``."""
+        if self.members is None:
+            return [(self.t, self.excess)]
+        cut = np.cumsum(self.arrays["hist_n"])[:-1]
+        return list(zip(np.split(self.t, cut), np.split(self.excess, cut)))
 
     def check_problem(self, prob) -> None:
         if prob.fingerprint != self.meta["problem"]:
@@ -501,13 +700,12 @@ class Checkpoint:
             raise TypeError(
                 f"prob: checkpoint {self.path!r} does not store the data (X and Y exceed "
                 f"{DATA_LIMIT // 1024 ** 2} MiB); pass prob=engine.Problem(X, Y)")
-        from .problem import Problem
         prob = Problem(self.arrays["data_X"], self.arrays["data_Y"], rtol=float(self.meta["rtol"]))
         self.check_problem(prob)
         return prob
 
-    def network(self, prob) -> Network:
-        """The network at step ``self.step``, bound to ``prob`` (which must match)."""
+    def network(self, prob):
+        """The network (or ensemble) at step ``self.step``, bound to ``prob`` (which must match)."""
         self.check_problem(prob)
         return unpack_network(self.arrays, self.meta["net"], prob)
 
@@ -520,8 +718,9 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"Checkpoint({self.path!r}, step={self.step}, widths={m['net']['widths']}, "
-                f"init={m['net']['init']!r}, lr={self.lr:.4g}, backend={m['backend']!r})")
+        what = "" if self.members is None else f"members={self.members}, "
+        return (f"Checkpoint({self.path!r}, step={self.step}, {what}widths={m['net']['widths']}, "
+                f"init={m['net']['init']!r}, lr={m['lr']!r}, backend={m['backend']!r})")
 
 
 def load(path) -> Checkpoint:

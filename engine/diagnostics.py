@@ -42,21 +42,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import positive_int
-from .network import Network
+from ._validate import positive_float, positive_int
+from .kernels import threads
+from .network import Network, check_net_prob
 
 
 def _one_blas_thread(fn):
     """Run ``fn`` with BLAS limited to one thread. sharpness and lyapunov are long loops of
     tiny matmuls / QRs (width-sized), where a second BLAS thread costs more in hand-offs than
     it gains: a 20x slowdown was measured with 2 OpenBLAS threads. The previous limits are
-    restored on return (threadpoolctl, via engine.kernels' shared controller)."""
+    restored on return (``engine.kernels.threads``)."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .kernels import _controller
-        with _controller().limit(limits=1, user_api="blas"):
+        with threads.limit(blas=1):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -75,8 +75,7 @@ EXACT_MAX_DIM = 2000
 
 
 def _check(net, prob):
-    from .train import _check_net_prob   # deferred: train imports this module lazily too
-    _check_net_prob(net, prob)
+    check_net_prob(net, prob)
 
 
 def _f64(a):
@@ -926,7 +925,6 @@ class LazyTwin:
 
     def __init__(self, net: Network, prob, lr):
         _check(net, prob)
-        from ._validate import positive_float
         self.lr = positive_float(lr, "lr")
         P = gram_matrix(net, prob)
         lam, V = np.linalg.eigh(P)

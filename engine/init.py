@@ -8,28 +8,42 @@
 ``widths = [d_0, ..., d_L]``; every init is reproducible from its seed. Layers
 are drawn in order W_1, W_2, ..., W_L from one ``numpy.random.default_rng(seed)``
 in float64 and then cast, so a float32 network is the float64 one rounded.
+With ``ensemble=K`` the seeded inits return an ``engine.Ensemble`` of K
+networks with seeds seed, ..., seed+K-1, drawn into one stacked storage
+(member k is bitwise the network of seed+k on its own; the draws themselves
+are in ``engine._draw``).
 
-Before allocating, every init calls ``engine.memory.check(widths, dtype)`` and
-raises ``engine.memory.InsufficientMemory`` (a MemoryError) when the network
-would not fit in the available memory (override: ENGINE_MEMORY_LIMIT).
+Before allocating, every init calls ``engine.memory.check(widths, dtype,
+ensemble=K)`` and raises ``engine.memory.InsufficientMemory`` (a MemoryError)
+when the networks would not fit in the available memory (override:
+ENGINE_MEMORY_LIMIT).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import memory, theory
-from ._validate import as_real_matrix, float_dtype, positive_float, positive_int, seed_value, widths_list
-from .network import Network, _alloc_layers
+from . import _draw
+from ._draw import haar_semi_orthogonal  # noqa: F401  (public: bench/ builds deep orthogonal nets with it)
+from ._validate import positive_int
+from .network import Ensemble, Network, Storage
 
-__all__ = ["gaussian", "orthogonal", "identity", "from_weights", "INITS"]
+__all__ = ["gaussian", "orthogonal", "identity", "from_weights", "INITS", "haar_semi_orthogonal"]
 
 
-def _ensemble_seeds(seed, ensemble):
-    """Member seeds seed, seed+1, ..., seed+K-1 for ``ensemble=K``."""
+def _seeds(seed, ensemble):
+    """[seed], or the member seeds seed, seed+1, ..., seed+K-1 for ``ensemble=K``."""
+    if ensemble is None:
+        return [seed]
     K = positive_int(ensemble, "ensemble")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: with ensemble= it must be an int (members get seed, seed+1, ...), got {seed!r}")
-    return range(int(seed), int(seed) + K)
+    return list(range(int(seed), int(seed) + K))
+
+
+def _built(draw, ensemble):
+    """The drawn members as a Network (ensemble=None) or an Ensemble."""
+    store = Storage.drawn(draw)
+    return Network._view(store) if ensemble is None else Ensemble(store)
 
 
 def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64, ensemble=None):
@@ -53,25 +67,8 @@ def gaussian(widths, seed=0, sigma=None, alpha=None, *, dtype=np.float64, ensemb
     Storage: A_i = W_i / s_i with s_i = sqrt(d_i) sigma_i, so A_i has iid
     N(0, 1/d_i) entries and beta = alpha prod s_i (= 1 by default).
     """
-    if ensemble is not None:
-        from .ensemble import Ensemble
-        return Ensemble.gaussian(widths, seeds=_ensemble_seeds(seed, ensemble), sigma=sigma,
-                                 alpha=alpha, dtype=dtype)
-    widths = widths_list(widths)
-    dtype = float_dtype(dtype)
-    L = len(widths) - 1
-    sig = _sigma_list(sigma, L)
-    log_s = np.array([0.5 * np.log(widths[i + 1]) + np.log(sig[i]) for i in range(L)])
-    log_beta = 0.0 if alpha is None else np.log(positive_float(alpha, "alpha")) + float(np.sum(log_s))
-    rng = np.random.default_rng(seed_value(seed))
-    memory.check(widths, dtype)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i, a in enumerate(layers):
-        g = rng.standard_normal(a.shape)
-        g *= 1.0 / np.sqrt(widths[i + 1])
-        a[...] = g
-    return Network(layers, log_s, log_beta, init="gaussian", seed=seed, sigma=sig,
-                   dtype=dtype, _stack=stack)
+    seeds = _seeds(seed, ensemble)
+    return _built(_draw.gaussian(widths, seeds, sigma, alpha, dtype), ensemble)
 
 
 def orthogonal(widths, seed=0, alpha=None, *, dtype=np.float64, ensemble=None):
@@ -100,28 +97,15 @@ def orthogonal(widths, seed=0, alpha=None, *, dtype=np.float64, ensemble=None):
     Storage: s_i = sqrt(d_i), beta = alpha prod_i s_i (= 1 by default), so
     A_i = sqrt(max(d_i, d_{i-1}) / d_i) Q_i.
     """
-    if ensemble is not None:
-        from .ensemble import Ensemble
-        return Ensemble.orthogonal(widths, seeds=_ensemble_seeds(seed, ensemble), alpha=alpha,
-                                   dtype=dtype)
-    widths = widths_list(widths)
-    dtype = float_dtype(dtype)
-    L = len(widths) - 1
-    log_s = np.array([0.5 * np.log(widths[i + 1]) for i in range(L)])
-    log_beta = 0.0 if alpha is None else np.log(positive_float(alpha, "alpha")) + float(np.sum(log_s))
-    rng = np.random.default_rng(seed_value(seed))
-    memory.check(widths, dtype)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i, a in enumerate(layers):
-        rows, cols = a.shape
-        q = haar_semi_orthogonal(rng, rows, cols)
-        q *= np.sqrt(max(rows, cols) / rows)
-        a[...] = q
-    return Network(layers, log_s, log_beta, init="orthogonal", seed=seed, dtype=dtype, _stack=stack)
+    seeds = _seeds(seed, ensemble)
+    return _built(_draw.orthogonal(widths, seeds, alpha, dtype), ensemble)
 
 
-def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Network:
+def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64, ensemble=None):
     """Identity initialization (Hardt & Ma 2016; Bartlett et al. 2018, cited in DH).
+
+    With ``ensemble=K`` returns an ``engine.Ensemble`` of K such networks with
+    seeds seed, ..., seed+K-1 (the seed draws the first and last layers and the noise).
 
     HXP eq. (4) with the identity in place of the Haar matrix wherever it can be:
 
@@ -147,34 +131,8 @@ def identity(widths, scale=1.0, noise=0.0, seed=0, *, dtype=np.float64) -> Netwo
     Storage: s_i = scale sqrt(d_i), beta = scale^L, A_i = E_i + noise G_i
     (exponents of ``diagnostics.lyapunov`` are 0 at noise = 0).
     """
-    widths = widths_list(widths)
-    dtype = float_dtype(dtype)
-    scale = positive_float(scale, "scale")
-    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, (int, float, np.integer, np.floating)):
-        raise TypeError(f"noise: must be a real number >= 0, got {noise!r}")
-    noise = float(noise)
-    if not (noise >= 0 and np.isfinite(noise)):
-        raise ValueError(f"noise: must be a finite number >= 0, got {noise!r}")
-    L = len(widths) - 1
-    log_s = np.array([0.5 * np.log(widths[i + 1]) + np.log(scale) for i in range(L)])
-    rng = np.random.default_rng(seed_value(seed))
-    memory.check(widths, dtype)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i, a in enumerate(layers):
-        rows, cols = a.shape
-        if i == 0 or i == L - 1:
-            q = haar_semi_orthogonal(rng, rows, cols)
-        else:
-            q = np.eye(rows, cols)
-        q *= np.sqrt(max(rows, cols) / rows)
-        if noise > 0:
-            q += noise * rng.standard_normal((rows, cols)) / np.sqrt(rows)
-        a[...] = q
-    # noise > 0 is recorded in the init name (kept by copies, ensembles and
-    # checkpoints): theory.theorem_setting refuses lr="theory" for such nets
-    name = "identity" if noise == 0 else theory.NOISY_IDENTITY
-    return Network(layers, log_s, L * np.log(scale), init=name, seed=seed, dtype=dtype,
-                   _stack=stack)
+    seeds = _seeds(seed, ensemble)
+    return _built(_draw.identity(widths, seeds, scale, noise, dtype), ensemble)
 
 
 def from_weights(Ws, alpha, *, dtype=np.float64) -> Network:
@@ -184,55 +142,7 @@ def from_weights(Ws, alpha, *, dtype=np.float64) -> Network:
     Scales are chosen as s_i = ||W_i||_F / sqrt(d_{i-1}) (= sqrt(d_i) sigma_i
     in expectation for Gaussian W_i), or 1 for an all-zero layer.
     """
-    try:
-        Ws = list(Ws)
-    except TypeError:
-        raise TypeError("Ws: must be a sequence of 2-D arrays W_1, ..., W_L") from None
-    if not Ws:
-        raise ValueError("Ws: needs at least one weight matrix")
-    dtype = float_dtype(dtype)
-    mats = [as_real_matrix(W, f"Ws[{i}]") for i, W in enumerate(Ws)]
-    for i in range(1, len(mats)):
-        if mats[i].shape[1] != mats[i - 1].shape[0]:
-            raise ValueError(
-                f"Ws[{i}]: has {mats[i].shape[1]} columns but Ws[{i - 1}] has {mats[i - 1].shape[0]} rows; "
-                "W_i must be (d_i, d_{i-1})")
-    alpha = positive_float(alpha, "alpha")
-    widths = (mats[0].shape[1],) + tuple(W.shape[0] for W in mats)
-    log_s = np.empty(len(mats))
-    for i, W in enumerate(mats):
-        fro = float(np.linalg.norm(W))
-        log_s[i] = np.log(fro / np.sqrt(W.shape[1])) if fro > 0 else 0.0
-    memory.check(widths, dtype)
-    layers, stack = _alloc_layers(widths, dtype)
-    for i, (a, W) in enumerate(zip(layers, mats)):
-        a[...] = W * np.exp(-log_s[i])
-    return Network(layers, log_s, np.log(alpha) + float(np.sum(log_s)), init="custom",
-                   dtype=dtype, _stack=stack)
-
-
-def haar_semi_orthogonal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
-    """A (rows, cols) Haar-distributed matrix with orthonormal columns (rows >= cols)
-    or orthonormal rows (rows < cols), float64."""
-    tall = rows >= cols
-    n, k = (rows, cols) if tall else (cols, rows)
-    G = rng.standard_normal((n, k))
-    Q, R = np.linalg.qr(G)
-    d = np.sign(np.diag(R))
-    d[d == 0] = 1.0
-    Q *= d
-    return Q if tall else np.ascontiguousarray(Q.T)
-
-
-def _sigma_list(sigma, L: int) -> np.ndarray:
-    if sigma is None:
-        return np.ones(L)
-    if np.ndim(sigma) == 0:
-        return np.full(L, positive_float(sigma, "sigma"))
-    sig = list(sigma)
-    if len(sig) != L:
-        raise ValueError(f"sigma: must be a scalar or have one entry per layer (L = {L}), got {len(sig)}")
-    return np.array([positive_float(s, f"sigma[{i}]") for i, s in enumerate(sig)])
+    return _built(_draw.from_weights(Ws, alpha, dtype), None)
 
 
 INITS = {"gaussian": gaussian, "orthogonal": orthogonal, "identity": identity}

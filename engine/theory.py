@@ -55,7 +55,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import positive_float, positive_int
+from ._draw import NOISY_IDENTITY
+from ._validate import positive_float, positive_int, widths_list
+from .network import Network
 
 __all__ = [
     "Setting", "theorem_setting", "width_condition_met", "width_note", "THEOREMS", "NOISY_IDENTITY",
@@ -75,8 +77,8 @@ _CONSTANTS = {
 }
 THEOREMS = {"gaussian": "DH Thm 4.1", "orthogonal": "HXP Thm 3.1"}
 
-# The init name engine.init.identity gives a net drawn with noise > 0 (outside every theorem).
-NOISY_IDENTITY = "identity+noise"
+# The init name engine.init.identity gives a net drawn with noise > 0 (outside every theorem):
+# _draw.NOISY_IDENTITY, re-exported here.
 
 # alpha counts as the default when ln(alpha / alpha_default) = ln(beta) is this
 # close to 0: an alpha passed as the default computed by hand differs by rounding.
@@ -190,7 +192,6 @@ def theorem_setting(net) -> Setting:
     """
     if isinstance(net, Setting):
         return net
-    from .network import Network
     if not isinstance(net, Network):
         raise TypeError(f"net: must be an engine Network or a theory.Setting, got {type(net).__name__}")
     return _member_setting(net.init, net.depth, net.sigma, net._log_beta)
@@ -320,7 +321,6 @@ def _width_check(net, prob, delta, C):
     or (Setting, widths) (an ensemble member: its setting with the ensemble's widths)."""
     if isinstance(net, tuple):
         init, widths = net
-        from ._validate import widths_list
         widths = widths_list(widths)
         if isinstance(init, Setting):
             st = init
@@ -513,7 +513,6 @@ def width_requirement(init, prob, depth: int | None = None, delta: float = 0.1, 
 # -- HXP Theorem 4.1 (the exponential curse of narrow Gaussian nets) ---------------------
 
 def _widths_depth(widths):
-    from ._validate import widths_list
     w = widths_list(widths)
     return w, len(w) - 1
 

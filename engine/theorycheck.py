@@ -36,6 +36,7 @@ from . import diagnostics as dg
 from . import init as _init
 from . import theory
 from .problem import Problem, synthetic
+from .stepper import Stepper
 from .train import train
 
 _THEOREM = {"gaussian": "DH Thm 4.1", "orthogonal": "HXP Thm 3.1"}
@@ -210,14 +211,13 @@ def record_cost(width: int = 256, depth: int = 64, data=(1024, 16, 10), repeat: 
     ``bench/step_time.py`` (the bound stepper that ``engine.train`` runs).
     Returns [(name, seconds, seconds / step)], the step itself first.
     """
-    from .train import _Stepper
     d_in, n, d_out = data
     prob = Problem(*synthetic(d_in, n, d_out, seed=0))
     net0 = _init.by_name(init)([d_in] + [width] * (depth - 1) + [d_out], seed=0)
     net = net0.copy()
     # 1% of HXP's rate: a step costs the same at any lr, and narrow widths
     # (m < d_in, where HXP's rate is outside the theorem and diverges) stay finite
-    st = _Stepper(net, prob, 0.01 * theory.lr_bound(init, prob, depth), backend)
+    st = Stepper(net, prob, 0.01 * theory.lr_bound(init, prob, depth), backend)
     for _ in range(5):
         st.step()
     state = net.copy()       # diagnostics see this state; the step timing goes on with ``net``

@@ -1,126 +1,49 @@
-"""Full-batch gradient descent: one step, and a training loop with recording.
+"""Full-batch gradient descent: one step, and the training loop for K >= 1 members.
 
 GD is DH eq. (2) / HXP eq. (3): W_i <- W_i - eta dl/dW_i with eta in the
 paper's W-space units. It runs on the reduced data in normalized storage
 (see ``engine.network`` and ``engine.kernels.numpy_backend``), which is the
 same trajectory exactly.
+
+One loop trains a Network (one member) or an Ensemble (K members stepped
+together by ``engine.stepper.Stepper``): each member stops on its own
+(tolerance reached, or diverged), records its history and diagnostics, and
+the run is checkpointed and resumed bit for bit either way. A Network whose
+loss explodes raises DivergenceError; an ensemble member is marked diverged
+instead and the others go on.
+
+    train(...)            validate (``_fresh_run`` / ``_resumed_run``), then ``_Loop(run).run()``
+    gd_step(net, ...)     one step, keeping the bound stepper between calls
 """
 from __future__ import annotations
 
 import math
 import numbers
 import os
-import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import checkpoint as _checkpoint_module  # noqa: F401  (makes engine.checkpoint importable)
-from . import kernels, theory
-from ._validate import nonneg_int, positive_float, positive_int, widths_match_data
-from .network import Network
+from . import checkpoint as ckpt
+from . import diagnostics, kernels, theory
+from ._validate import nonneg_int, positive_float, positive_int
+from .errors import (BottleneckWarning, CheckpointWarning, DivergenceError, EngineWarning,  # noqa: F401
+                     LearningRateWarning)
+from .network import Ensemble, Network, Storage, check_net_prob
 from .problem import Problem
+from .recording import (EnsembleResult, Progress, TrainResult, fit_rate, log_every_value, make_recorders,  # noqa: F401
+                        records_of)
+from . import stepper
+from .stepper import Stepper
 
-__all__ = ["gd_step", "train", "stable_lr", "LR_RULES", "TrainResult", "DivergenceError", "fit_rate", "stop_threshold",
-           "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
+__all__ = ["gd_step", "train", "stable_lr", "stable_lrs", "LR_RULES", "TrainResult", "DivergenceError", "fit_rate",
+           "stop_threshold", "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
-
-class EngineWarning(UserWarning):
-    """Base class of the warnings the engine issues."""
-
-
-class CheckpointWarning(EngineWarning):
-    """A checkpoint could not be written (disk full, permissions...); training went on.
-
-    The previous checkpoint file is left intact, and the run's result is still
-    returned: a failed write never costs the computation itself.
-    """
-
-
-class LearningRateWarning(EngineWarning):
-    """The learning rate exceeds the theorem's bound for the network's init.
-
-    GD may still converge (the bounds are sufficient, not necessary), but the
-    theorem's guarantee and ``TrainResult.predicted`` no longer apply, and
-    far above the bound training diverges (DivergenceError).
-    """
-
-
-class BottleneckWarning(EngineWarning):
-    """A hidden layer is narrower than the rank of the least-squares solution Phi = Y X^+.
-
-    The end-to-end map alpha W_L ... W_1 has rank <= min_i d_i, so it cannot
-    reach Phi and l - OPT stays bounded away from 0 (OPT is the minimum over
-    all linear maps, DH Sec. 3); the papers' theorems assume every d_i >= d_out.
-    """
-
-
-class DivergenceError(RuntimeError):
-    """GD diverged: the loss became non-finite or exploded.
-
-    Attributes
-    ----------
-    result : TrainResult   the history up to the last finite loss
-    net    : Network       the network at the last state whose loss was finite and
-                           below the divergence threshold (state ``net_step``,
-                           normally ``step - 1``; never non-finite weights, even at
-                           lr = 1e308)
-    step   : int           the step index t at which divergence was detected
-    net_step : int         the step of the state held in ``net``
-    """
-
-    def __init__(self, message, result=None, net=None, step=None, net_step=None):
-        super().__init__(message)
-        self.result = result
-        self.net = net
-        self.step = step
-        self.net_step = net_step
-
-
-@dataclass
-class TrainResult:
-    """History of a training run (paper convention, float64).
-
-    t         (k,) step indices at which the loss was recorded (0 = init;
-              the last entry is the final state)
-    loss      (k,) l(t) = 1/2 ||alpha W_{L:1}(t) X - Y||_F^2
-    excess    (k,) l(t) - OPT, computed on reduced data (accurate when tiny)
-    steps     number of GD steps taken
-    net       the trained network (the object passed in, updated in place)
-    converged True when the excess reached the stop threshold (``tol`` / ``atol``)
-    rate      fitted per-step contraction factor of the excess over the tail
-              (see ``fit_rate``); nan when it cannot be fitted
-    predicted the theorem's guaranteed factor for this init and lr (nan if none)
-    lr        the learning rate used (W-space)
-    wall_time seconds spent in the loop
-    backend   name of the backend that ran
-    opt       OPT of the problem
-    records   {name: {"t": steps, "values": list}} from ``record=``
-    record_time {name: seconds spent recording it}
-    """
-
-    t: np.ndarray
-    loss: np.ndarray
-    excess: np.ndarray
-    steps: int
-    net: Network
-    converged: bool
-    rate: float
-    predicted: float
-    lr: float
-    wall_time: float
-    backend: str
-    opt: float
-    records: dict = field(default_factory=dict)
-    record_time: dict = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return (f"TrainResult(steps={self.steps}, converged={self.converged}, "
-                f"excess={self.excess[-1]:.3e}, rate={self.rate:.6g}, predicted={self.predicted:.6g}, "
-                f"lr={self.lr:.4g}, backend={self.backend!r}, wall_time={self.wall_time:.3g}s)")
-
+# Older private names other modules still import (bench/ and cli.py, other engineers' files).
+_Stepper = Stepper
+_log_every_value = log_every_value
 
 # Growth of the loss, relative to max(l(0), ||Y||_F^2 / 2), treated as divergence.
 # GD below the stability bound never increases the loss by more than a small
@@ -128,6 +51,13 @@ class TrainResult:
 # state at detection still has finite weights.
 EXPLODE_FACTOR = 1e8
 
+# Steps between the copies of a checked state kept for divergence (one copy of
+# each member's weights; replaying at most this many steps on divergence).
+SNAPSHOT_EVERY = 64
+
+# lr above (1 + LR_WARN_RTOL) x the bound is warned about; the slack keeps
+# lr = "theory" and rates computed from it in another order from warning.
+LR_WARN_RTOL = 1e-9
 
 # Inits without a theorem of their own whose learning rate comes from another's: the
 # identity init is HXP eq. (4) with Q_i = I (exact isometries), so HXP Thm 3.1's rate.
@@ -174,8 +104,7 @@ def stable_lr(net: Network, prob: Problem) -> float:
     (``theory.lr_bound``), and the theorem's rate diverges while the stable
     rate does not.
     """
-    from . import diagnostics
-    _check_net_prob(net, prob)
+    check_net_prob(net, prob)
     lmax = diagnostics.gram_lambda_max(net, prob)
     if not (np.isfinite(lmax) and lmax > 0):
         raise ValueError(f"lr: 'stable' needs lambda_max(P(0)) > 0 and finite, got {lmax!r} "
@@ -183,70 +112,14 @@ def stable_lr(net: Network, prob: Problem) -> float:
     return 1.0 / lmax
 
 
-def _check_net_prob(net, prob):
-    if not isinstance(net, Network):
-        raise TypeError(f"net: must be an engine Network, got {type(net).__name__}")
-    if not isinstance(prob, Problem):
-        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-    widths_match_data(net.widths, prob)
-
-
-class _Stepper:
-    """Binds (net, prob, backend) once and runs steps without re-validating."""
-
-    def __init__(self, net: Network, prob: Problem, lr: float, backend: str, form=None):
-        _check_net_prob(net, prob)
-        self.threads = None              # None: thread settings left as they are
-        if backend == "auto" and form is None:
-            name, self.threads, _ = kernels.auto_choice(net.widths, prob.rank, net.dtype)
-            self.backend = kernels.get(name)
-        else:
-            self.backend = kernels.get(backend, shape=(net.widths, prob.rank))
-        net._bind(prob)
-        self.net = net
-        red = prob.reduced(net.dtype)
-        self.xs, self.yred = red.s, red.targets
-        self.set_lr(lr)
-        self.beta = net.beta
-        key = (self.backend.name, prob.token, form, net.dtype)
-        cached = getattr(net, "_ws", None)
-        if cached is not None and cached[0] == key:
-            self.ws = cached[1]
-        else:
-            self.ws = self.backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype, form)
-            net._ws = (key, self.ws)
-        # A backend that carries state between steps (the single-pass
-        # schedule keeps the chain of the next step) must forget it here:
-        # between two calls anything may have changed the weights.
-        reset = getattr(self.backend, "reset", None)
-        if reset is not None:
-            reset(self.ws)
-        self._version = net._version
-
-    def set_lr(self, lr: float) -> None:
-        self.lr = lr
-        self.c = lr / np.exp(2.0 * self.net._log_s)   # A-space step per layer: eta / s_i^2
-
-    @property
-    def version(self):
-        """net.version right after this stepper's last applied step (or binding)."""
-        return self._version
-
-    def step(self, lo=-1.0, hi=math.inf):
-        if self.threads is None:
-            ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
-                                            self.yred, self.ws, lo, hi)
-        else:                            # auto's measured thread count (restored after)
-            with kernels.thread_limits(self.backend, self.threads):
-                ex, applied = self.backend.step(self.net._layers, self.c, self.beta, self.xs,
-                                                self.yred, self.ws, lo, hi)
-        if applied:
-            self.net._version += 1       # a change through the API (see Network.version)
-            self._version = self.net._version
-        return ex, applied
-
-    def excess(self) -> float:
-        return self.backend.excess(self.net._layers, self.beta, self.xs, self.yred, self.ws)
+def stable_lrs(ens, prob) -> np.ndarray:
+    """(K,) each member's ``stable_lr``: 1 / lambda_max(P_k(0)) (DH eq. 7) of the member in
+    its current state (call before training). ``lr="stable"`` uses these, one per member;
+    for one shared rate pass ``lr=stable_lrs(ens, prob).min()`` (the largest rate stable,
+    in the linearized sense, for every member)."""
+    if not isinstance(ens, Ensemble):
+        raise TypeError(f"ens: must be an engine Ensemble, got {type(ens).__name__}")
+    return np.array([stable_lr(ens.view(k), prob) for k in range(ens.size)])
 
 
 def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
@@ -267,7 +140,8 @@ def gd_step(net: Network, prob: Problem, lr, backend: str = "auto") -> float:
     lr = positive_float(lr, "lr")
     st = _cached_stepper(net, prob, backend)
     if st is None:
-        st = _Stepper(net, prob, lr, backend)
+        check_net_prob(net, prob)
+        st = Stepper(net, prob, lr, backend)
     elif lr != st.lr:
         st.set_lr(lr)           # the carried chain does not depend on the step size
     net._gd = None              # a refused or failed step leaves no cache behind
@@ -282,9 +156,9 @@ def _cached_stepper(net, prob, backend):
     """The stepper of the previous ``gd_step`` on ``net`` if it may go on
     carrying its chain: same problem object, same backend name, and the
     network unchanged since (version, layer identity, probed entries)."""
-    cache = getattr(net, "_gd", None)
-    if cache is None or not isinstance(net, Network):
+    if not isinstance(net, Network) or net._gd is None:
         return None
+    cache = net._gd
     name, cprob, st, probe = cache
     if cprob is not prob or name != backend or st.version != net._version:
         return None
@@ -293,62 +167,16 @@ def _cached_stepper(net, prob, backend):
     return st
 
 
-def fit_rate(t, excess, tail: float = 0.5) -> float:
-    """Per-step contraction factor q fitted to excess(t) ~ C q^t over the tail.
-
-    Least squares on ln(excess) against t over the last ``tail`` fraction of
-    the recorded points, ignoring points at the rounding floor (excess below
-    1e-28 times its maximum, where float64 residuals are pure rounding) and
-    non-positive ones. Returns nan with fewer than 3 usable points.
-    """
-    t = np.asarray(t, dtype=np.float64)
-    e = np.asarray(excess, dtype=np.float64)
-    ok = np.isfinite(e) & (e > 0)
-    if ok.sum() < 3:
-        return float("nan")
-    ok &= e > 1e-28 * e[ok].max()
-    t, e = t[ok], e[ok]
-    k = max(3, int(math.ceil(tail * len(t))))
-    if len(t) < 3:
-        return float("nan")
-    t, e = t[-k:], e[-k:]
-    if np.ptp(t) == 0:
-        return float("nan")
-    slope = np.polyfit(t, np.log(e), 1)[0]
-    return float(np.exp(slope))
-
-
-class _Default:
-    """A keyword's default, distinguishable from the same value passed explicitly
-    (on resume, defaults are taken from the checkpoint)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return repr(self.value)
-
-
-def _given(x) -> bool:
-    return not isinstance(x, _Default)
-
-
-def _value(x):
-    return x.value if isinstance(x, _Default) else x
-
-
-def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), steps=_Default(1000),
-          tol=_Default(None), record_every=_Default(1), backend=_Default("auto"),
-          progress: bool = False, callback=None, record=_Default(None), *,
-          atol=_Default(None), log_every=None,
-          checkpoint=None, checkpoint_every=None, resume=None, overwrite: bool = False) -> TrainResult:
+def train(net=None, prob: Problem = None, lr=None, steps=None, tol=None, record_every=None, backend=None,
+          progress: bool = False, callback=None, record=None, *, atol=None, log_every=None,
+          checkpoint=None, checkpoint_every=None, resume=None, overwrite: bool = False):
     """Run full-batch GD for up to ``steps`` steps.
 
     Parameters
     ----------
-    net : Network         trained in place
+    net : Network or Ensemble   trained in place
     prob : Problem
-    lr : float, "theory" or "stable"
+    lr : float, "theory" or "stable" (default "theory"; an Ensemble: also one float per member)
         W-space learning rate. "stable" (any init, ``from_weights`` too) takes
         1 / lambda_max(P(0)), P(0) the Gram matrix of DH eq. (7) of ``net`` at
         the start (``stable_lr``, which says why: GD on the linearized
@@ -369,8 +197,8 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     atol : float >= 0, optional (keyword)
         ABSOLUTE stopping tolerance: stop as soon as l(t) - OPT <= atol.
         Give ``tol`` or ``atol``, not both (ValueError). See ``stop_threshold``.
-    record_every : int    record l(t) every this many steps (the final state always)
-    backend : str         "auto", "numpy", "numba" or "cblas"
+    record_every : int    record l(t) every this many steps (default 1; the final state always)
+    backend : str         "auto" (default), "numpy", "numba" or "cblas"
     progress : bool
         Report progress on stderr: on a terminal a bar (tqdm) showing the
         relative excess (l - OPT) / ||Y||_F^2 and the ETA; otherwise (a log
@@ -424,9 +252,19 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
         ``checkpoint_every`` default to the resumed file and its cadence.
         The returned history covers the whole run from step 0.
 
-    An ``engine.ensemble.Ensemble`` as ``net`` trains all its members in one
-    call (``engine.ensemble.train``; no callback, record or checkpoint) and
-    returns an ``EnsembleResult`` with per-member histories.
+    An ``engine.Ensemble`` as ``net`` trains all its members together (the
+    stepper runs them in one call where that pays, see ``engine.stepper``):
+    ``lr`` may then be one rate per member ("theory" and "stable" are per
+    member), each member stops on its own (``tol`` reached) and a member whose
+    loss diverges is put back to its last finite state below the threshold and
+    marked ``diverged`` instead of raising, so one bad seed does not cost the
+    others' results. ``record`` is recorded per member, ``callback(t, excess,
+    ens)`` gets the (K,) excesses (nan for members not stepped at t; True stops
+    every member after step t), and checkpoint / resume work as for a network.
+    Results are those of K separate runs (bitwise with a backend that steps
+    members one by one). Returns an ``EnsembleResult`` then.
+
+    Arguments left at None on resume take the checkpoint's values.
 
     Returns TrainResult. Raises DivergenceError (carrying the history and the
     network at its last finite state) when the loss becomes non-finite or
@@ -439,82 +277,67 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
     that cannot be written (OSError: disk full, permissions; or diagnostics
     whose values are not numeric) gives a CheckpointWarning and training goes on.
     """
-    from .ensemble import Ensemble   # deferred: ensemble imports this module
-    if isinstance(net, Ensemble):
-        if callback is not None or _value(record) is not None:
-            raise ValueError("net: an Ensemble does not support callback= or record=; "
-                             "train its members separately (ens.members()) to use them")
-        if checkpoint is not None or checkpoint_every is not None or resume is not None:
-            raise ValueError("net: an Ensemble does not support checkpoint=, checkpoint_every= or resume=")
-        from . import ensemble
-        return ensemble.train(net, prob, lr=_value(lr), steps=_value(steps), tol=_value(tol),
-                              atol=_value(atol), record_every=_value(record_every),
-                              backend=_value(backend), progress=progress)
-    ckpt = _checkpoint_module
     if not isinstance(overwrite, (bool, np.bool_)):
         raise TypeError(f"overwrite: must be True or False, got {overwrite!r}")
     if resume is None and checkpoint is not None and not overwrite:
         path = _path_arg(checkpoint, "checkpoint")
-        if os.path.isfile(path):
-            if isinstance(_value(lr), str) and _value(lr) == "stable":
-                _check_net_prob(net, prob)
-                lr = stable_lr(net, prob)   # of the fresh network: the state at step 0
-            _check_same_run(ckpt.load(path), net, prob, lr, tol, atol, record_every, record, backend)
+        if os.path.isfile(path):                     # this run, interrupted: continue it (or refuse)
+            lr = _check_same_run(ckpt.load(path), net, prob, lr, tol, atol, record_every, record, backend)
             return train(net, prob, lr=lr, steps=steps, tol=tol, atol=atol, record_every=record_every,
                          backend=backend, progress=progress, callback=callback, record=record,
-                         log_every=log_every,
-                         checkpoint=path, checkpoint_every=checkpoint_every, resume=path)
-    saved = None
-    if resume is not None:
-        if net is not None and not isinstance(net, Network):
-            raise TypeError(f"net: must be an engine Network or None, got {type(net).__name__}")
-        if prob is not None and not isinstance(prob, Problem):
-            raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
-        resume = _path_arg(resume, "resume")
-        saved = ckpt.load(resume)
-        if prob is None:
-            prob = saved.problem()
-        loaded = saved.network(prob)
-        if net is not None:
-            _check_adoptable(net, loaded)   # the given net is changed only once all checks passed
-        meta = saved.meta
-        lr = _same_as_saved(lr, meta["lr"], "lr", loaded, prob)
-        thr = _same_threshold_as_saved(tol, atol, meta["tol"], prob)
-        record_every = _same_as_saved(record_every, meta["record_every"], "record_every")
-        rec_saved = meta["record"]
-        if _given(record) and (record or None) != rec_saved:
-            raise ValueError(f"record: the checkpoint recorded {rec_saved!r}; got {record!r} "
-                             "(a different record= would not continue the same run)")
-        record = rec_saved
-        if not _given(steps):
-            steps = meta["steps"]
-        elif (isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_))
-              and int(steps) < saved.step):
-            raise ValueError(f"steps: the checkpoint is already at step {saved.step}, got steps={steps}")
-        if not _given(backend):
-            backend = meta["backend"]
-        if checkpoint is None:
-            checkpoint = resume
-            if checkpoint_every is None:
-                checkpoint_every = meta["checkpoint_every"]
-    lr, steps, tol, atol, record_every, backend, record = map(
-        _value, (lr, steps, tol, atol, record_every, backend, record))
-    if saved is None:
-        thr = stop_threshold(prob, tol, atol)
-    log_every = _log_every_value(log_every)
+                         log_every=log_every, checkpoint=path, checkpoint_every=checkpoint_every, resume=path)
+    given = dict(lr=lr, steps=steps, tol=tol, atol=atol, record_every=record_every, backend=backend,
+                 record=record)
+    options = dict(callback=callback, progress=progress, log_every=log_every, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every)
+    if resume is None:
+        run = _fresh_run(net, prob, **given, **options)
+    else:
+        run = _resumed_run(net, prob, resume, **given, **options)
+    loop = _Loop(run)
+    if run.saved is None:
+        _warn_fresh(run)
+    return loop.run()
 
-    lr_rule = lr if isinstance(lr, str) else None
-    if isinstance(lr, str):
-        if lr not in LR_RULES:
-            raise ValueError(f"lr: must be a positive number, 'theory' or 'stable', got {lr!r}")
-        _check_net_prob(net, prob)
-        if lr == "theory":
-            lr = theory.lr_bound(theory.theorem_setting(net).require("lr='theory'"), prob)
-        else:
-            lr = stable_lr(net, prob)   # net is at its initial state here (no resume)
-    lr = positive_float(lr, "lr")
-    steps = nonneg_int(steps, "steps")
-    record_every = positive_int(record_every, "record_every")
+
+# -- what one run is told ------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """One run's settings, validated (and on resume merged with the checkpoint's)."""
+
+    model: object                # the Network or Ensemble trained in place
+    prob: Problem
+    lrs: list                    # W-space learning rate per member
+    lr_rule: str                 # "theory", "stable" or None (numbers given)
+    steps: int
+    threshold: float             # absolute stop threshold on l - OPT, or None
+    record_every: int
+    backend: str
+    record: dict                 # {name: stride} or None
+    callback: object
+    progress: bool
+    log_every: tuple
+    checkpoint: str
+    checkpoint_every: int
+    saved: object = None         # the Checkpoint resumed, or None
+
+
+def _members(model) -> list:
+    """The members of a model as Networks: the Network itself, or views of the ensemble's."""
+    return [model] if isinstance(model, Network) else [model.view(k) for k in range(model.size)]
+
+
+def _fresh_run(net, prob, *, lr, steps, tol, atol, record_every, backend, record, **options) -> _Run:
+    threshold = stop_threshold(prob, tol, atol)
+    check_net_prob(net, prob, ensemble_ok=True)
+    lrs, rule = _learning_rates(net, prob, "theory" if lr is None else lr)
+    return _Run(net, prob, lrs, rule, nonneg_int(1000 if steps is None else steps, "steps"), threshold,
+                positive_int(1 if record_every is None else record_every, "record_every"),
+                "auto" if backend is None else backend, record or None, **_options(**options))
+
+
+def _options(callback, progress, log_every, checkpoint, checkpoint_every) -> dict:
     if callback is not None and not callable(callback):
         raise TypeError("callback: must be callable")
     if checkpoint is not None:
@@ -524,182 +347,124 @@ def train(net: Network = None, prob: Problem = None, lr=_Default("theory"), step
             checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     elif checkpoint_every is not None:
         raise ValueError("checkpoint_every: needs checkpoint=<path> to write to")
-    if saved is not None:
-        kernels.get(backend, shape=(loaded.widths, prob.rank))   # refuse an unknown/unavailable one first
-        if net is None:
-            net = loaded
-        else:
-            _adopt(net, loaded)
-
-    st = _Stepper(net, prob, lr, backend)
-    reset = getattr(st.backend, "reset", None)
-    if saved is None:
-        if lr_rule != "stable":   # "stable" is above the theorem's bound on purpose: no warning
-            _warn_above_bound(net, prob, lr)
-        warn_bottleneck(net.widths, prob)
-    elif saved.meta.get("backend") == st.backend.name:
-        _set_schedule_state(st, saved.meta.get("backend_state"))
-    start_net = None
-    if record:
-        if saved is not None:
-            start_net = saved.start_network(prob)
-        elif checkpoint is not None:
-            start_net = net.copy()
-    recorders = _make_recorders(record, net if start_net is None else start_net, prob, lr)
-    opt = prob.opt
-    ts, exs = [], []
-    lo = -1.0 if thr is None else thr
-    hi = math.inf
-    converged = False
-    t = 0
-    prev_wall = 0.0
-    if saved is not None:
-        ts, exs = saved.t.tolist(), saved.excess.tolist()
-        t = saved.step
-        hi = float(saved.meta["hi"])
-        prev_wall = float(saved.meta["wall_time"])
-        _restore_recorders(recorders, saved)
-    t_resumed = t
-    limit = steps
-    bar = Progress(limit, t, progress, log_every, prob.y_norm_sq, thr) if progress else None
-    t0 = time.perf_counter()
-
-    def save_state():
-        try:
-            _save_checkpoint(checkpoint, net, prob, start_net, recorders, t, ts, exs, hi, lr, thr,
-                             limit, record_every, record, st.backend.name, checkpoint_every,
-                             prev_wall + time.perf_counter() - t0, _get_schedule_state(st))
-        except (OSError, ckpt.CheckpointError) as exc:
-            warnings.warn(f"checkpoint: writing {checkpoint!r} at step {t} failed "
-                          f"({type(exc).__name__}: {exc}); training continues and the previous "
-                          "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=3)
-
-    # Last-good state (issue 11, item 2): DivergenceError.net must be the last
-    # state whose loss was finite and below the threshold, but the kernel
-    # applies step t in place as soon as state t's loss passes, so state t-1 is
-    # gone when state t turns out bad (at lr 1e308 the weights are then inf).
-    # A copy of a checked state is kept every SNAPSHOT_EVERY steps (and at the
-    # start); on divergence it is restored and GD replayed up to state t-1
-    # (deterministic, same backend and schedule phase: the exact state).
-    snap = [None]
-
-    def diverged(t_bad, ex):
-        good = _rewind(st, snap[0], t_bad - 1)
-        res = _result(ts, exs, t_bad, net, False, lr, opt, t0, st.backend.name)
-        res.wall_time += prev_wall
-        _attach_records(res, recorders)
-        why = "is not finite" if not np.isfinite(ex) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
-        return DivergenceError(
-            f"GD diverged at step {t_bad}: loss {opt + ex:.4g} {why}; {_lr_verdict(net, prob, lr)}. "
-            f"The history and the network at step {good} (the last finite state below the "
-            "threshold) are attached (.result, .net).",
-            result=res, net=net, step=t_bad, net_step=good)
-
-    try:
-        while True:
-            due_ckpt = (checkpoint_every is not None and t > t_resumed and t % checkpoint_every == 0
-                        and t < limit)
-            if t < limit and (due_ckpt or t == t_resumed or t % SNAPSHOT_EVERY == 0):
-                # check state t *before* its step is applied: only a finite state below
-                # the threshold becomes a snapshot or a checkpoint
-                ex = st.excess()
-                if reset is not None:
-                    reset(st.ws)   # the next step rebuilds its chain (bit-identical, see kernels)
-                if t > 0 and (not np.isfinite(ex) or ex > hi):
-                    raise diverged(t, ex)
-                snap[0] = _snapshot(st, t, snap[0])
-                if due_ckpt:
-                    save_state()
-            # diagnostics see state t, so they run before step t is applied
-            for rec in recorders:
-                if t % rec.stride == 0:
-                    rec(t, net)
-            if t < limit:
-                ex, applied = st.step(lo, hi)
-            else:
-                ex, applied = st.excess(), False
-            if t == 0:
-                base = max(opt + ex, 0.5 * prob.y_norm_sq)
-                hi = EXPLODE_FACTOR * base if base > 0 else math.inf
-            if not np.isfinite(ex) or ex > hi:
-                raise diverged(t, ex)
-            if thr is not None and ex <= thr:
-                converged = True
-            stop = converged or t >= limit
-            if stop:
-                if checkpoint is not None:
-                    limit = t
-                    save_state()   # the final state, before its (recomputable) records
-                for rec in recorders:
-                    if not rec.t or rec.t[-1] != t:
-                        rec(t, net)   # the final state (not stepped) is always recorded
-            if t % record_every == 0 or stop:
-                ts.append(t)
-                exs.append(ex)
-                if callback is not None and not stop:
-                    if callback(t, ex, net):
-                        limit = t + 1   # step t is already applied; record state t+1 and stop
-                    # the callback may have edited the weights in place, which a
-                    # backend carrying the next step's chain (single-pass) cannot see
-                    if reset is not None:
-                        reset(st.ws)
-            if bar is not None:
-                bar.update(t, ex, stop)
-            if stop:
-                break
-            t += 1
-    finally:
-        if bar is not None:
-            bar.close()
-    res = _result(ts, exs, t, net, converged, lr, opt, t0, st.backend.name, prob)
-    res.wall_time += prev_wall
-    _attach_records(res, recorders)
-    return res
+    return dict(callback=callback, progress=bool(progress), log_every=log_every_value(log_every),
+                checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
-# Steps between the copies of a checked state kept for DivergenceError.net
-# (one copy of the weights; replaying at most this many steps on divergence).
-SNAPSHOT_EVERY = 64
+def _resumed_run(net, prob, resume, *, lr, steps, tol, atol, record_every, backend, record, checkpoint,
+                 checkpoint_every, **options) -> _Run:
+    """The run saved in the checkpoint ``resume``; arguments given must agree with it (None: the saved value)."""
+    if net is not None and not isinstance(net, (Network, Ensemble)):
+        raise TypeError(f"net: must be an engine Network, an Ensemble or None, got {type(net).__name__}")
+    if prob is not None and not isinstance(prob, Problem):
+        raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
+    path = _path_arg(resume, "resume")
+    saved = ckpt.load(path)
+    if prob is None:
+        prob = saved.problem()
+    loaded = saved.network(prob)
+    if net is not None:
+        _check_adoptable(net, loaded)   # the given net is changed only once all checks passed
+    meta = saved.meta
+    lrs = _same_lrs_as_saved(lr, saved, loaded, prob)
+    threshold = _same_threshold_as_saved(tol, atol, meta["tol"], prob)
+    if record_every is not None and positive_int(record_every, "record_every") != meta["record_every"]:
+        raise ValueError(f"record_every: the checkpoint was trained with record_every={meta['record_every']!r}; "
+                         f"got {record_every!r} (resuming with a different value would not continue the same run)")
+    if record is not None and record != meta["record"]:
+        raise ValueError(f"record: the checkpoint recorded {meta['record']!r}; got {record!r} "
+                         "(a different record= would not continue the same run)")
+    if steps is None:
+        steps = meta["steps"]
+    elif (isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_))
+          and int(steps) < saved.step):
+        raise ValueError(f"steps: the checkpoint is already at step {saved.step}, got steps={steps}")
+    backend = meta["backend"] if backend is None else backend
+    if checkpoint is None:
+        checkpoint = path
+        if checkpoint_every is None:
+            checkpoint_every = meta["checkpoint_every"]
+    run = _Run(loaded, prob, lrs, None, nonneg_int(steps, "steps"), threshold, meta["record_every"], backend,
+               meta["record"], **_options(checkpoint=checkpoint, checkpoint_every=checkpoint_every, **options),
+               saved=saved)
+    kernels.get(backend, shape=(loaded.widths, prob.rank))   # refuse an unknown/unavailable one first
+    if net is not None:
+        net._store = loaded._store       # the given network (or ensemble) takes the checkpoint's state
+        if isinstance(net, Network):
+            net._k, net._gd = loaded._k, None
+        run.model = net
+    return run
 
 
-def _snapshot(st, t, old):
-    """(t, copies of the layers, schedule state) of the current (checked) state t."""
-    layers = st.net._layers
-    if old is None or len(old[1]) != len(layers):
-        bufs = [a.copy() for a in layers]
+def _learning_rates(model, prob, lr):
+    """(per-member W-space rates, rule): a number, one per member, "theory" or "stable"."""
+    members = _members(model)
+    one = isinstance(model, Network)
+    if isinstance(lr, str):
+        if lr not in LR_RULES:
+            many = "" if one else ", a sequence of K of them"
+            raise ValueError(f"lr: must be a positive number{many}, 'theory' or 'stable', got {lr!r}")
+        if lr == "stable":
+            return [stable_lr(n, prob) for n in members], lr   # above the theorem's bound on purpose
+        lrs = []
+        for k, n in enumerate(members):
+            st = theory.theorem_setting(n).require("lr='theory'" if one else f"lr='theory' (member {k})")
+            lrs.append(theory.lr_bound(st, prob))
+        return lrs, lr
+    if one or np.ndim(lr) == 0:
+        return [positive_float(lr, "lr")] * len(members), None
+    vals = list(lr)
+    if len(vals) != len(members):
+        raise ValueError(f"lr: a sequence of learning rates needs one per member (K = {len(members)}), "
+                         f"got {len(vals)}")
+    return [positive_float(v, f"lr[{k}]") for k, v in enumerate(vals)], None
+
+
+def _same_lrs_as_saved(lr, saved, model, prob):
+    """On resume: the saved rate(s), or refuse a given lr that differs from them."""
+    theirs = [saved.meta["lr"]] if saved.members is None else list(saved.meta["lr"])
+    if lr is None:
+        return theirs
+    if isinstance(lr, str) and lr == "stable":
+        raise ValueError(f"lr: 'stable' is 1 / lambda_max(P(0)) of the network at step 0, which a "
+                         f"resumed run no longer holds; omit lr (the checkpoint's lr = {saved.meta['lr']!r} "
+                         "is used) or pass that number")
+    if isinstance(lr, str) and lr == "theory":
+        mine = [_safe_bound(n, prob) for n in _members(model)]
     else:
-        bufs = old[1]
-        for dst, src in zip(bufs, layers):
-            dst[...] = src
-    return (t, bufs, _get_schedule_state(st))
+        mine = _learning_rates(model, prob, lr)[0]
+    if mine != theirs:
+        raise ValueError(f"lr: the checkpoint was trained with lr={saved.meta['lr']!r}; got {lr!r} "
+                         "(resuming with a different value would not continue the same run)")
+    return theirs
 
 
-def _rewind(st, snap, target):
-    """Put state ``target`` into the network: restore the snapshot, replay GD from it.
+def _same_threshold_as_saved(tol, atol, saved_thr, prob):
+    """On resume: the saved absolute threshold, or refuse a tol/atol giving another one.
 
-    Returns the step of the state now held (``target``, or the current one when
-    there is no earlier snapshot, i.e. the very first state was bad).
-    """
-    if snap is None or snap[0] > target or target < 0:
-        return target + 1
-    s, bufs, sched = snap
-    for dst, src in zip(st.net._layers, bufs):
-        dst[...] = src
-    reset = getattr(st.backend, "reset", None)
-    if reset is not None:
-        reset(st.ws)
-    _set_schedule_state(st, sched)
-    for _ in range(s, target):
-        st.step()
-    if reset is not None:
-        reset(st.ws)
-    return target
+    Checkpoints store the absolute threshold under "tol" (older ones stored
+    the absolute ``tol`` of the time under the same key, so they resume as
+    they were written)."""
+    if tol is None and atol is None:
+        return saved_thr
+    thr = stop_threshold(prob, tol, atol)
+    if thr != saved_thr:
+        name = "tol" if tol is not None else "atol"
+        shown = "none (every step)" if saved_thr is None else f"l - OPT <= {saved_thr!r}"
+        raise ValueError(f"{name}: the checkpoint was trained with the stop threshold {shown}; "
+                         f"tol={tol!r}, atol={atol!r} give {'none' if thr is None else repr(thr)} "
+                         "(resuming with a different value would not continue the same run)")
+    return saved_thr
 
 
 def _check_same_run(saved, net, prob, lr, tol, atol, record_every, record, backend):
     """Refuse (CheckpointMismatch naming ``checkpoint`` and what differs) unless the existing
-    checkpoint ``saved`` holds the run these arguments describe."""
-    _check_net_prob(net, prob)
+    checkpoint ``saved`` holds the run these arguments describe. Returns ``lr`` for the resumed
+    call ("stable" resolved on the fresh network: the state at step 0)."""
+    check_net_prob(net, prob, ensemble_ok=True)
+    members = _members(net)
+    if isinstance(lr, str) and lr == "stable":
+        lr = [stable_lr(n, prob) for n in members] if isinstance(net, Ensemble) else stable_lr(net, prob)
     m, nm = saved.meta, saved.meta["net"]
     diffs = []
 
@@ -707,56 +472,444 @@ def _check_same_run(saved, net, prob, lr, tol, atol, record_every, record, backe
         if mine != theirs:
             diffs.append(f"{name} {mine!r} (checkpoint: {theirs!r})")
 
+    one = isinstance(net, Network)
+    cmp("members", None if one else net.size, nm.get("members"))
     cmp("widths", list(net.widths), list(nm["widths"]))
     cmp("dtype", net.dtype.str, nm["dtype"])
-    cmp("init", net.init, nm["init"])
-    seed = net.seed if isinstance(net.seed, (int, type(None))) else repr(net.seed)
-    if seed is None or isinstance(seed, str):
+    inits = [n.init for n in members]
+    cmp("init", inits[0] if one else inits, nm["init"])
+    seeds = [n.seed if isinstance(n.seed, (int, type(None))) else repr(n.seed) for n in members]
+    if any(s is None or isinstance(s, str) for s in seeds):
         diffs.append("seed: this network has no integer seed, so it cannot be told to be the "
                      "checkpoint's run")
     else:
-        cmp("seed", seed, nm.get("seed"))
-    sig = None if net.sigma is None else net.sigma.tolist()
+        cmp("seed", seeds[0] if one else seeds, nm.get("seed"))
+    sig = [None if n.sigma is None else n.sigma.tolist() for n in members]
     theirs = saved.arrays.get("sigma")
-    cmp("sigma", sig, None if theirs is None else theirs.tolist())
+    theirs = [None] * len(members) if theirs is None else [None if np.isnan(r).all() else r.tolist()
+                                                           for r in theirs.reshape(len(members), -1)]
+    cmp("sigma", sig[0] if one else sig, theirs[0] if one else theirs)
     if prob.fingerprint != m["problem"]:
         diffs.append("data (problem fingerprint differs)")
-    lr_v = _value(lr)
+    lr_v = "theory" if lr is None else lr
     if isinstance(lr_v, str) and lr_v == "theory":
-        lr_v = _safe_bound(net, prob)
-    cmp("lr", lr_v, m["lr"])
+        lr_v = [_safe_bound(n, prob) for n in members]
+    elif not isinstance(lr_v, str):
+        lr_v = [lr_v] * len(members) if np.ndim(lr_v) == 0 else list(lr_v)
+    cmp("lr", lr_v[0] if one and isinstance(lr_v, list) else lr_v, m["lr"])
     # checkpoints store the absolute stop threshold under "tol"
-    cmp("stop threshold (tol/atol)", stop_threshold(prob, _value(tol), _value(atol)), m["tol"])
-    cmp("record_every", _value(record_every), m["record_every"])
-    cmp("record", _value(record) or None, m["record"])
-    if _given(backend) or _value(backend) != "auto":
-        name = kernels.get(_value(backend), shape=(net.widths, prob.rank)).name
+    cmp("stop threshold (tol/atol)", stop_threshold(prob, tol, atol), m["tol"])
+    cmp("record_every", 1 if record_every is None else record_every, m["record_every"])
+    cmp("record", record or None, m["record"])
+    name = stepper.choose(net, prob, "auto" if backend is None else backend)[1].name
+    if backend is None and name != m["backend"]:
+        diffs.append(f"backend 'auto' -> {name!r} (checkpoint: {m['backend']!r})")
+    elif backend is not None:
         cmp("backend", name, m["backend"])
-    elif kernels.get("auto", shape=(net.widths, prob.rank)).name != m["backend"]:
-        diffs.append(f"backend 'auto' -> {kernels.get('auto', shape=(net.widths, prob.rank)).name!r} "
-                     f"(checkpoint: {m['backend']!r})")
     if diffs:
-        raise _checkpoint_module.CheckpointMismatch(
+        raise ckpt.CheckpointMismatch(
             f"checkpoint: {saved.path!r} already exists and holds another run (step {saved.step}): "
             + "; ".join(diffs) + ". Pass overwrite=True (CLI: --overwrite) to replace it, "
             "another path, or resume=<path> to continue it")
+    return lr
 
 
 def _check_adoptable(net, loaded):
-    if net.widths != loaded.widths or net.dtype != loaded.dtype:
+    """Refuse (ValueError naming ``net``) a given model that cannot take the checkpoint's state."""
+    kind = "an Ensemble of %d" if isinstance(loaded, Ensemble) else "a Network"
+    ok = (type(net) is type(loaded) and net.widths == loaded.widths and net.dtype == loaded.dtype
+          and (isinstance(net, Network) or net.size == loaded.size))
+    if not ok:
         raise ValueError(
             f"net: has widths {list(net.widths)} and dtype {net.dtype}, but the checkpoint holds "
-            f"widths {list(loaded.widths)} and dtype {loaded.dtype}; pass net=None to get the "
-            "checkpoint's network")
+            f"{kind % getattr(loaded, 'size', 1) if '%' in kind else kind} of widths {list(loaded.widths)} "
+            f"and dtype {loaded.dtype}; pass net=None to get the checkpoint's network")
+
+def _path_arg(p, name):
+    if not isinstance(p, (str, os.PathLike)):
+        raise TypeError(f"{name}: must be a file path, got {type(p).__name__}")
+    p = os.fspath(p)
+    if not p:
+        raise ValueError(f"{name}: must be a non-empty file path")
+    return p
+
+def _check_writable_dir(path):
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ValueError(f"checkpoint: directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise PermissionError(f"checkpoint: directory {d!r} is not writable")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
 
 
-def _adopt(net, loaded):
-    """Give ``net`` the state of ``loaded`` (same widths and dtype, else refuse)."""
-    _check_adoptable(net, loaded)
-    for name in ("_layers", "_stack", "_perp", "_bound", "_log_s", "_log_beta", "init", "seed", "sigma"):
-        setattr(net, name, getattr(loaded, name))
-    net._ws = None
+# -- the loop --------------------------------------------------------------------------
 
+class _Loop:
+    """One training run of K >= 1 members: stepping, stopping, divergence, recording, checkpoints.
+
+    State t of every running member is checked (its excess computed, nothing
+    written) before its step at the start, every SNAPSHOT_EVERY steps and at
+    each checkpoint: only a finite state below the divergence threshold becomes
+    a snapshot or a checkpoint. A member whose loss becomes non-finite or
+    exceeds its threshold is put back to its last state below it (the snapshot,
+    replayed: GD is deterministic) -- a Network then raises DivergenceError, an
+    ensemble member is marked diverged and the others go on.
+    """
+
+    def __init__(self, run: _Run):
+        self.cfg = run
+        model, prob = run.model, run.prob
+        self.single = isinstance(model, Network)
+        self.nets = _members(model)
+        K = len(self.nets)
+        self.st = Stepper(model, prob, run.lrs[0] if self.single else run.lrs, run.backend)
+        saved = run.saved
+        self.start = None        # the model at step 0, for diagnostics that refer to it ("distance", "lazy")
+        if run.record:
+            if saved is not None:
+                self.start = saved.start_network(prob)
+            elif run.checkpoint is not None:
+                self.start = _copy(model)
+        starts = self.nets if self.start is None else _members(self.start)
+        self.recorders = make_recorders(run.record, starts, prob, run.lrs)
+        self.opt, self.ysq = prob.opt, prob.y_norm_sq
+        self.lo = -1.0 if run.threshold is None else run.threshold
+        self.limit = run.steps
+        self.t, self.prev_wall = 0, 0.0
+        self.hist = [([], []) for _ in range(K)]
+        self.hi = [math.inf] * K
+        self.running = list(range(K))
+        self.converged, self.diverged, self.stop_t = [False] * K, [False] * K, [0] * K
+        self.messages = {}
+        self.snaps = [None] * K
+        if saved is not None:
+            self._restore(saved)
+        self.t_resumed = self.t
+
+    # -- the run -------------------------------------------------------------------
+    def run(self):
+        run = self.cfg
+        bar = (Progress(self.limit, self.t, True, run.log_every, self.ysq, run.threshold)
+               if run.progress else None)
+        self.t0 = time.perf_counter()
+        every = run.checkpoint_every
+        try:
+            while self.running:
+                t = self.t
+                due = every is not None and self.t_resumed < t < self.limit and t % every == 0
+                if t < self.limit and (due or t == self.t_resumed or t % SNAPSHOT_EVERY == 0):
+                    self._check(t)
+                    if due:
+                        self._save()
+                if self.running and self._step(t, bar):
+                    break
+                self.t = t + 1
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._result()
+
+    def _check(self, t):
+        """Check state t of every running member before its step: stop the diverged, snapshot the rest."""
+        js = self.running
+        ex = self.st.excess_members(js)
+        self.st.reset()   # the next step rebuilds its chain (bit-identical, see kernels)
+        for j, e in zip(js, ex):
+            if t > 0 and not (math.isfinite(e) and e <= self.hi[j]):
+                self._diverge(j, t, e)
+            else:
+                self._snapshot(j, t)
+        self.running = [j for j in js if not self.diverged[j]]
+
+    def _step(self, t, bar) -> bool:
+        """Step t of every running member (diagnostics of state t first); True when none runs on."""
+        run, js = self.cfg, self.running
+        for j in js:                      # diagnostics see state t, so they run before step t is applied
+            for rec in self.recorders[j]:
+                if t % rec.stride == 0:
+                    rec(t, self.nets[j])
+        if t < self.limit:
+            ex = self.st.step_members(js, self.lo, self.hi)[0]
+        else:
+            ex = self.st.excess_members(js)
+        if t == 0:
+            for j, e in zip(js, ex):
+                base = max(self.opt + e, 0.5 * self.ysq)
+                self.hi[j] = EXPLODE_FACTOR * base if base > 0 else math.inf
+        good, stopping = [], []
+        for j, e in zip(js, ex):
+            if not (math.isfinite(e) and e <= self.hi[j]):
+                self._diverge(j, t, e)
+                continue
+            if run.threshold is not None and e <= run.threshold:
+                self.converged[j] = True
+            good.append((j, e))
+            if self.converged[j] or t >= self.limit:
+                stopping.append(j)
+        going = [j for j, _ in good if j not in stopping]
+        if not going and run.checkpoint is not None:
+            self.limit = t
+            self._save()                  # the final state, before its (recomputable) records
+        for j in stopping:
+            self.stop_t[j] = t
+            for rec in self.recorders[j]:
+                if not rec.t or rec.t[-1] != t:
+                    rec(t, self.nets[j])  # the final state (not stepped) is always recorded
+        due = t % run.record_every == 0
+        for j, e in good:
+            if due or j in stopping:
+                self.hist[j][0].append(t)
+                self.hist[j][1].append(e)
+        if going and due and run.callback is not None:
+            self._callback(t, good)
+        if bar is not None and (good or not going):
+            bar.update(t, max(e for _, e in good) if good else float("nan"), not going)
+        self.running = going
+        return not going
+
+    def _callback(self, t, good):
+        """callback(t, excess, net) after step t (an ensemble: excess (K,), nan for members
+        not stepped); True stops every member after this step (state t+1 is then final)."""
+        if self.single:
+            stop = self.cfg.callback(t, good[0][1], self.cfg.model)
+        else:
+            ex = np.full(len(self.nets), np.nan)
+            for j, e in good:
+                ex[j] = e
+            stop = self.cfg.callback(t, ex, self.cfg.model)
+        if stop:
+            self.limit = t + 1            # step t is already applied; record state t+1 and stop
+        # the callback may have edited the weights in place, which a backend
+        # carrying the next step's chain (single-pass) cannot see
+        self.st.reset()
+
+    # -- divergence ------------------------------------------------------------------
+    def _diverge(self, j, t, e):
+        good = self._rewind(j, t - 1)
+        why = "is not finite" if not math.isfinite(e) else f"exceeded {EXPLODE_FACTOR:g} x its initial scale"
+        # an lr within the theorem's bound is never called too large
+        head = (f"GD diverged at step {t}: loss {self.opt + e:.4g} {why}; "
+                f"{_lr_verdict(self.nets[j], self.cfg.prob, self.cfg.lrs[j])}")
+        self.diverged[j], self.stop_t[j] = True, t
+        if self.single:
+            raise DivergenceError(
+                f"{head}. The history and the network at step {good} (the last finite state below the "
+                "threshold) are attached (.result, .net).",
+                result=self._member_result(0, t, predict=False), net=self.cfg.model, step=t, net_step=good)
+        self.messages[j] = f"{head}; weights kept from step {good}"
+
+    def _snapshot(self, j, t):
+        """Keep a copy of member j's (checked) state t and its schedule state."""
+        layers, old = self.nets[j]._layers, self.snaps[j]
+        if old is None or len(old[1]) != len(layers):
+            bufs = [a.copy() for a in layers]
+        else:
+            bufs = old[1]
+            for dst, src in zip(bufs, layers):
+                dst[...] = src
+        self.snaps[j] = (t, bufs, self.st.schedule_state(j))
+
+    def _rewind(self, j, target):
+        """Put state ``target`` into member j: restore its snapshot, replay GD from it.
+
+        Returns the step of the state now held (``target``, or the current one when
+        there is no earlier snapshot, i.e. the very first state was bad).
+        """
+        snap = self.snaps[j]
+        if snap is None or snap[0] > target or target < 0:
+            return target + 1
+        s, bufs, sched = snap
+        for dst, src in zip(self.nets[j]._layers, bufs):
+            dst[...] = src
+        self.st.reset([j])
+        self.st.set_schedule_state(j, sched)
+        for _ in range(s, target):
+            self.st.step_members([j])
+        self.st.reset([j])
+        return target
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _save(self):
+        run, st, t = self.cfg, self.st, self.t
+        settings = {"tol": run.threshold, "steps": int(self.limit), "record_every": run.record_every,
+                    "record": run.record, "backend": st.name, "checkpoint_every": run.checkpoint_every,
+                    "wall_time": self.prev_wall + time.perf_counter() - self.t0}
+        if self.single:
+            settings.update(lr=run.lrs[0], hi=repr(float(self.hi[0])), backend_state=st.schedule_state(0))
+        else:
+            settings.update(lr=list(run.lrs), hi=[repr(float(h)) for h in self.hi],
+                            backend_state=[st.schedule_state(j) for j in range(len(self.nets))],
+                            members=[self._status(j) for j in range(len(self.nets))])
+        try:
+            ckpt.save_run(run.checkpoint, model=run.model, prob=run.prob, start=self.start,
+                          recorders=self.recorders, histories=self.hist, t=t, settings=settings)
+        except (OSError, ckpt.CheckpointError) as exc:
+            warnings.warn(f"checkpoint: writing {run.checkpoint!r} at step {t} failed "
+                          f"({type(exc).__name__}: {exc}); training continues and the previous "
+                          "checkpoint file, if any, is intact", CheckpointWarning, stacklevel=4)
+
+    def _status(self, j) -> dict:
+        status = ("diverged" if self.diverged[j] else "running" if j in self.running
+                  else "converged" if self.converged[j] else "stopped")
+        return {"status": status, "stop": int(self.stop_t[j]), "message": self.messages.get(j)}
+
+    def _restore(self, saved):
+        """Continue the run ``saved`` holds: histories, thresholds, recorders, member states."""
+        meta = saved.meta
+        self.t = saved.step
+        self.prev_wall = float(meta["wall_time"])
+        self.hist = [(ts.tolist(), es.tolist()) for ts, es in saved.histories()]
+        ckpt.restore_recorders(self.recorders, saved)
+        same = meta.get("backend") == self.st.name
+        if self.single:
+            self.hi = [float(meta["hi"])]
+            if same:
+                self.st.set_schedule_state(0, meta.get("backend_state"))
+            return
+        self.hi = [float(h) for h in meta["hi"]]
+        for j, m in enumerate(meta["members"]):
+            self.diverged[j] = m["status"] == "diverged"
+            self.converged[j] = m["status"] == "converged"
+            self.stop_t[j] = int(m["stop"])
+            if m["message"] is not None:
+                self.messages[j] = m["message"]
+            if same:
+                self.st.set_schedule_state(j, meta["backend_state"][j])
+        self.running = [j for j, m in enumerate(meta["members"]) if m["status"] == "running"]
+
+    # -- results ---------------------------------------------------------------------
+    def _wall(self) -> float:
+        return self.prev_wall + time.perf_counter() - self.t0
+
+    def _member_result(self, j, steps, predict=True) -> TrainResult:
+        """Member j's history as a TrainResult (wall time without its recording)."""
+        run = self.cfg
+        t = np.asarray(self.hist[j][0], dtype=np.int64)
+        ex = np.asarray(self.hist[j][1], dtype=np.float64)
+        records, seconds = records_of(self.recorders[j])
+        return TrainResult(t=t, loss=self.opt + ex, excess=ex, steps=int(steps), net=self.nets[j],
+                           converged=self.converged[j], rate=fit_rate(t, ex),
+                           predicted=self._predicted(j) if predict else float("nan"), lr=run.lrs[j],
+                           wall_time=self._wall() - sum(seconds.values()), backend=self.st.name,
+                           opt=self.opt, records=records, record_time=seconds)
+
+    def _predicted(self, j) -> float:
+        """The theorem's contraction factor for member j's init and lr (nan where none applies)."""
+        setting = theory.theorem_setting(self.nets[j])
+        if self.diverged[j] or not setting.applies:
+            return float("nan")
+        return theory.predicted_factor(setting, self.cfg.prob, lr=self.cfg.lrs[j])
+
+    def _result(self):
+        if self.single:
+            return self._member_result(0, self.t)
+        K = len(self.nets)
+        hist = [(np.asarray(ts, dtype=np.int64), np.asarray(es, dtype=np.float64)) for ts, es in self.hist]
+        grid = np.unique(np.concatenate([h[0] for h in hist]))
+        excess = np.full((K, grid.size), np.nan)
+        for k, (ts, es) in enumerate(hist):
+            excess[k, np.searchsorted(grid, ts)] = es
+        records, seconds = zip(*(records_of(recs) for recs in self.recorders))
+        total = {name: sum(s[name] for s in seconds) for name in seconds[0]}
+        return EnsembleResult(
+            t=grid, loss=self.opt + excess, excess=excess, steps=np.array(self.stop_t, dtype=np.int64),
+            converged=np.array(self.converged), diverged=np.array(self.diverged),
+            rate=np.array([fit_rate(ts, es) for ts, es in hist]),
+            predicted=np.array([self._predicted(k) for k in range(K)]), lr=np.array(self.cfg.lrs),
+            messages=dict(self.messages), wall_time=self._wall() - sum(total.values()), backend=self.st.name,
+            schedule=self.st.schedule, opt=self.opt, ensemble=self.cfg.model, records=list(records),
+            record_time=total, _hist=hist)
+
+
+def _copy(model):
+    """A deep copy of a Network or an Ensemble (binding included)."""
+    if isinstance(model, Network):
+        return model.copy()
+    return Ensemble(Storage.collect([(model._store, k) for k in range(model.size)]))
+
+
+# -- learning-rate warnings and verdicts -----------------------------------------------
+
+def _warn_fresh(run):
+    """A fresh run's warnings: numeric rates above the theorem's bound, a bottleneck layer."""
+    if run.lr_rule is None:      # "theory" is the bound; "stable" is above it on purpose
+        _warn_above_bound(run.model, run.prob, run.lrs)
+    warn_bottleneck(run.model.widths, run.prob, stacklevel=4)
+
+
+def _warn_above_bound(model, prob, lrs):
+    """One LearningRateWarning naming the rate (a Network) or the members (an Ensemble) above the bound."""
+    over = []
+    for k, (net, lr) in enumerate(zip(_members(model), lrs)):
+        bound = _safe_bound(net, prob)
+        if bound is not None and lr > bound * (1.0 + LR_WARN_RTOL):
+            over.append((k, net, lr, bound))
+    if not over:
+        return
+    if isinstance(model, Network):
+        _, net, lr, bound = over[0]
+        st = theory.theorem_setting(net)
+        rule = f"d_out / ({'3' if st.init == 'gaussian' else '2'} L ||X||^2)"
+        if st.lr_scale != 1.0:
+            rule += (f" x sigma^2 / c^2 = x {st.lr_scale:.4g} for sigma = {st.sigma:.4g}, "
+                     f"c = alpha / alpha_default = {st.output_scale:.4g}")
+        msg = (f"lr: {lr:.4g} exceeds the theorem's bound {bound:.4g} for {net.init} init "
+               f"({st.theorem}: {rule}) by a factor {lr / bound:.3g}; the convergence guarantee does not "
+               "apply and GD may diverge")
+    else:
+        shown = ", ".join(f"{k} (x{lr / b:.3g})" for k, _, lr, b in over[:8]) + (", ..." if len(over) > 8 else "")
+        msg = (f"lr: exceeds the theorem's bound (theory.lr_bound) for members {shown}; "
+               "the convergence guarantee does not apply to them and GD may diverge")
+    warnings.warn(msg, LearningRateWarning, stacklevel=4)   # the caller of train()
+
+
+def warn_bottleneck(widths, prob, stacklevel=3):
+    """Warn (BottleneckWarning) when min hidden width < rank(Phi); returns True if it warned."""
+    hidden = list(widths[1:-1])
+    if not hidden:
+        return False
+    m = min(hidden)
+    if m >= min(prob.d_out, prob.rank):
+        return False              # cheap exit: rank(Phi) <= min(d_out, r)
+    rank_phi = int(np.linalg.matrix_rank(prob.phi))
+    if m >= rank_phi:
+        return False
+    i = hidden.index(m) + 1
+    warnings.warn(
+        f"widths: hidden width d_{i} = {m} is narrower than d_out = {prob.d_out}: the end-to-end map "
+        f"alpha W_L...W_1 has rank <= {m} and cannot reach rank(Phi) = {rank_phi} (Phi = Y X^+), so "
+        f"l - OPT cannot go to 0; the theorems (DH Thm 4.1, HXP Thm 3.1) assume every d_i >= d_out",
+        BottleneckWarning, stacklevel=stacklevel)
+    return True
+
+def _safe_bound(net, prob):
+    """The theorem's W-space bound for ``net`` (``theory.lr_bound``), or None if no theorem applies."""
+    st = theory.theorem_setting(net)
+    return theory.lr_bound(st, prob) if st.applies else None
+
+def _lr_verdict(net, prob, lr) -> str:
+    """What the divergence message says about ``lr`` for network ``net`` (an ensemble member's
+    view too): never that an lr within the bound is too large."""
+    bound = _safe_bound(net, prob)
+    if bound is None:
+        return f"lr = {lr:.4g} is too large for this network (no theorem gives a bound for it)"
+    if lr > bound * (1.0 + LR_WARN_RTOL):
+        return (f"lr = {lr:.4g} is too large: {lr / bound:.3g} x the theorem's bound "
+                f"lr <= {bound:.4g} for this init")
+    st = theory.theorem_setting(net)
+    where = "DH eq. 4" if st.init == "gaussian" else "HXP eq. 5, m >= max{d_x, d_y}"
+    if theory.width_condition_met(net, prob):
+        cond = (f"the width condition ({where}) holds only in shape (with its unknown "
+                "universal constant set to 1)")
+    else:
+        cond = f"this network does not meet the width condition ({where})"
+    return (f"lr = {lr:.4g} is within the theorem's bound lr <= {bound:.4g} for this init, but "
+            f"{st.theorem} guarantees convergence only for wide enough networks and {cond}; "
+            "a smaller lr may still converge")
+
+
+# -- stopping ---------------------------------------------------------------------------
 
 def _tol_value(tol, name="tol"):
     if tol is None:
@@ -767,7 +920,6 @@ def _tol_value(tol, name="tol"):
     if not (tol >= 0 and np.isfinite(tol)):
         raise ValueError(f"{name}: must be a finite number >= 0, got {tol!r}")
     return tol
-
 
 def stop_threshold(prob, tol=None, atol=None):
     """The absolute excess at which training stops, l(t) - OPT <= threshold, or None.
@@ -790,397 +942,3 @@ def stop_threshold(prob, tol=None, atol=None):
     if not isinstance(prob, Problem):
         raise TypeError(f"prob: must be an engine.Problem, got {type(prob).__name__}")
     return tol * prob.y_norm_sq
-
-
-def _same_threshold_as_saved(tol, atol, saved_thr, prob):
-    """On resume: the saved absolute threshold, or refuse a tol/atol giving another one.
-
-    Checkpoints store the absolute threshold under "tol" (older ones stored
-    the absolute ``tol`` of the time under the same key, so they resume as
-    they were written)."""
-    if not _given(tol) and not _given(atol):
-        return saved_thr
-    thr = stop_threshold(prob, _value(tol), _value(atol))
-    if thr != saved_thr:
-        name = "tol" if _given(tol) and _value(tol) is not None or not _given(atol) else "atol"
-        shown = "none (every step)" if saved_thr is None else f"l - OPT <= {saved_thr!r}"
-        raise ValueError(f"{name}: the checkpoint was trained with the stop threshold {shown}; "
-                         f"tol={_value(tol)!r}, atol={_value(atol)!r} give "
-                         f"{'none' if thr is None else repr(thr)} (resuming with a different value "
-                         "would not continue the same run)")
-    return saved_thr
-
-
-def _same_as_saved(x, saved_value, name, net=None, prob=None):
-    """On resume: the saved value, or ``x`` if given and equal to it (else refuse)."""
-    if not _given(x):
-        return saved_value
-    val = x
-    if name == "lr" and isinstance(x, str) and x == "stable":
-        raise ValueError(f"lr: 'stable' is 1 / lambda_max(P(0)) of the network at step 0, which a "
-                         f"resumed run no longer holds; omit lr (the checkpoint's lr = {saved_value!r} "
-                         "is used) or pass that number")
-    if name == "lr" and isinstance(x, str) and x == "theory":
-        val = _safe_bound(net, prob)
-    elif name == "record_every":
-        val = positive_int(x, name)
-    elif name == "lr":
-        val = positive_float(x, name)
-    if val != saved_value:
-        raise ValueError(f"{name}: the checkpoint was trained with {name}={saved_value!r}; got {x!r} "
-                         "(resuming with a different value would not continue the same run)")
-    return saved_value
-
-
-def _path_arg(p, name):
-    if not isinstance(p, (str, os.PathLike)):
-        raise TypeError(f"{name}: must be a file path, got {type(p).__name__}")
-    p = os.fspath(p)
-    if not p:
-        raise ValueError(f"{name}: must be a non-empty file path")
-    return p
-
-
-def _check_writable_dir(path):
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise ValueError(f"checkpoint: directory {d!r} does not exist")
-    if not os.access(d, os.W_OK):
-        raise PermissionError(f"checkpoint: directory {d!r} is not writable")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
-
-
-def _get_schedule_state(st):
-    """The backend's schedule state carried between steps (JSON-able), or None.
-
-    A backend may define ``get_state(ws)`` / ``set_state(ws, state)``; without
-    them an integer ``ws.phase`` (the sweep direction of an alternating
-    single-pass schedule) is what a resumed run needs to take the same
-    rounding path as the uninterrupted one (the carried chain itself is
-    rebuilt bit for bit after ``reset``).
-    """
-    get = getattr(st.backend, "get_state", None)
-    if get is not None:
-        return get(st.ws)
-    phase = getattr(st.ws, "phase", None)
-    if isinstance(phase, (int, np.integer)) and not isinstance(phase, bool):
-        return {"phase": int(phase)}
-    return None
-
-
-def _set_schedule_state(st, state):
-    if state is None:
-        return
-    put = getattr(st.backend, "set_state", None)
-    if put is not None:
-        put(st.ws, state)
-    elif "phase" in state and hasattr(st.ws, "phase"):
-        st.ws.phase = int(state["phase"])
-
-
-def _save_checkpoint(path, net, prob, start_net, recorders, t, ts, exs, hi, lr, tol, steps,
-                     record_every, record, backend_name, every, wall, backend_state=None):
-    from . import __version__, checkpoint as ckpt
-
-    arrays, net_meta = ckpt.pack_network(net)
-    meta = {"engine_version": __version__, "net": net_meta, "t": int(t), "lr": lr, "tol": tol,
-            "steps": int(steps), "record_every": record_every, "record": record or None,
-            "backend": backend_name, "backend_state": backend_state, "checkpoint_every": every,
-            "problem": prob.fingerprint, "hi": repr(float(hi)), "wall_time": wall}
-    if prob.X.nbytes + prob.Y.nbytes <= ckpt.DATA_LIMIT:
-        arrays["data_X"], arrays["data_Y"] = prob.X, prob.Y
-        meta["rtol"] = prob.rtol
-    arrays["hist_t"] = np.asarray(ts, dtype=np.int64)
-    arrays["hist_excess"] = np.asarray(exs, dtype=np.float64)
-    if start_net is not None:
-        a2, m2 = ckpt.pack_network(start_net, prefix="start_")
-        arrays.update(a2)
-        meta["start"] = m2
-    meta["recorders"] = [_pack_recorder(rec, k, arrays, t) for k, rec in enumerate(recorders)]
-    ckpt.save(path, arrays, meta)
-
-
-def _pack_recorder(rec, k, arrays, t):
-    """Store a recorder's entries for steps < t (those at t are recomputed on resume)."""
-    n = len(rec.t)
-    while n and rec.t[n - 1] >= t:
-        n -= 1
-    arrays[f"rec{k}_t"] = np.asarray(rec.t[:n], dtype=np.int64)
-    vals = [np.asarray(v) for v in rec.values[:n]]
-    for v in vals:
-        if v.dtype == object:
-            from .checkpoint import CheckpointError
-            raise CheckpointError(f"record: values of diagnostic {rec.name!r} cannot be checkpointed "
-                                  f"(type {type(rec.values[0]).__name__})")
-    kind = "stacked" if vals and len({(v.shape, v.dtype) for v in vals}) == 1 else "each"
-    if kind == "stacked":
-        arrays[f"rec{k}_values"] = np.stack(vals)
-    else:
-        for j, v in enumerate(vals):
-            arrays[f"rec{k}_v{j}"] = v
-    scalar = bool(vals) and all(np.ndim(v) == 0 and not isinstance(v0, np.ndarray)
-                                for v, v0 in zip(vals, rec.values))
-    return {"name": rec.name, "n": n, "kind": kind, "scalar": scalar, "seconds": rec.seconds}
-
-
-def _restore_recorders(recorders, saved):
-    infos = saved.meta.get("recorders", [])
-    for k, (rec, info) in enumerate(zip(recorders, infos)):
-        n = info["n"]
-        rec.t = saved.arrays[f"rec{k}_t"].tolist()
-        if info["kind"] == "stacked":
-            stacked = saved.arrays[f"rec{k}_values"]
-            vals = [stacked[j] for j in range(n)]
-        else:
-            vals = [saved.arrays[f"rec{k}_v{j}"] for j in range(n)]
-        if info["scalar"]:
-            vals = [v.item() for v in vals]
-        rec.values = vals
-        rec.seconds = float(info["seconds"])
-
-
-class _Recorder:
-    def __init__(self, name, stride, fn):
-        self.name, self.stride, self.fn = name, stride, fn
-        self.t, self.values, self.seconds = [], [], 0.0
-
-    def __call__(self, t, net):
-        t0 = time.perf_counter()
-        # a recorder that needs the step index (the lazy twin's closed form in t) says so
-        self.values.append(self.fn(net, t) if getattr(self.fn, "wants_step", False) else self.fn(net))
-        self.t.append(t)
-        self.seconds += time.perf_counter() - t0
-
-
-def _make_recorders(record, net, prob, lr=None):
-    if record is None:
-        return []
-    from . import diagnostics
-    if not isinstance(record, dict):
-        raise TypeError("record: must be a dict {diagnostic name: stride}")
-    out = []
-    for name, stride in record.items():
-        if name not in diagnostics.RECORDERS:
-            raise ValueError(f"record: unknown diagnostic {name!r}; choose from {sorted(diagnostics.RECORDERS)}")
-        stride = positive_int(stride, f"record[{name!r}]")
-        make = diagnostics.RECORDERS[name]
-        fn = make(net, prob, lr) if getattr(make, "wants_lr", False) else make(net, prob)
-        out.append(_Recorder(name, stride, fn))
-    return out
-
-
-def _attach_records(res, recorders):
-    for rec in recorders:
-        res.records[rec.name] = {"t": np.asarray(rec.t, dtype=np.int64), "values": rec.values}
-        res.record_time[rec.name] = rec.seconds
-        res.wall_time -= rec.seconds
-
-
-# lr above (1 + LR_WARN_RTOL) x the bound is warned about; the slack keeps
-# lr = "theory" and rates computed from it in another order from warning.
-LR_WARN_RTOL = 1e-9
-
-
-def warn_bottleneck(widths, prob, stacklevel=3):
-    """Warn (BottleneckWarning) when min hidden width < rank(Phi); returns True if it warned."""
-    hidden = list(widths[1:-1])
-    if not hidden:
-        return False
-    m = min(hidden)
-    if m >= min(prob.d_out, prob.rank):
-        return False              # cheap exit: rank(Phi) <= min(d_out, r)
-    rank_phi = int(np.linalg.matrix_rank(prob.phi))
-    if m >= rank_phi:
-        return False
-    i = hidden.index(m) + 1
-    warnings.warn(
-        f"widths: hidden width d_{i} = {m} is narrower than d_out = {prob.d_out}: the end-to-end map "
-        f"alpha W_L...W_1 has rank <= {m} and cannot reach rank(Phi) = {rank_phi} (Phi = Y X^+), so "
-        f"l - OPT cannot go to 0; the theorems (DH Thm 4.1, HXP Thm 3.1) assume every d_i >= d_out",
-        BottleneckWarning, stacklevel=stacklevel)
-    return True
-
-
-def _warn_above_bound(net, prob, lr):
-    bound = _safe_bound(net, prob)
-    if bound is not None and lr > bound * (1.0 + LR_WARN_RTOL):
-        st = theory.theorem_setting(net)
-        rule = f"d_out / ({'3' if st.init == 'gaussian' else '2'} L ||X||^2)"
-        if st.lr_scale != 1.0:
-            rule += f" x sigma^2 / c^2 = x {st.lr_scale:.4g} for sigma = {st.sigma:.4g}, c = alpha / alpha_default = {st.output_scale:.4g}"
-        warnings.warn(
-            f"lr: {lr:.4g} exceeds the theorem's bound {bound:.4g} for {net.init} init "
-            f"({st.theorem}: {rule}) by a factor "
-            f"{lr / bound:.3g}; the convergence guarantee does not apply and GD may diverge",
-            LearningRateWarning, stacklevel=3)
-
-
-def _safe_bound(net, prob):
-    """The theorem's W-space bound for ``net`` (``theory.lr_bound``), or None if no theorem applies."""
-    st = theory.theorem_setting(net)
-    return theory.lr_bound(st, prob) if st.applies else None
-
-
-def _lr_verdict(net, prob, lr, widths=None) -> str:
-    """What the divergence message says about ``lr``: never that an lr within the bound is too large.
-
-    ``net`` is a Network, or a ``theory.Setting`` with the network's ``widths``
-    (an ensemble member, engine.ensemble.train)."""
-    bound = _safe_bound(net, prob)
-    if bound is None:
-        return f"lr = {lr:.4g} is too large for this network (no theorem gives a bound for it)"
-    if lr > bound * (1.0 + LR_WARN_RTOL):
-        return (f"lr = {lr:.4g} is too large: {lr / bound:.3g} x the theorem's bound "
-                f"lr <= {bound:.4g} for this init")
-    st = theory.theorem_setting(net)
-    where = "DH eq. 4" if st.init == "gaussian" else "HXP eq. 5, m >= max{d_x, d_y}"
-    if theory.width_condition_met(net if widths is None else (st, widths), prob):
-        cond = (f"the width condition ({where}) holds only in shape (with its unknown "
-                "universal constant set to 1)")
-    else:
-        cond = f"this network does not meet the width condition ({where})"
-    return (f"lr = {lr:.4g} is within the theorem's bound lr <= {bound:.4g} for this init, but "
-            f"{st.theorem} guarantees convergence only for wide enough networks and {cond}; "
-            "a smaller lr may still converge")
-
-
-def _result(ts, exs, steps, net, converged, lr, opt, t0, backend, prob=None):
-    t = np.asarray(ts, dtype=np.int64)
-    ex = np.asarray(exs, dtype=np.float64)
-    predicted = float("nan")
-    st = theory.theorem_setting(net)
-    if prob is not None and st.applies:
-        predicted = theory.predicted_factor(st, prob, lr=lr)
-    return TrainResult(t=t, loss=opt + ex, excess=ex, steps=int(steps), net=net,
-                       converged=converged, rate=fit_rate(t, ex), predicted=predicted,
-                       lr=lr, wall_time=time.perf_counter() - t0, backend=backend, opt=opt)
-
-
-def _log_every_value(x):
-    """``log_every`` -> None, ("steps", N) or ("seconds", S) (ValueError naming it otherwise)."""
-    if x is None:
-        return None
-    if isinstance(x, str):
-        text = x.strip()
-        try:
-            if text.endswith("s"):
-                sec = float(text[:-1])
-                if sec > 0 and math.isfinite(sec):
-                    return ("seconds", sec)
-            else:
-                return ("steps", positive_int(int(text), "log_every"))
-        except ValueError:
-            pass
-        raise ValueError(f"log_every: must be a positive number of steps (500) or of seconds ('10s'), "
-                         f"got {x!r}")
-    return ("steps", positive_int(x, "log_every"))
-
-
-# Without an explicit log_every, progress lines off a terminal come this often (seconds).
-LOG_SECONDS_DEFAULT = 10.0
-
-
-class Progress:
-    """Progress of a GD loop on a stream (stderr by default).
-
-    On a terminal (and without an explicit ``log_every``): a tqdm bar over the
-    step budget whose postfix is the current relative excess
-    (l - OPT) / ||Y||_F^2 and, when a stop threshold is set and the excess
-    contracts, the estimated steps and time until it is reached. tqdm's own
-    ETA is the time to the end of the budget.
-
-    Otherwise (a log file, a pipe, a batch job): one line per ``log_every``,
-    ("steps", N) or ("seconds", S), default every LOG_SECONDS_DEFAULT
-    seconds, and a last line when the loop stops::
-
-        step 1200/2000 (60%)  l - OPT 3.1e-05 = 1.2e-07 ||Y||^2  410 steps/s  ETA 2 s (budget)
-    """
-
-    def __init__(self, total, start, enabled=True, log_every=None, y_norm_sq=1.0, threshold=None,
-                 stream=None, tty=None):
-        self.total, self.start = int(total), int(start)
-        self.ysq = float(y_norm_sq) if y_norm_sq and y_norm_sq > 0 else 1.0
-        self.threshold = threshold
-        self.stream = sys.stderr if stream is None else stream
-        if tty is None:
-            isatty = getattr(self.stream, "isatty", None)
-            tty = bool(isatty and isatty())
-        self.every = log_every
-        self.bar = None
-        if enabled and tty and log_every is None:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=self.total, initial=self.start, unit="step", leave=False,
-                                file=self.stream)
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                pass
-        if self.every is None:
-            self.every = ("seconds", LOG_SECONDS_DEFAULT)
-        self.lines = enabled and self.bar is None
-        self.t0 = time.perf_counter()
-        self.last_log = self.t0
-        self.last_t = self.start
-        self.hist = []            # (t, excess) of the last points, for the contraction estimate
-        self.done_line = False
-
-    def _to_threshold(self, t, ex):
-        """Estimated steps until the threshold, from the contraction over the recent points."""
-        if self.threshold is None or not (ex > self.threshold > 0) or len(self.hist) < 2:
-            return None
-        (t1, e1), (t2, e2) = self.hist[0], self.hist[-1]
-        if t2 <= t1 or not (e2 > 0 and e1 > e2):
-            return None
-        per_step = math.log(e2 / e1) / (t2 - t1)
-        return math.log(self.threshold / ex) / per_step
-
-    def describe(self, t, ex, final=False):
-        """One log line for state t with excess ``ex`` (l - OPT)."""
-        el = time.perf_counter() - self.t0
-        done = t - self.start
-        rate = done / el if el > 0 and done > 0 else float("nan")
-        pct = f" ({100.0 * t / self.total:.0f}%)" if self.total else ""
-        line = (f"step {t}/{self.total}{pct}  l - OPT {ex:.3e} = {ex / self.ysq:.3e} ||Y||^2  "
-                f"{rate:.4g} steps/s")
-        if final:
-            return line + f"  done in {el:.3g} s"
-        left = self._to_threshold(t, ex)
-        budget_eta = (self.total - t) / rate if rate == rate and rate > 0 else float("nan")
-        if left is not None and left < self.total - t and rate == rate:
-            line += f"  ETA {left / rate:.3g} s (to tol, ~{left:.0f} steps)"
-        elif budget_eta == budget_eta:
-            line += f"  ETA {budget_eta:.3g} s (budget)"
-        return line
-
-    def update(self, t, ex, stop=False):
-        """State t has excess ``ex``; ``stop``: the loop ends at it."""
-        if not self.hist or t - self.hist[-1][0] >= max(1, (t - self.start) // 20):
-            self.hist.append((t, float(ex)))
-            self.hist = self.hist[-8:]
-        if self.bar is not None:
-            self.bar.n = t
-            post = f"rel. excess {ex / self.ysq:.2e}"
-            left = self._to_threshold(t, ex)
-            if left is not None:
-                post += f", ~{left:.0f} steps to tol"
-            self.bar.set_postfix_str(post, refresh=False)
-            if stop:
-                self.bar.refresh()
-            else:
-                self.bar.update(0)   # redraws at most every tqdm mininterval
-            return
-        if not self.lines:
-            return
-        now = time.perf_counter()
-        kind, n = self.every
-        due = (t - self.last_t >= n) if kind == "steps" else (now - self.last_log >= n)
-        if stop:
-            print(self.describe(t, ex, final=True), file=self.stream, flush=True)
-            self.done_line = True
-        elif due and t > self.start:
-            print(self.describe(t, ex), file=self.stream, flush=True)
-            self.last_log, self.last_t = now, t
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()

@@ -152,13 +152,13 @@ def test_wider_network_multiblock_all_schedules():
     for form in ("P", "T", "single-pass"):
         nets = [engine.init.orthogonal([64, 96, 96, 96, 12], seed=1) for _ in range(2)]
         lr = engine.theory.lr_bound("orthogonal", prob, 4)
-        from engine.train import _Stepper
+        from engine.stepper import Stepper
         old, old_schedule = cblas.BLOCK_BYTES, cblas.SCHEDULE
         cblas.BLOCK_BYTES = 4096
         try:
-            s_ref = _Stepper(nets[0], prob, lr, "numpy", form=None if form == "single-pass" else form)
+            s_ref = Stepper(nets[0], prob, lr, "numpy", form=None if form == "single-pass" else form)
             cblas.SCHEDULE = "single-pass"
-            s_c = _Stepper(nets[1], prob, lr, "cblas", form=None if form == "single-pass" else form)
+            s_c = Stepper(nets[1], prob, lr, "cblas", form=None if form == "single-pass" else form)
         finally:
             cblas.BLOCK_BYTES = old
             cblas.SCHEDULE = old_schedule
@@ -434,7 +434,7 @@ def test_independent_of_thread_count_and_equal_to_numpy(variant, monkeypatch):
     """m = 192: layers large enough for the kernel's parallel loops (>= 32768
     entries), with 4 KiB blocks so each thread walks several blocks."""
     from threadpoolctl import threadpool_limits
-    from engine.train import _Stepper
+    from engine.stepper import Stepper
     monkeypatch.setattr(cblas, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(cblas, "SCHEDULE", "single-pass")
     form = None if variant == "single-pass" else variant
@@ -446,7 +446,7 @@ def test_independent_of_thread_count_and_equal_to_numpy(variant, monkeypatch):
     for backend, threads in (("numpy", 2), ("cblas", 1), ("cblas", 2)):
         net = engine.init.orthogonal(widths, seed=1)
         with threadpool_limits(limits=threads):
-            st = _Stepper(net, prob, lr, backend, form=form)
+            st = Stepper(net, prob, lr, backend, form=form)
             losses.append([st.step()[0] for _ in range(20)])
         nets.append(net)
     np.testing.assert_allclose(losses[2], losses[1], rtol=RTOL_THREADS)

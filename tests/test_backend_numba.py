@@ -10,7 +10,7 @@ import pytest
 
 import engine
 from engine import kernels
-from engine.train import _Stepper
+from engine.stepper import Stepper
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
@@ -34,7 +34,7 @@ def _problem(d_in=16, n=30, d_out=4, seed=0):
 
 
 def _steps(net, prob, lr, form, k):
-    st = _Stepper(net, prob, lr, "numba", form=form)
+    st = Stepper(net, prob, lr, "numba", form=form)
     return np.array([st.step()[0] for _ in range(k)]), st
 
 
@@ -117,8 +117,8 @@ def test_replaced_layer_arrays_are_picked_up():
     net = engine.init.orthogonal([16, 12, 10, 12, 4], seed=0)
     ref = net.copy()
     lr = 1e-2
-    st = _Stepper(net, prob, lr, "numba", form="single")
-    st_ref = _Stepper(ref, prob, lr, "numpy")
+    st = Stepper(net, prob, lr, "numba", form="single")
+    st_ref = Stepper(ref, prob, lr, "numpy")
     for _ in range(2):
         st.step()
         st_ref.step()
@@ -135,8 +135,8 @@ def test_excess_without_stepping():
     prob = _problem()
     net = engine.init.orthogonal([16, 12, 12, 4], seed=0)
     ref = net.copy()
-    st = _Stepper(net, prob, 1e-2, "numba")
-    st_ref = _Stepper(ref, prob, 1e-2, "numpy")
+    st = Stepper(net, prob, 1e-2, "numba")
+    st_ref = Stepper(ref, prob, 1e-2, "numpy")
     before = net.normalized()
     assert st.excess() == pytest.approx(st_ref.excess(), rel=RTOL)
     for a, b in zip(net.normalized(), before):

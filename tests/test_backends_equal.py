@@ -15,7 +15,7 @@ import pytest
 
 import engine
 from engine import kernels
-from engine.train import _Stepper
+from engine.stepper import Stepper
 
 # float64: rounding (1e-16) amplified by 60 steps of depth-6 GD stays below
 # 1e-13 in practice; 1e-10 is the bound and still catches any
@@ -54,7 +54,7 @@ def _problem(key):
 
 
 def _run(net, prob, lr, backend, form, steps=STEPS):
-    st = _Stepper(net, prob, lr, backend, form=form)
+    st = Stepper(net, prob, lr, backend, form=form)
     return np.array([st.step()[0] for _ in range(steps)])
 
 
@@ -131,8 +131,8 @@ def test_lo_hi_refuse_the_update(backend, form):
     net = engine.init.orthogonal(widths, seed=0)
     ref = net.copy()
     lr = 0.5 * engine.theory.lr_bound("orthogonal", prob, net.depth)
-    st = _Stepper(net, prob, lr, backend, form=form)
-    st_ref = _Stepper(ref, prob, lr, "numpy")
+    st = Stepper(net, prob, lr, backend, form=form)
+    st_ref = Stepper(ref, prob, lr, "numpy")
     for _ in range(3):
         ex_ref, ok = st_ref.step()
         assert ok

@@ -256,8 +256,9 @@ def test_auto_choice_and_fallback_without_numba(monkeypatch):
     prob, widths = _widths("T-form")
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
     assert res.schedule == ("members-parallel" if NUMBA else "sequential")
-    monkeypatch.setattr(E, "_HAVE_NUMBA", False)
-    monkeypatch.setattr(E, "_NUMBA_REASON", "numba cannot be imported: (simulated)")
+    from engine.kernels import _numba_members
+    monkeypatch.setattr(_numba_members, "available", False)
+    monkeypatch.setattr(_numba_members, "reason", "numba cannot be imported: (simulated)")
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
     assert res.schedule == "sequential"
     with pytest.raises(engine.BackendUnavailable, match="simulated"):
@@ -266,7 +267,8 @@ def test_auto_choice_and_fallback_without_numba(monkeypatch):
 
 def test_engine_train_dispatches_an_ensemble():
     """engine.train(Ensemble, ...) is engine.ensemble.train: per-member results
-    identical to separate engine.train runs; unsupported options refused."""
+    identical to separate engine.train runs. (record=, callback= and checkpoints,
+    refused here before one loop trained both, are tested in test_ensemble_run.py.)"""
     import engine
     X, Y = engine.synthetic(64, 8, 4, seed=0)
     prob = engine.Problem(X, Y)
@@ -277,10 +279,8 @@ def test_engine_train_dispatches_an_ensemble():
     for k in range(3):
         sep = engine.train(engine.init.orthogonal(widths, seed=k), prob, steps=30, backend="numpy")
         np.testing.assert_array_equal(run.member(k).excess, sep.excess)
-    with pytest.raises(ValueError, match="^net: an Ensemble"):
-        engine.train(ens, prob, steps=1, record={"distance": 1})
-    with pytest.raises(ValueError, match="^net: an Ensemble"):
-        engine.train(ens, prob, steps=1, checkpoint="x.npz")
+    again = engine.ensemble.train(ens, prob, steps=30, backend="numpy")
+    assert isinstance(again, engine.EnsembleResult) and again.steps.tolist() == [30] * 3
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "orthogonal"])

@@ -10,7 +10,7 @@ import pytest
 
 import engine
 import naive
-from engine.train import _Stepper
+from engine.stepper import Stepper
 
 RTOL = 1e-9
 STEPS = 35
@@ -46,7 +46,7 @@ def test_gd_matches_paper_convention(case, init, form):
     if form is None:
         losses = [engine.gd_step(net, prob, lr, backend="numpy") for _ in range(STEPS)]
     else:
-        st = _Stepper(net, prob, lr, "numpy", form=form)
+        st = Stepper(net, prob, lr, "numpy", form=form)
         losses = [prob.opt + st.step()[0] for _ in range(STEPS)]
     np.testing.assert_allclose(losses, loss_ref[:STEPS], rtol=RTOL)
     # the run must actually move: otherwise equality would prove nothing
@@ -93,8 +93,8 @@ def test_rebinding_to_another_problem_keeps_weights():
     assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(W0, W1))
     # binding to p2 and back must not change the network itself (beyond rounding)
     E = net.end_to_end()
-    from engine.train import _Stepper
-    _Stepper(net, p2, 1e-3, "numpy")
+    from engine.stepper import Stepper
+    Stepper(net, p2, 1e-3, "numpy")
     np.testing.assert_allclose(net.end_to_end(), E, rtol=1e-13, atol=1e-13)
     for a, b in zip(net.weights(), W1):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)

@@ -16,9 +16,9 @@ reference and the oracle for every faster path.
 """
 from __future__ import annotations
 
-import contextlib
-
 from . import numpy_backend
+# thread control lives in ``threads``; these names are what backends and callers import
+from .threads import controller as _controller, thread_limits  # noqa: F401
 
 BACKEND_NAMES = ("auto", "numpy", "numba", "cblas")
 
@@ -131,50 +131,3 @@ def auto_choice(widths, n, dtype="float64", **kw):
     networks, with ENGINE_AUTO=rule, or the backend named by ENGINE_BACKEND."""
     from .auto import auto_choice as _choice
     return _choice(widths, n, dtype, **kw)
-
-
-# -- threads -------------------------------------------------------------------
-_CONTROLLER = None
-
-
-def _controller():
-    """A threadpoolctl controller, built on first use (building one scans the
-    loaded libraries, ~2 ms; entering a limit then costs ~7 us). The optional
-    backends, and the BLAS libraries they load, are imported before that."""
-    global _CONTROLLER
-    import threadpoolctl
-    if _CONTROLLER is None:
-        _CONTROLLER = threadpoolctl.ThreadpoolController()
-    return _CONTROLLER
-
-
-@contextlib.contextmanager
-def thread_limits(backend, threads=None):
-    """Keep BLAS threads and Numba threads from oversubscribing the cores.
-
-    Inside the block:
-
-    * ``numba`` backend: BLAS pools are limited to 1 thread (its kernels call
-      no BLAS; an idle OpenBLAS pool that spins after a call would steal the
-      cores from Numba's threads), and Numba uses ``threads`` threads if given.
-    * ``cblas`` / ``numpy``: their parallelism is the BLAS pool (and, for
-      cblas, the kernel's OpenMP threads), so both get ``threads`` threads if
-      given (else are left as is) and Numba's pool, which sleeps, is left alone.
-
-    ``backend`` is a backend module or its name. Global state (threadpoolctl
-    limits, ``numba.set_num_threads``) is restored on exit, also on error.
-    """
-    name = backend if isinstance(backend, str) else getattr(backend, "name", "")
-    with contextlib.ExitStack() as stack:
-        if name == "numba":
-            stack.enter_context(_controller().limit(limits=1, user_api="blas"))
-            if threads is not None:
-                import numba
-                old = numba.get_num_threads()
-                numba.set_num_threads(int(threads))
-                stack.callback(numba.set_num_threads, old)
-        elif threads is not None:
-            stack.enter_context(_controller().limit(limits=int(threads), user_api="blas"))
-            if name == "cblas":          # the C kernel's own threads are OpenMP's
-                stack.enter_context(_controller().limit(limits=int(threads), user_api="openmp"))
-        yield

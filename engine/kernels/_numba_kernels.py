@@ -23,23 +23,14 @@ independent); rank-K updates are elementwise and follow either split.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-# fastmath without nnan/ninf (a diverging run must show up as inf/nan) and
-# without reassoc (summation order fixed by the code, so results are
-# reproducible across schedules and thread counts); contract allows FMA.
-FASTMATH = {"nsz", "arcp", "contract", "afn"}
-# Dot products additionally allow reassociation so LLVM can vectorize the
-# reduction; the order is still fixed by the (single) compiled helper.
-FASTMATH_DOT = FASTMATH | {"reassoc"}
+from ._jit import FASTMATH_DOT
+from ._jit import jit as _jit
 
 TILE = 512            # columns per inner tile of a top-down sweep (4 KB float64)
 PAR_MIN = 32 * 1024   # a layer with fewer weights runs serially (no parallel-region launch)
 COLS_MIN = 64         # fewest columns / rows per parallel block
-
-
-def _jit(fastmath=FASTMATH, **kw):
-    return njit(cache=True, fastmath=fastmath, **kw)
 
 
 @_jit()

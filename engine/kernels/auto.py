@@ -100,7 +100,7 @@ def cache_dir() -> str:
 @functools.lru_cache(maxsize=None)
 def machine_id() -> str:
     """What a calibration is valid for: CPU, core count, engine and library versions."""
-    from .. import __version__
+    from .._version import __version__
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -191,8 +191,7 @@ def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=
     machine can take 100x the best, and the calibration must stay short."""
     from .. import init, theory
     from ..problem import Problem
-    from ..train import _Stepper
-    from . import thread_limits
+    from . import get, thread_limits
     widths = [int(w) for w in widths]
     per_layer = max(1, weight_bytes(widths, r, dtype) // max(1, len(widths) - 1))
     L = len(widths) - 1
@@ -207,13 +206,17 @@ def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=
     prob = Problem(X, Y)
     net = init.gaussian(widths, seed=0, dtype=dtype)
     lr = 1e-3 * theory.lr_bound("gaussian", prob, net.depth)   # stays finite for a few steps
-    st = _Stepper(net, prob, lr, name)
+    backend = get(name)                                        # the backend's own step, as engine.train runs it:
+    net._bind(prob)                                            # layer 1 held as B_1, A-space steps eta / s_i^2
+    red = prob.reduced(net.dtype)
+    ws = backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype)
+    c = lr / np.exp(2.0 * net._log_s)
     ts = []
-    with thread_limits(st.backend, threads):
-        st.step()                                              # warm-up (JIT cache load)
+    with thread_limits(backend, threads):
+        backend.step(net._layers, c, net.beta, red.s, red.targets, ws)   # warm-up (JIT cache load)
         for _ in range(steps):
             t0 = time.perf_counter()
-            st.step()
+            backend.step(net._layers, c, net.beta, red.s, red.targets, ws)
             ts.append(time.perf_counter() - t0)
             if ts[-1] > budget:
                 break
