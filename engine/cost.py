@@ -44,9 +44,15 @@ __all__ = ["CostModel", "Estimate", "estimate", "fma_per_step", "run_bytes", "pr
            "MAX_CLASSES", "CALIBRATION_BUDGET"]
 
 # Shape classes timed at most, and the seconds the timing may take in all (the
-# largest classes go first: they decide the total).
+# largest classes go first: they decide the total; a long grid may take a small share of its
+# nominal cost, up to CALIBRATION_MAX).
 MAX_CLASSES = 6
-CALIBRATION_BUDGET = 3.0
+CALIBRATION_BUDGET = 5.0
+CALIBRATION_SHARE = 0.002
+CALIBRATION_MAX = 20.0
+# Weights the deeper calibration net holds at most: beyond the last-level cache of a laptop or
+# a server core complex, so its per-layer time is the memory-bound one of big nets.
+CACHE_BYTES = 64e6
 # Dask's cost per task (submit, schedule, transfer the result, store the row):
 # ~2-5 ms measured on a LocalCluster; and starting a LocalCluster of worker processes.
 TASK_OVERHEAD = 0.004
@@ -144,9 +150,22 @@ def _setup_key(cfg):
 
 @dataclass
 class _StepFit:
-    s0: float      # seconds per step, fixed
-    rate: float    # FMA per second
+    points: list   # [(depth, seconds per step)] measured, by depth
+    s0: float      # seconds per step, fixed (intercept of the first two points)
+    rate: float    # FMA per second of one more layer at the deepest points (memory-bound for big nets)
     x: float       # log FMA per square hidden layer (for interpolation between classes)
+
+    def seconds(self, depth: int) -> float:
+        """Seconds per step at ``depth``: piecewise linear through the measured points (the time
+        per layer changes where the weights stop fitting in cache), the last slope beyond."""
+        pts = self.points
+        if len(pts) == 1:
+            return pts[0][1]
+        for (la, ta), (lb, tb) in zip(pts, pts[1:]):
+            if depth <= lb:
+                return ta + (depth - la) * (tb - ta) / (lb - la)
+        (la, ta), (lb, tb) = pts[-2], pts[-1]
+        return tb + (depth - lb) * max(0.0, (tb - ta) / (lb - la))
 
 
 @dataclass
@@ -186,67 +205,94 @@ class CostModel:
             raise RuntimeError(f"calibration run failed: {res.get('error')}")
         return total, float(res.get("wall_time") or 0.0), int(res.get("steps_run") or 0)
 
-    def _depths(self, cfg):
-        if int(cfg["depth"]) == 1:
-            return 1, None
+    def _depths(self, cfg, depths=()):
+        """Depths to time a class at: 2, and up to three of its grid depths cut to ~CACHE_BYTES
+        of weights (deep enough that the weights stream from memory as the full net's do: a
+        per-layer time taken on a net that fits in cache is up to ~2x too fast for one that
+        does not; shallow enough to stay cheap). Depth-1 classes: (1,)."""
+        L = int(cfg["depth"])
+        if L == 1:
+            return (1,)
         m = int(cfg["width"])
-        # enough extra layers to time one, few enough to stay cheap (<= ~16 MB of them)
-        k = max(1, min(6, int(16e6 / (8.0 * m * m))))
-        return 2, 2 + k
+        cap = max(3, int(CACHE_BYTES / (8.0 * m * m)))
+        cands = sorted({min(int(d), cap) for d in (depths or (L,)) if int(d) > 2} |
+                       ({cap} if max(depths or (L,)) > cap else set()))
+        if len(cands) > 3:
+            cands = [cands[0], cands[len(cands) // 2], cands[-1]]
+        return tuple([2] + (cands or [3]))
 
     def _step_time(self, cfg, depth):
-        """Seconds per step of ``cfg`` at ``depth`` (tiny lr: no divergence, every step runs)."""
-        c = dict(cfg, depth=depth, lr=1e-300, lr_scale=1.0, tol=0, escape=None, stop_at_escape=False)
-        _, wall, n = self._time(dict(c, steps=4))
-        per = wall / max(n, 1)
-        steps = int(min(400, max(8, 0.03 / max(per, 1e-7))))
+        """Seconds per step of ``cfg`` at ``depth``: the difference of a 2-step and an n-step run,
+        so train's fixed costs (binding, the first loss, the last one) are not spread over a few
+        steps; at 1e-6 x the theorem's rate, so nothing diverges or stops early and the updates
+        stay far from subnormal numbers (lr = 1e-300 makes the products subnormal: ~2x slower
+        arithmetic, measured)."""
+        # Gaussian init whatever the cell's: the step does not depend on it, and an orthogonal
+        # init (a QR per layer) would cost more than the steps timed
+        c = dict(cfg, depth=depth, init="gaussian", lr="theory", lr_scale=1e-6, tol=0, escape=None,
+                 stop_at_escape=False)
+        _, w1, n1 = self._time(dict(c, steps=2))
+        per = w1 / max(n1, 1)
+        n2 = int(min(400, max(10, 2 + 0.05 / max(per, 1e-7))))
         best = math.inf
-        for _ in range(2):
-            _, wall, n = self._time(dict(c, steps=steps))
-            best = min(best, wall / max(n, 1))
-        return best
+        for rep in range(2):
+            _, w1, n1 = self._time(dict(c, steps=2))
+            _, w2, n2r = self._time(dict(c, steps=n2))
+            if n2r > n1:
+                best = min(best, max(w2 - w1, 0.0) / (n2r - n1))
+            if w2 > 0.2:   # long enough that a second try buys little against the budget
+                break
+        return best if math.isfinite(best) else per
 
     def _setup_time(self, cfg, depth):
+        """Seconds of a run of no step at ``depth``: init, binding, lr rule, first loss, bookkeeping."""
         c = dict(cfg, depth=depth, steps=0)
-        return min(self._time(c)[0] for _ in range(2))
+        t = self._time(c)[0]
+        return t if t > 0.2 else min(t, self._time(c)[0])
 
-    def _calibrate_step(self, cfg):
-        d1, d2 = self._depths(cfg)
-        t1 = self._step_time(cfg, d1)
-        f1 = fma_per_step(cfg, d1)
-        m = int(cfg["width"]) if int(cfg["depth"]) > 1 else 0
-        x = _layer_x(cfg) if m else 0.0
-        if d2 is None:
-            return _StepFit(0.0, f1 / t1 if t1 > 0 else math.inf, x)
-        t2 = self._step_time(cfg, d2)
-        f2 = fma_per_step(cfg, d2)
-        if t2 > t1:
-            rate = (f2 - f1) / (t2 - t1)
-            s0 = max(0.0, t1 - f1 / rate)
-        else:   # noise swamped the extra layers: all of it as rate
-            rate, s0 = f2 / max(t2, 1e-9), 0.0
-        return _StepFit(s0, rate, x)
+    def _calibrate_step(self, cfg, depths=()):
+        ds = self._depths(cfg, depths)
+        pts = [(d, self._step_time(cfg, d)) for d in ds]
+        x = _layer_x(cfg) if int(cfg["depth"]) > 1 else 0.0
+        if len(pts) == 1:
+            d, t = pts[0]
+            return _StepFit(pts, 0.0, fma_per_step(cfg, d) / max(t, 1e-12), x)
+        (da, ta), (db, tb) = pts[-2], pts[-1]
+        fa, fb = fma_per_step(cfg, da), fma_per_step(cfg, db)
+        rate = (fb - fa) / (tb - ta) if tb > ta else fb / max(tb, 1e-12)
+        (d1, t1), (d2, t2) = pts[0], pts[1]
+        f1, f2 = fma_per_step(cfg, d1), fma_per_step(cfg, d2)
+        s0 = max(0.0, t1 - f1 * (t2 - t1) / (f2 - f1)) if t2 > t1 else 0.0
+        return _StepFit(pts, s0, rate, x)
 
     def _calibrate_setup(self, cfg):
-        d1, d2 = self._depths(cfg)
-        u1 = self._setup_time(cfg, d1)
-        if d2 is None:
-            return _SetupFit(u1, 0.0, d1, 1.0)
+        ds = self._depths(cfg)
+        u1 = self._setup_time(cfg, ds[0])
+        if len(ds) == 1:
+            return _SetupFit(u1, 0.0, ds[0], 1.0)
+        d2 = ds[-1]
         u2 = self._setup_time(cfg, d2)
-        return _SetupFit(u1, max(0.0, (u2 - u1) / (d2 - d1)), d1, _init_flops(cfg))
+        return _SetupFit(u1, max(0.0, (u2 - u1) / (d2 - ds[0])), ds[0], _init_flops(cfg))
 
-    def calibrate(self, cfgs, budget: float = CALIBRATION_BUDGET, max_classes: int = MAX_CLASSES):
+    def calibrate(self, cfgs, budget: float = None, max_classes: int = MAX_CLASSES):
         """Time up to ``max_classes`` shape classes of ``cfgs`` (normalized configs), the most
-        expensive first, until ``budget`` seconds are spent. Returns self."""
+        expensive first, until ``budget`` seconds are spent (default: CALIBRATION_BUDGET, up to
+        CALIBRATION_SHARE of the grid's nominal cost for a long grid, at most CALIBRATION_MAX).
+        Returns self."""
         t0 = time.perf_counter()
+        if budget is None:
+            nominal = sum(proxy_seconds(c) for c in cfgs)
+            budget = min(CALIBRATION_MAX, max(CALIBRATION_BUDGET, CALIBRATION_SHARE * nominal))
         reps = {}
         for c in cfgs:
             k = _setup_key(c)
             if k not in reps or int(c["depth"]) > int(reps[k]["depth"]):
                 reps[k] = c
-        by_step = {}
+        by_step, depths = {}, {}
         for k, c in reps.items():
             by_step.setdefault(_step_key(c), []).append(c)
+        for c in cfgs:
+            depths.setdefault(_step_key(c), set()).add(int(c["depth"]))
         # most expensive classes first (per-layer FMA, then depth); then spread over the rest
         order = sorted(by_step, key=lambda k: -max(proxy_seconds(c) for c in by_step[k]))
         if len(order) > max_classes:
@@ -257,10 +303,12 @@ class CostModel:
                 break
             try:
                 if k not in self.steps:
-                    self.steps[k] = self._calibrate_step(by_step[k][0])
+                    self.steps[k] = self._calibrate_step(max(by_step[k], key=lambda c: int(c["depth"])),
+                                                         sorted(depths[k]))
                 for c in by_step[k]:
                     sk = _setup_key(c)
-                    if sk not in self.setups and (time.perf_counter() - t0 <= budget or not self.setups):
+                    first = not any(s[6:] == sk[6:] for s in self.setups)   # this init and lr rule's first
+                    if sk not in self.setups and (time.perf_counter() - t0 <= budget or first):
                         self.setups[sk] = self._calibrate_setup(c)
             except RuntimeError as exc:   # e.g. the memory guard refuses the cell: the sweep will say so
                 self.problem = str(exc)
@@ -286,9 +334,9 @@ class CostModel:
             (xa, fa), (xb, fb) = lo[-1], hi[0]
             w = (x - xa) / (xb - xa)
             rate = math.exp((1 - w) * math.log(fa.rate) + w * math.log(fb.rate))
-            return _StepFit((1 - w) * fa.s0 + w * fb.s0, rate, x)
+            return _StepFit([], (1 - w) * fa.s0 + w * fb.s0, rate, x)
         f = (lo[-1] if lo else hi[0])[1]
-        return _StepFit(f.s0, f.rate, x)
+        return _StepFit([], f.s0, f.rate, x)
 
     def _setup_seconds(self, cfg) -> float:
         L = int(cfg["depth"])
@@ -297,11 +345,19 @@ class CostModel:
             return fit.u + max(0, L - fit.d1) * fit.q
         if not self.setups:
             return 0.0
-        # the nearest timed class with the same init, its per-layer cost scaled by the init's work
-        same = [(k, f) for k, f in self.setups.items() if k[6] == cfg["init"]] or list(self.setups.items())
+        # the nearest timed class of the same init (and lr rule, if timed), its per-layer cost
+        # scaled by the init's work per layer (m^2 draws; m^3 for a QR)
+        key = _setup_key(cfg)
+        same = ([(k, f) for k, f in self.setups.items() if k[6:] == key[6:]]
+                or [(k, f) for k, f in self.setups.items() if k[6] == key[6]])
+        scale = bool(same)
+        same = same or list(self.setups.items())
         w = int(cfg["width"]) if L > 1 else 0
         k, f = min(same, key=lambda kf: abs(math.log(max(kf[0][5], 1)) - math.log(max(w, 1))))
-        q = f.q * (_init_flops(cfg) / f.work if L > 1 and f.work > 0 else 1.0)
+        if L > 1 and k[5] > 0:
+            q = f.q * (_init_flops(cfg) / f.work if scale and f.work > 0 else (w / k[5]) ** 2)
+        else:
+            q = f.q
         return f.u + max(0, L - f.d1) * q
 
     def run_seconds(self, cfg) -> float:
@@ -309,7 +365,8 @@ class CostModel:
         if not self.steps:   # nothing could be timed: the nominal machine of proxy_seconds
             return proxy_seconds(cfg) + TASK_OVERHEAD
         fit = self._step_fit(cfg)
-        step = fit.s0 + fma_per_step(cfg) / fit.rate
+        # a timed class: through its measured points; another: its FMA at the interpolated rate
+        step = fit.seconds(int(cfg["depth"])) if fit.points else fit.s0 + fma_per_step(cfg) / fit.rate
         return self._setup_seconds(cfg) + int(cfg["steps"]) * step + TASK_OVERHEAD
 
 
@@ -351,8 +408,7 @@ def _fmt_seconds(s: float) -> str:
 
 
 def estimate(cfgs, workers: int = 1, *, backend: str = "auto", threads_per_run: int = 1, mode: str = None,
-             model: CostModel = None, weights=None, skipped: int = 0,
-             budget: float = CALIBRATION_BUDGET) -> Estimate:
+             model: CostModel = None, weights=None, skipped: int = 0, budget: float = None) -> Estimate:
     """Predicted wall time, serial time and peak memory per worker of running ``cfgs``
     (normalized configs; ``weights[i]``: how many runs ``cfgs[i]`` stands for) on
     ``workers`` workers. ``mode``: "serial", "local" (a LocalCluster: adds its start-up)
