@@ -26,8 +26,8 @@ bounded batches (at most ``2 x workers`` in flight, so the driver's memory
 does not grow with the grid), the most expensive first (``engine.cost``),
 and on a local cluster only while the memory estimates of the runs in flight
 fit in the machine's available memory (``engine.memory``). Worker processes
-of a local cluster do not receive the terminal's Ctrl-C: only the driver
-does, and it cancels what is in flight and shuts them down.
+of a local cluster ignore the terminal's Ctrl-C: only the driver reacts, and
+it cancels what is in flight and shuts them down.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -444,6 +445,10 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
                 else:
                     with dask_client(workers, scheduler) as cl:
                         summary.mode = go(cl)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.leave = False   # interrupted: erase the bar, the one line said is the CLI's
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -505,20 +510,55 @@ def _workers_of(cl):
 
 
 @contextlib.contextmanager
-def _sigint_blocked():
-    """Block SIGINT in this thread while a LocalCluster starts: the threads it creates and the
-    worker processes they spawn (now and on a restart later) inherit the blocked mask, so the
-    terminal's Ctrl-C, sent to the whole foreground process group, reaches only the driver
-    (no worker tracebacks, issue 12 item 3). A Ctrl-C during the start is delivered to the
-    driver once it is unblocked."""
-    can = hasattr(signal, "pthread_sigmask")
-    if can:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def _workers_ignore_sigint():
+    """While a LocalCluster lives: its worker processes start with SIGINT ignored, so the
+    terminal's Ctrl-C, sent to the whole foreground process group, reaches only the driver,
+    which cancels the runs in flight and shuts the workers down (no worker tracebacks, issue 12
+    item 3). Workers are spawned (also when the nanny restarts one) through a two-line shell
+    shim, ``trap '' INT; exec python "$@"``: an ignored signal stays ignored across exec and
+    Python keeps it so. Setting SIG_IGN in the driver instead would drop a Ctrl-C that arrives
+    while the cluster starts; blocking it does not carry over (spawn resets the mask).
+    Where the shim cannot run (no /bin/sh, a noexec temp directory) the ``engine._dask_worker``
+    preload still sets SIG_IGN once a worker is up. One shim per process, shared by nested or
+    concurrent clusters (reference-counted)."""
+    import multiprocessing.spawn as mp_spawn
+    import shlex
+    import shutil
+    import subprocess
+    import tempfile
+    if os.name != "posix" or not os.path.exists("/bin/sh"):
+        yield
+        return
+    with _SHIM_LOCK:
+        if _SHIM["users"] == 0:
+            real = os.fsdecode(mp_spawn.get_executable())
+            d = tempfile.mkdtemp(prefix="engine-dask-")
+            shim = os.path.join(d, "python")
+            try:
+                with open(shim, "w") as f:
+                    f.write("#!/bin/sh\n# engine.sweep: a dask worker leaves the terminal's Ctrl-C to the driver\n"
+                            f"trap '' INT\nexec {shlex.quote(real)} \"$@\"\n")
+                os.chmod(shim, 0o700)
+                ok = subprocess.run([shim, "-c", "pass"], capture_output=True, timeout=60).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            if ok:
+                mp_spawn.set_executable(shim)
+            _SHIM.update(real=real, dir=d, ok=ok)
+        _SHIM["users"] += 1
     try:
         yield
     finally:
-        if can:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        with _SHIM_LOCK:
+            _SHIM["users"] -= 1
+            if _SHIM["users"] == 0:
+                if _SHIM["ok"]:
+                    mp_spawn.set_executable(_SHIM["real"])
+                shutil.rmtree(_SHIM["dir"], ignore_errors=True)
+
+
+_SHIM = {"users": 0, "real": None, "dir": None, "ok": False}
+_SHIM_LOCK = threading.Lock()
 
 
 def dask_client(workers=None, scheduler=None):
@@ -571,22 +611,34 @@ def dask_client(workers=None, scheduler=None):
                     n = lazy.n_workers
                     # warnings.catch_warnings: the scheduler's HTTP server warns when port 8787 is
                     # taken (another cluster) and moves to another one, which concerns no one here
-                    with _sigint_blocked(), warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        lazy.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                    dashboard_address=None, silence_logs=logging.CRITICAL)
-                        client = Client(lazy.cluster)
+                    from distributed.deploy.spec import SpecCluster
+                    before = set(SpecCluster._instances)
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            lazy.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                        dashboard_address=None, silence_logs=logging.CRITICAL,
+                                                        preload=["engine._dask_worker"])
+                            client = Client(lazy.cluster)
+                    except BaseException:
+                        # interrupted (or failed) while starting: a half-started cluster would be
+                        # closed again at exit by distributed, with a traceback ("Status.init")
+                        for c in set(SpecCluster._instances) - before - {lazy.cluster}:
+                            _kill_workers(c)
+                            c.shutdown_on_close = False
+                        raise
                     client.engine_mode = f"dask LocalCluster, {n} worker processes"
             return client
 
         lazy.start = start
-        try:
-            yield lazy
-        except BaseException:
-            _close(lazy, fast=True)
-            raise
-        else:
-            _close(lazy, fast=False)
+        with _workers_ignore_sigint() if scheduler is None else contextlib.nullcontext():
+            try:
+                yield lazy
+            except BaseException:
+                _close(lazy, fast=True)
+                raise
+            else:
+                _close(lazy, fast=False)
     return cm()
 
 
