@@ -855,6 +855,14 @@ def _shape_cells(parts):
     return cells, weights
 
 
+def _drain(items: list):
+    """Yield the items of ``items`` in order, dropping each from the list as it goes, so the
+    caller's list and its consumer's copy are not both held whole (a 10^5-cell grid)."""
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
 def cmd_sweep(args) -> int:
     from engine import experiments as ex
     from engine.sweep import grid_size, run_sweep
@@ -892,7 +900,7 @@ def cmd_sweep(args) -> int:
         name, cfgs = load_grid_file(target)
         ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout).close()
         _announce(name, None, args.db, args, workers, cells=cfgs)
-        summary = run_sweep(cfgs, args.db, experiment=name, retry_failed=not args.no_retry_failed,
+        summary = run_sweep(_drain(cfgs), args.db, experiment=name, retry_failed=not args.no_retry_failed,
                             allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout,
                             **kw)
         print(f"{name}: {summary} -> {args.db}")

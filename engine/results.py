@@ -106,7 +106,12 @@ def run_key(config: dict) -> str:
     The same config (same numbers, any key order) gives the same key in any
     process or session, which is what lets a re-run sweep skip finished runs.
     """
-    return hashlib.sha256(canonical_config(config).encode()).hexdigest()[:20]
+    return key_of_canonical(canonical_config(config))
+
+
+def key_of_canonical(text: str) -> str:
+    """``run_key`` of the config whose canonical JSON is ``text`` (``canonical_config``)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _utcnow() -> str:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import signal
@@ -391,21 +392,27 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
         raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
     func = run_config if func is None else func
     # the whole grid is checked before the database is touched or anything runs
+    # Each run is held as (key, canonical JSON, cost, bytes) -- ~0.5 KB, not a dict of ~1 KB --
+    # until it is submitted: the driver's memory per run of a 10^5-cell grid (issue 11 item 8).
+    from . import cost
+    from .results import canonical_config, key_of_canonical
     cfgs, keys, seen = [], [], set()
     for c in configs:
         c = normalize_config(c)
-        k = run_key(c)
+        text = canonical_config(c)
+        k = key_of_canonical(text)
         keys.append(k)
         if k not in seen:
             seen.add(k)
-            cfgs.append((k, c))
+            cfgs.append((k, text, cost.proxy_seconds(c), cost.run_bytes(c)))
+    del seen
     own = not isinstance(db, ResultsDB)
     store = ResultsDB(db, lock_timeout=lock_timeout, allow_version_mismatch=allow_version_mismatch) if own else db
     try:
-        store.add_members(experiment, [k for k, _ in cfgs])
+        store.add_members(experiment, [p[0] for p in cfgs])
         have = store.statuses()
         finished = {"ok", "diverged"} if retry_failed else {"ok", "diverged", "failed"}
-        pending = [(k, c) for k, c in cfgs if have.get(k) not in finished]
+        pending = [p for p in cfgs if have.get(p[0]) not in finished]
         del have
         summary = SweepSummary(total=len(cfgs), skipped=len(cfgs) - len(pending), keys=keys)
         t0 = time.perf_counter()
@@ -430,8 +437,8 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
             W, mode = _workers_of(cl)
             if estimate:
                 from . import cost
-                est = cost.estimate([c for _, c in pending], W, backend=backend, threads_per_run=threads_per_run,
-                                    mode=mode, skipped=summary.skipped)
+                est = cost.estimate([json.loads(p[1]) for p in pending], W, backend=backend,
+                                    threads_per_run=threads_per_run, mode=mode, skipped=summary.skipped)
                 summary.estimate = est
                 print(f"sweep: {est}", flush=True)
             bar = _bar(len(pending), progress)
@@ -453,7 +460,7 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
             if bar is not None:
                 bar.close()
         summary.wall_time = time.perf_counter() - t0
-        grid_keys = {k for k, _ in cfgs}
+        grid_keys = {p[0] for p in cfgs}
         summary.failed_total = sum(1 for k, st in store.statuses().items() if st == "failed" and k in grid_keys)
         return summary
     finally:
@@ -680,12 +687,14 @@ def _kill_workers(cluster):
 
 def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="serial",
             max_in_flight=None, memory_budget="auto") -> str:
-    if isinstance(client, _Serial):
-        for k, c in pending:
+    """Run ``pending`` [(key, canonical config JSON, cost, bytes)] on ``client``; ``record(key,
+    config, out)`` stores each result as it arrives."""
+    if isinstance(client, _Serial):   # in grid order
+        for k, text, _, _ in pending:
+            c = json.loads(text)
             record(k, c, _execute(func, c, backend, threads))
         return client.mode
     from dask.distributed import as_completed
-    from . import cost
     if isinstance(client, _Lazy):
         client = client.get()
     if memory_budget == "auto":
@@ -693,8 +702,7 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
         memory_budget = available_bytes() if mode == "local" else None
     limit = max(1, int(max_in_flight) if max_in_flight else 2 * n_workers)
     # most expensive first, so the makespan does not end on one big run started last (issue 15 item 3)
-    queue = deque(sorted(((k, c, cost.run_bytes(c)) for k, c in pending),
-                         key=lambda kcb: -cost.proxy_seconds(kcb[1])))
+    queue = deque((k, text, need) for k, text, _, need in sorted(pending, key=lambda p: -p[2]))
     futs = {}
     held = [0]
     ac = as_completed()
@@ -717,9 +725,10 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
             item = pick()
             if item is None:
                 return
-            k, c, need = item
+            k, text, need = item
+            c = json.loads(text)
             f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
-            futs[f] = item
+            futs[f] = (k, c, need)
             held[0] += need
             ac.add(f)
 
