@@ -723,7 +723,7 @@ def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
     W, mode = _estimate_workers(args, workers)
     est = cost.estimate(cells, W, backend=args.backend, threads_per_run=args.threads_per_run, mode=mode,
                         weights=weights, skipped=skipped)
-    remote = "; the cluster's workers share these runs" if mode == "remote" else ""
+    remote = "; a cluster of N such workers takes about 1/N of it" if mode == "remote" else ""
     print(f"estimate: {est}{note}{remote}", flush=True)
     return est
 

@@ -387,7 +387,8 @@ class Estimate:
 
     def __str__(self):
         from .memory import _fmt
-        where = f"on {self.workers} worker{'s' if self.workers != 1 else ''}" if self.mode != "serial" else "serially"
+        where = {"serial": "serially", "remote": "on one worker of this machine's speed"}.get(
+            self.mode, f"on {self.workers} worker{'s' if self.workers != 1 else ''}")
         done = f" ({self.skipped} more already in the database)" if self.skipped else ""
         pr = self.peak_run
         big = (f"largest run: width {pr.get('width')}, depth {pr.get('depth')}" if pr else "")
