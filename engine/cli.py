@@ -29,6 +29,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Given(argparse.Action):
+    """Store the value and remember, in ``namespace.given``, that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", set())) | {self.dest}
+
+
 def _positive_int(text):
     try:
         v = int(text)
@@ -268,13 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=_positive_int, default=16, help="depth L (default 16)")
     t.add_argument("--widths", type=_widths_arg, default=None,
                    help="explicit widths d_0,...,d_L, e.g. 1024,256x63,10 (overrides --width/--depth)")
-    # data options default to None so that --resume can tell given ones from defaults (_DATA_DEFAULTS)
-    t.add_argument("--d-in", type=_positive_int, default=None, help="input dimension (default 1024)")
-    t.add_argument("--n", type=_positive_int, default=None, help="samples (default 16)")
-    t.add_argument("--d-out", type=_positive_int, default=None, help="output dimension (default 10)")
-    t.add_argument("--kappa", type=_positive_float, default=None, help="prescribed condition number of X")
-    t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
-    t.add_argument("--data-seed", type=_nonneg_int, default=None, help="data seed (default 0)")
+    # _Given: --resume needs to tell data options given on the command line from their defaults
+    t.add_argument("--d-in", type=_positive_int, default=1024, action=_Given, help="input dimension (default 1024)")
+    t.add_argument("--n", type=_positive_int, default=16, action=_Given, help="samples (default 16)")
+    t.add_argument("--d-out", type=_positive_int, default=10, action=_Given, help="output dimension (default 10)")
+    t.add_argument("--kappa", type=_positive_float, default=None, action=_Given,
+                   help="prescribed condition number of X")
+    t.add_argument("--rank", type=_positive_int, default=None, action=_Given, help="prescribed rank of X")
+    t.add_argument("--data-seed", type=_nonneg_int, default=0, action=_Given, help="data seed (default 0)")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="init seed (default 0, as demo, sweep and reproduce)")
     t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space), 'theory' (default: the init's theorem rate) or 'stable' "
                         "(1 / lambda_max(P(0)), any init)")
@@ -753,7 +762,20 @@ def _reproduce_all(args) -> int:
                                          progress=not args.no_progress, threads_per_run=args.threads_per_run)[0]
         print(f"  {name:18s} {png}, {csv_path} ({time.perf_counter() - t1:.1f} s)")
     print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
+    failed, where = 0, []
+    from engine.results import ResultsDB, ResultsDBError
+    for name in ex.COMMITTED_FIGURES:   # the figures drawn from sweeps keep their runs in engine-NAME.db
+        db = f"engine-{name}.db"
+        if os.path.exists(db):
+            try:
+                with ResultsDB(db, readonly=True) as store:
+                    n = sum(st == "failed" for st in store.statuses().values())
+            except ResultsDBError:
+                continue
+            if n:
+                failed += n
+                where.append(db)
+    return _failed_exit(failed, ", ".join(where))
 
 
 def _print_phase(rows):
@@ -1070,18 +1092,13 @@ def _resume_train(args) -> int:
     return 0 if status != "diverged" else 1
 
 
-# Defaults of train's data options (HXP's data: X 1024 x 16, Y = W* X, 10 outputs).
-_DATA_DEFAULTS = {"d_in": 1024, "n": 16, "d_out": 10, "kappa": None, "rank": None, "data_seed": 0}
+# train's data options (HXP's data by default: X 1024 x 16, Y = W* X, 10 outputs).
+_DATA_OPTIONS = ("d_in", "n", "d_out", "kappa", "rank", "data_seed")
 
 
 def _data_given(args) -> bool:
-    return any(getattr(args, k) is not None for k in _DATA_DEFAULTS)
-
-
-def _fill_data_defaults(args):
-    for k, v in _DATA_DEFAULTS.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    """Whether any data option was given on the command line (not just its default)."""
+    return bool(set(_DATA_OPTIONS) & getattr(args, "given", set()))
 
 
 def _data_options(args) -> str:
@@ -1097,9 +1114,7 @@ def _data_options(args) -> str:
 def cmd_train(args) -> int:
     import engine
     # every option is checked before any output or work
-    given = _data_given(args)
-    _fill_data_defaults(args)
-    args.data_given = given
+    args.data_given = _data_given(args)
     _check_backend(args.backend, args.widths)
     tol, atol = _stop_args(args)
     _log_every(args)
