@@ -642,9 +642,9 @@ def cmd_reproduce(args) -> int:
         return 0
     from engine.results import ResultsDB
     ResultsDB(db).close()   # a locked, read-only or foreign database fails before anything else
+    _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
-    _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
     if name == "hxp":
         small = args.size == "tiny"
         rows, curves = ex.hxp_demo(db, plot=out, size=args.size or "quick", width=32 if small else 128,

@@ -100,6 +100,9 @@ def test_every_sweep_starts_with_the_estimate_and_estimate_only_runs_nothing(tmp
     assert first.startswith("estimate: 3 runs to do; predicted") and "peak memory per worker" in first
     r = _cli("sweep", "g.json", "--db", "g.db", "--serial", "--backend", "numpy", "--no-progress", cwd=tmp_path)
     assert r.stdout.startswith("estimate: 0 runs to do (3 more already in the database)")
+    r = _cli("reproduce", "rate_vs_kappa", "--size", "tiny", "--serial", "--backend", "numpy", "--no-progress",
+             cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("estimate: 6 runs to do; predicted"), r.stderr
     r = _cli("reproduce", "phase_diagram", "--estimate", "--serial", "--backend", "numpy", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.results import ResultsDB, ResultsDBError, VersionMismatch, run_key
+from engine.results import ResultsDB, ResultsDBError, run_key
 from engine.sweep import grid, normalize_config, run_config, run_sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
