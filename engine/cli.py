@@ -29,6 +29,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Given(argparse.Action):
+    """Store the value and remember, in ``namespace.given``, that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", set())) | {self.dest}
+
+
 def _positive_int(text):
     try:
         v = int(text)
@@ -154,12 +162,27 @@ def _add_exec(p, workers_default_help="one worker process per core (dask LocalCl
     g.add_argument("--threads-per-run", type=_nonneg_int, default=1,
                    help="BLAS/Numba threads of each run (default 1; 0 = leave the libraries' defaults)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--estimate", action="store_true",
+                   help="print the number of runs, the predicted wall time on this machine and the peak "
+                        "memory per worker (engine.cost), then stop without running anything")
+    g.add_argument("--yes", action="store_true",
+                   help=f"run a grid of more than {MAX_GRID_CELLS} cells (refused without it)")
+
+
+# A grid file with more cells than this is refused unless --yes: expanding 10^6 cells alone takes
+# ~30 s and ~0.7 GB before the first run, and is more often a typo than a plan.
+MAX_GRID_CELLS = 100_000
 
 
 def _workers(args):
     if args.serial:
         return 0
     if args.workers is not None:
+        cores = os.cpu_count() or 1
+        if args.workers > cores:
+            raise ValueError(f"--workers: {args.workers} worker processes on a machine with {cores} cores "
+                             f"would only compete for them; give at most {cores} (one single-threaded "
+                             "run per core), or --scheduler for a cluster")
         return args.workers
     if args.scheduler is None:
         try:
@@ -253,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=_positive_int, default=16, help="depth L (default 16)")
     t.add_argument("--widths", type=_widths_arg, default=None,
                    help="explicit widths d_0,...,d_L, e.g. 1024,256x63,10 (overrides --width/--depth)")
-    t.add_argument("--d-in", type=_positive_int, default=1024, help="input dimension (default 1024)")
-    t.add_argument("--n", type=_positive_int, default=16, help="samples (default 16)")
-    t.add_argument("--d-out", type=_positive_int, default=10, help="output dimension (default 10)")
-    t.add_argument("--kappa", type=_positive_float, default=None, help="prescribed condition number of X")
-    t.add_argument("--rank", type=_positive_int, default=None, help="prescribed rank of X")
-    t.add_argument("--data-seed", type=_nonneg_int, default=0, help="data seed (default 0)")
+    # _Given: --resume needs to tell data options given on the command line from their defaults
+    t.add_argument("--d-in", type=_positive_int, default=1024, action=_Given, help="input dimension (default 1024)")
+    t.add_argument("--n", type=_positive_int, default=16, action=_Given, help="samples (default 16)")
+    t.add_argument("--d-out", type=_positive_int, default=10, action=_Given, help="output dimension (default 10)")
+    t.add_argument("--kappa", type=_positive_float, default=None, action=_Given,
+                   help="prescribed condition number of X")
+    t.add_argument("--rank", type=_positive_int, default=None, action=_Given, help="prescribed rank of X")
+    t.add_argument("--data-seed", type=_nonneg_int, default=0, action=_Given, help="data seed (default 0)")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="init seed (default 0, as demo, sweep and reproduce)")
     t.add_argument("--lr", type=_lr, default="theory", help="learning rate (W-space), 'theory' (default: the init's theorem rate) or 'stable' "
                         "(1 / lambda_max(P(0)), any init)")
@@ -278,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "this same run, refuse otherwise)")
     t.add_argument("--resume", default=None, metavar="PATH",
                    help="continue the run saved in this checkpoint (its data, network, lr, tol and backend; "
-                        "the other options describing the run are ignored)")
+                        "the other options describing the run are ignored). Data above 64 MiB are not "
+                        "stored in it: give the run's data options (--d-in, --n, --d-out, --kappa, --rank, "
+                        "--data-seed) again, as the summary of that run prints them")
     t.add_argument("--plot", default=None, metavar="PNG",
                    help="figure of the excess loss vs step (with --record sharpness: sharpness vs 2/eta; "
                         "with --record lazy: the linearized run)")
@@ -363,12 +390,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # outside a command (parsing, imports): nothing ran, nothing to keep
+        _quiet_stderr_line("interrupted: nothing had started, nothing to keep")
+        return 130
+    except BrokenPipeError:
+        return _closed_stdout()
+
+
+def _closed_stdout() -> int:
+    """stdout was closed by its reader (``python -m engine info | head -3``): end quietly.
+    Further writes (and the interpreter's flush at exit) go to /dev/null instead of raising."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - stdout without a descriptor
+        pass
+    return 141   # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
+
+
+def _quiet_stderr_line(text):
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # pragma: no cover - stderr closed too
+        pass
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["theorycheck"]:
         # its options belong to engine.theorycheck (argparse REMAINDER cannot
         # pass options through a subparser)
-        return cmd_theorycheck(argparse.Namespace(rest=argv[1:]))
+        try:
+            return cmd_theorycheck(argparse.Namespace(rest=argv[1:]))
+        except KeyboardInterrupt:
+            _quiet_stderr_line(_interrupt_message(argparse.Namespace(command="theorycheck")))
+            return 130
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -384,6 +444,8 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = one_line   # restored on exit of the block
             return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return _closed_stdout()
     except (ValueError, TypeError, _UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -394,7 +456,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(_interrupt_message(args), file=sys.stderr)
+        _quiet_stderr_line(_interrupt_message(args))
         return 130
     except Exception as exc:  # a clear one-line error instead of a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -411,10 +473,22 @@ def _interrupt_message(args) -> str:
                     f"{args.checkpoint_every} steps); run the same command again to resume from it")
         return "interrupted: nothing was saved (give --checkpoint PATH to make a run resumable)"
     if cmd in ("sweep", "reproduce"):
+        if cmd == "reproduce" and getattr(args, "experiment", None) == "all":
+            return ("interrupted: every finished run is in the engine-NAME.db files here; run the same "
+                    "command again to resume (finished runs are skipped)")
+        if getattr(args, "estimate", False):
+            return "interrupted: nothing had run (--estimate only predicts), nothing to keep"
         db = getattr(args, "db", None) or f"engine-{getattr(args, 'experiment', '')}.db"
         return (f"interrupted: every finished run is in {db}; run the same command again to resume "
                 "(finished runs are skipped)")
-    return "interrupted"
+    if cmd == "demo":
+        return "interrupted: the demo keeps nothing until it finishes (seconds to minutes); run it again"
+    if cmd in ("plot", "export"):
+        return (f"interrupted: the database {getattr(args, 'db', '')} is unchanged (only read); the "
+                f"{'figures' if cmd == 'plot' else 'export'} may be incomplete: run the same command again")
+    if cmd == "theorycheck":
+        return "interrupted: theorycheck keeps nothing until it finishes; run it again"
+    return "interrupted: nothing to keep"
 
 
 class _UsageError(Exception):
@@ -550,31 +624,37 @@ def cmd_reproduce(args) -> int:
     name = args.experiment
     size = _size(args)
     _check_backend(args.backend)
+    workers = _workers(args)
     if name == "all":
         return _reproduce_all(args)
     if args.out_dir is not None:
         raise _UsageError("--out-dir: only with 'reproduce all' (give --out for one figure)")
+    if name == "hxp" and (args.full or args.size not in ("tiny", "quick", None)):
+        raise _UsageError("reproduce hxp: --size must be tiny or quick (use 'reproduce phase_diagram' "
+                          "for the default and full grids)")
     db = args.db or f"engine-{name}.db"
     out = args.out or f"{name}.png"
-    workers = _workers(args)
     t0 = time.perf_counter()
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
               threads_per_run=args.threads_per_run)
+    if args.estimate:
+        _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
+        return 0
+    from engine.results import ResultsDB
+    ResultsDB(db).close()   # a locked, read-only or foreign database fails before anything else
+    _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
     if name == "hxp":
-        if args.size in ("tiny", "quick", None) and not args.full:
-            small = args.size == "tiny"
-            rows, curves = ex.hxp_demo(db, plot=out, size=args.size or "quick", width=32 if small else 128,
-                                       depth=8 if small else 64, steps=200 if small else 2000, **kw)
-        else:
-            raise _UsageError("reproduce hxp: --size must be tiny or quick (use 'reproduce phase_diagram' "
-                              "for the default and full grids)")
+        small = args.size == "tiny"
+        rows, curves = ex.hxp_demo(db, plot=out, size=args.size or "quick", width=32 if small else 128,
+                                   depth=8 if small else 64, steps=200 if small else 2000, **kw)
         _print_phase(rows)
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
                   f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
         header, recs = ex.figure_table("hxp", rows, curves)
+        rows = rows + curves
     else:
         rows = ex.run(name, db, size=size, plot=out, **kw)
         _SUMMARIES[name](rows)
@@ -583,7 +663,78 @@ def cmd_reproduce(args) -> int:
     failed = sum(r["status"] == "failed" for r in rows)
     print(f"{len(rows)} runs ({failed} failed); figure {out}, its table {table}; "
           f"{time.perf_counter() - t0:.1f} s")
-    return 0
+    return _failed_exit(failed, db)
+
+
+def _failed_exit(failed, db) -> int:
+    """Exit status of a sweep: 1 (and one line on stderr saying how many) when any run failed."""
+    if not failed:
+        return 0
+    print(f"error: {failed} run{'s' if failed != 1 else ''} failed (stored with status 'failed' and "
+          f"the error in {db}; 'python -m engine export --db {db} --csv runs.csv' shows them; run the same "
+          "command again to retry them)", file=sys.stderr)
+    return 1
+
+
+def _experiment_cells(name, size):
+    """(configs, note) a named experiment will run at ``size``: its grid (for width_threshold,
+    adaptive, every cell its bisection may probe: an upper bound); None for the experiments
+    that are serial loops, not sweeps."""
+    from engine import experiments as ex
+    from engine.sweep import grid
+    if name == "hxp":
+        small = size == "tiny"
+        cells = ex.phase_configs(size=size) + grid(**ex.HXP_DATA, init=list(ex.INITS),
+                                                   width=32 if small else 128, depth=8 if small else 64,
+                                                   seed=0, steps=200 if small else 2000, tol=1e-12)
+        return cells, ""
+    if name == "width_threshold":
+        g = ex.THRESHOLD_GRIDS[size]
+        cells = grid(**ex.HXP_DATA, init=list(ex.INITS), depth=g["depths"], width=g["widths"], seed=g["seeds"],
+                     steps=g["steps"], tol=1e-12)
+        return cells, " (adaptive: every cell its bisection may probe, at most)"
+    if name in ex.EXPERIMENTS and name in ("phase_diagram", "exponential_curse", "rate_vs_kappa"):
+        return ex.configs(name, size), ""
+    return None, ""
+
+
+def _estimate_workers(args, workers):
+    """(workers, mode) for engine.cost.estimate: what the command will run on."""
+    if args.scheduler is not None:
+        return 1, "remote"
+    if workers == 0:
+        return 1, "serial"
+    return (workers or os.cpu_count() or 1), "local"
+
+
+def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
+    """The first line of a sweep (issue 15 item 2): runs to do, predicted wall time on this
+    machine, peak memory per worker. Runs already in ``db`` are not counted."""
+    from engine import cost
+    from engine.results import ResultsDB, ResultsDBError, run_key
+    if cells is None:
+        cells, note = _experiment_cells(name, size)
+        if cells is None:
+            print(f"estimate: {name} is a serial loop of seconds, not a sweep: nothing to predict")
+            return None
+    skipped = 0
+    if weights is None and db and os.path.exists(db):
+        import warnings
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # another engine version: the sweep itself says so
+                with ResultsDB(db, readonly=True) as store:
+                    done = {k for k, st in store.statuses().items() if st in ("ok", "diverged")}
+        except ResultsDBError:
+            done = set()
+        todo = [c for c in cells if run_key(c) not in done]
+        skipped, cells = len(cells) - len(todo), todo
+    W, mode = _estimate_workers(args, workers)
+    est = cost.estimate(cells, W, backend=args.backend, threads_per_run=args.threads_per_run, mode=mode,
+                        weights=weights, skipped=skipped)
+    remote = "; a cluster of N such workers takes about 1/N of it" if mode == "remote" else ""
+    print(f"estimate: {est}{note}{remote}", flush=True)
+    return est
 
 
 def _reproduce_all(args) -> int:
@@ -594,16 +745,37 @@ def _reproduce_all(args) -> int:
     out_dir = args.out_dir or "."
     workers = _workers(args)
     t0 = time.perf_counter()
+    if args.estimate:
+        for name, (exp, size) in ex.COMMITTED_FIGURES.items():
+            print(f"{name}: ", end="")
+            _announce(exp, size, f"engine-{name}.db", args, workers)
+        return 0
     print(f"every committed figure and its table into {out_dir}/ ({', '.join(ex.COMMITTED_FIGURES)}); "
           f"databases engine-NAME.db here (re-run to resume), {'serial' if workers == 0 else 'dask'}")
     for name in ex.COMMITTED_FIGURES:
+        exp, size = ex.COMMITTED_FIGURES[name]
+        print(f"{name}: ", end="")
+        _announce(exp, size, f"engine-{name}.db", args, workers)
         t1 = time.perf_counter()
         png, csv_path = ex.reproduce_all(out_dir, db_dir=".", names=[name], workers=workers,
                                          scheduler=args.scheduler, backend=args.backend,
                                          progress=not args.no_progress, threads_per_run=args.threads_per_run)[0]
         print(f"  {name:18s} {png}, {csv_path} ({time.perf_counter() - t1:.1f} s)")
     print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
+    failed, where = 0, []
+    from engine.results import ResultsDB, ResultsDBError
+    for name in ex.COMMITTED_FIGURES:   # the figures drawn from sweeps keep their runs in engine-NAME.db
+        db = f"engine-{name}.db"
+        if os.path.exists(db):
+            try:
+                with ResultsDB(db, readonly=True) as store:
+                    n = sum(st == "failed" for st in store.statuses().values())
+            except ResultsDBError:
+                continue
+            if n:
+                failed += n
+                where.append(db)
+    return _failed_exit(failed, ", ".join(where))
 
 
 def _print_phase(rows):
@@ -649,10 +821,9 @@ _SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
               "lazy_gap": _print_beyond, "sharpness": _print_beyond, "lyapunov_spectra": _print_beyond}
 
 
-def load_grid_file(path):
-    """(name, configs) from a JSON grid file (see ``sweep --help``)."""
+def read_grid_file(path):
+    """(name, parts) of a JSON grid file (see ``sweep --help``): each part a dict of axes."""
     import json
-    from engine.sweep import grid
     try:
         with open(path) as f:
             spec = json.load(f)
@@ -668,15 +839,55 @@ def load_grid_file(path):
     if not parts or not all(isinstance(p, dict) for p in parts):
         raise ValueError(f"grid file {path!r}: 'grid' must be a dict of fields (lists are crossed) "
                          "or a list of such dicts")
+    return name, parts
+
+
+def load_grid_file(path):
+    """(name, configs) from a JSON grid file (see ``sweep --help``); every cell checked."""
+    from engine.sweep import grid
+    name, parts = read_grid_file(path)
     cfgs = []
     for part in parts:
         cfgs += grid(**part)
     return name, cfgs
 
 
+# Config fields that change a run's cost (engine.cost); the others (seeds, lr_scale, tol,
+# escape) only multiply the number of runs of each shape.
+_COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr")
+
+
+def _shape_cells(parts):
+    """(configs, weights): one config per distinct cost shape of the grid parts, weighted by how
+    many cells it stands for; never expands the axes that do not change the cost."""
+    from engine.sweep import _axis, iter_grid
+    cells, weights = [], []
+    for part in parts:
+        shape, mult = {}, 1
+        for k, v in part.items():
+            vals = _axis(k, v)
+            if k in _COST_FIELDS:
+                shape[k] = vals
+            else:
+                shape[k] = vals[:1]
+                mult *= len(vals)
+        for c in iter_grid(**shape):
+            cells.append(c)
+            weights.append(mult)
+    return cells, weights
+
+
+def _drain(items: list):
+    """Yield the items of ``items`` in order, dropping each from the list as it goes, so the
+    caller's list and its consumer's copy are not both held whole (a 10^5-cell grid)."""
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
 def cmd_sweep(args) -> int:
     from engine import experiments as ex
-    from engine.sweep import run_sweep
+    from engine.sweep import grid_size, run_sweep
     size = _size(args)
     _check_backend(args.backend)
     workers = _workers(args)
@@ -684,30 +895,46 @@ def cmd_sweep(args) -> int:
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
               threads_per_run=args.threads_per_run)
     target = args.target
+    from engine.results import ResultsDB
     if target in ex.EXPERIMENTS:
-        from engine.results import ResultsDB
+        if args.estimate:
+            _announce(target, size, args.db, args, workers)
+            return 0
+        # the database first: a locked, read-only or foreign one fails before anything else
         db = ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout)
         try:
+            _announce(target, size, args.db, args, workers)
             rows = ex.run(target, db, size=size, **kw)
         finally:
             db.close()
-        print(f"{target}: {len(rows)} runs in {args.db} "
-              f"({sum(r['status'] == 'failed' for r in rows)} failed); {time.perf_counter() - t0:.1f} s")
+        failed = sum(r["status"] == "failed" for r in rows)
+        print(f"{target}: {len(rows)} runs in {args.db} ({failed} failed); {time.perf_counter() - t0:.1f} s")
     elif os.path.exists(target):
+        name, parts = read_grid_file(target)
+        cells = sum(grid_size(**p) for p in parts)
+        if cells > MAX_GRID_CELLS and not args.yes or args.estimate:
+            shapes, weights = _shape_cells(parts)
+            est = _announce(name, None, None, args, workers, cells=shapes, weights=weights)
+            if args.estimate:
+                return 0
+            raise _UsageError(f"grid: {target} has {cells} cells (more than {MAX_GRID_CELLS}; predicted "
+                              f"{est.wall / 3600:.1f} h); pass --yes to run it, or make the grid smaller")
         name, cfgs = load_grid_file(target)
-        summary = run_sweep(cfgs, args.db, experiment=name, retry_failed=not args.no_retry_failed,
+        ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout).close()
+        _announce(name, None, args.db, args, workers, cells=cfgs)
+        summary = run_sweep(_drain(cfgs), args.db, experiment=name, retry_failed=not args.no_retry_failed,
                             allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout,
                             **kw)
         print(f"{name}: {summary} -> {args.db}")
+        failed = summary.failed_total
     else:
         raise ValueError(f"TARGET: {target!r} is neither an experiment ({', '.join(ex.EXPERIMENTS)}) "
                          "nor an existing grid file")
     if args.export:
-        from engine.results import ResultsDB
         with ResultsDB(args.db, readonly=True) as store:
             n = store.export_csv(args.export)
         print(f"exported {n} rows to {args.export}")
-    return 0
+    return _failed_exit(failed, args.db)
 
 
 def plot_generic(rows, path, store=None):
@@ -791,9 +1018,11 @@ def _where_saved(run, args, checkpoint):
     if checkpoint:
         import engine
         try:
-            step = engine.checkpoint.load(checkpoint).step
+            saved = engine.checkpoint.load(checkpoint)
+            step, stored = saved.step, "data_X" in saved.arrays
+            data = "" if stored else " " + _data_options(args)   # data above 64 MiB: not in the file
             print(f"checkpoint: {checkpoint} (state of step {step}; continue with "
-                  f"'python -m engine train --resume {checkpoint} --steps N')")
+                  f"'python -m engine train --resume {checkpoint}{data} --steps N')")
         except (OSError, engine.checkpoint.CheckpointError) as exc:
             print(f"checkpoint: {checkpoint} could not be read back ({exc})")
     else:
@@ -812,11 +1041,37 @@ def _where_saved(run, args, checkpoint):
         print("history: not written (--history CSV writes t, loss, excess)")
 
 
+def _resume_problem(args, saved):
+    """The Problem to resume ``saved`` on: None when the checkpoint stores its data and no data
+    option was given; else the synthetic data of the data options, which must be the run's
+    (issue 11 item 10: a checkpoint of data above 64 MiB holds only their fingerprint)."""
+    import engine
+    stored = "data_X" in saved.arrays
+    if stored and not args.data_given:
+        return None
+    X, Y = engine.synthetic(args.d_in, args.n, args.d_out, seed=args.data_seed, rank=args.rank, kappa=args.kappa)
+    prob = engine.Problem(X, Y)
+    if prob.fingerprint != saved.meta["problem"]:
+        opts = _data_options(args)
+        if stored:
+            raise ValueError(f"--d-in/--n/--d-out/--kappa/--rank/--data-seed: {opts} give other data than the "
+                             f"run in {args.resume} was trained on; leave them out (the checkpoint stores its data)")
+        raise ValueError(f"--resume: {args.resume} does not store its data (X and Y above "
+                         f"{engine.checkpoint.DATA_LIMIT // 1024 ** 2} MiB) and the data options ({opts}"
+                         f"{'' if args.data_given else ', the defaults'}) give other data than it was trained on; "
+                         "pass the data options of the run that wrote it")
+    return prob
+
+
 def _resume_train(args) -> int:
-    """``train --resume PATH``: everything describing the run comes from the checkpoint."""
+    """``train --resume PATH``: everything describing the run comes from the checkpoint (the
+    data from the data options when it does not store them)."""
     import engine
     saved = engine.checkpoint.load(args.resume)
+    prob = _resume_problem(args, saved)
     kw = {} if args.steps is None else {"steps": args.steps}
+    if prob is not None:
+        kw["prob"] = prob
     if args.checkpoint:
         kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     last = f", last recorded l - OPT {saved.excess[-1]:.4e} at t = {int(saved.t[-1])}" if len(saved.t) else ""
@@ -837,9 +1092,29 @@ def _resume_train(args) -> int:
     return 0 if status != "diverged" else 1
 
 
+# train's data options (HXP's data by default: X 1024 x 16, Y = W* X, 10 outputs).
+_DATA_OPTIONS = ("d_in", "n", "d_out", "kappa", "rank", "data_seed")
+
+
+def _data_given(args) -> bool:
+    """Whether any data option was given on the command line (not just its default)."""
+    return bool(set(_DATA_OPTIONS) & getattr(args, "given", set()))
+
+
+def _data_options(args) -> str:
+    """The data options that rebuild this run's data (for the resume hint)."""
+    out = f"--d-in {args.d_in} --n {args.n} --d-out {args.d_out} --data-seed {args.data_seed}"
+    if args.kappa is not None:
+        out += f" --kappa {args.kappa!r}"
+    if args.rank is not None:
+        out += f" --rank {args.rank}"
+    return out
+
+
 def cmd_train(args) -> int:
     import engine
     # every option is checked before any output or work
+    args.data_given = _data_given(args)
     _check_backend(args.backend, args.widths)
     tol, atol = _stop_args(args)
     _log_every(args)

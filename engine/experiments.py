@@ -77,7 +77,7 @@ def _sweep(name, cfgs, db, workers, scheduler, backend, progress, client=None, t
             summary = run_sweep(cfgs, store, experiment=name, workers=workers, scheduler=scheduler,
                                 backend=backend, progress=progress, client=client,
                                 threads_per_run=threads_per_run)
-        rows = store.rows(keys=summary.keys)
+        rows = store.rows(experiment=name, keys=summary.keys)
         if own:
             for r in rows:   # no database to read the curves back from later: attach them
                 r["curve"] = store.curve(r["key"])
@@ -92,10 +92,30 @@ def _median(xs):
     return float(np.median(xs)) if xs else float("nan")
 
 
+def _tol_level(r):
+    """log10 of a run's stop threshold relative to its initial excess, log10(tol ||Y||^2 / (l(0) - OPT)),
+    or None (no tolerance, or a row from before schema 2 stored it)."""
+    thr, e0 = r.get("tol_excess"), r.get("excess0")
+    if thr and e0 and thr > 0 and e0 > 0:
+        return math.log10(thr / e0)
+    return None
+
+
+def _run_value(r):
+    """A run's log10 relative excess as the heat maps draw it: +inf when it diverged; a run
+    that stopped at its tolerance (issue 15 item 1: exact early stopping, no extrapolation)
+    at the tolerance, clipped there: which step of the last contraction crossed it is noise."""
+    if r["status"] == "diverged":
+        return math.inf
+    v = r["log10_rel_excess"]
+    lvl = _tol_level(r)
+    return v if lvl is None or v is None else max(v, lvl)
+
+
 def _cell_value(rows):
-    """Median log10 relative excess of a cell's seeds; a diverged run counts as +inf (untrainable)."""
-    vals = [math.inf if r["status"] == "diverged" else r["log10_rel_excess"]
-            for r in rows if r["status"] != "failed"]
+    """Median over a cell's seeds of ``_run_value``: log10 relative excess, +inf for a diverged run
+    (untrainable), clipped at the tolerance for a run that stopped there."""
+    vals = [_run_value(r) for r in rows if r["status"] != "failed"]
     return float(np.median(vals)) if vals else float("nan")
 
 
@@ -628,7 +648,11 @@ def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10, inits=None):
                 Z[i, j] = min(v, 1.0)
             if nd:
                 div_pts.append((np.sqrt(xe[0] * xe[-1]) if d == 1 else w, d, nd, n))
-        im = ax.pcolormesh(xe, ye, np.ma.masked_invalid(Z), cmap="viridis_r", vmin=-12, vmax=1)
+        # the colour scale starts at the tolerance when every run had one: converged cells (clipped
+        # there by _run_value) get its colour
+        levels = [_tol_level(r) for r in rows]
+        vmin = min(levels) if levels and None not in levels else -12
+        im = ax.pcolormesh(xe, ye, np.ma.masked_invalid(Z), cmap="viridis_r", vmin=vmin, vmax=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(widths, [str(w) for w in widths], rotation=60, fontsize=7)
@@ -661,7 +685,8 @@ def _phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10, inits=None):
         if handles:
             ax.legend(handles=handles, fontsize=6, loc="lower right", framealpha=0.8)
         cb = fig.colorbar(im, ax=ax, shrink=0.85)
-        cb.set_label("log10 (l(T) - OPT) / (l(0) - OPT)", fontsize=7)
+        cb.set_label("log10 (l(T) - OPT) / (l(0) - OPT)"
+                     + ("\n(a run stopped at tol: at tol, clipped)" if vmin != -12 else ""), fontsize=7)
 
 
 def plot_grid(rows, path, threshold=TRAINABLE_LOG10):

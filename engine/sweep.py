@@ -19,24 +19,38 @@ Each run executes with BLAS (threadpoolctl) and Numba limited to
 ``threads_per_run`` threads (default 1: one run per core, in parallel) in the
 serial and the distributed mode alike, so both modes give identical numbers
 on the same backend.
+
+The whole grid is validated before the first run (``normalize_config``: a
+ValueError naming the field and the value). On Dask, runs are submitted in
+bounded batches (at most ``2 x workers`` in flight, so the driver's memory
+does not grow with the grid), the most expensive first (``engine.cost``),
+and on a local cluster only while the memory estimates of the runs in flight
+fit in the machine's available memory (``engine.memory``). Worker processes
+of a local cluster ignore the terminal's Ctrl-C: only the driver reacts, and
+it cancels what is in flight and shuts them down.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .results import ResultsDB, run_key
 
-__all__ = ["DEFAULT_CONFIG", "grid", "dask_client", "normalize_config", "run_config", "run_sweep", "SweepSummary",
-           "subsample_curve"]
+__all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
+           "run_sweep", "SweepSummary", "subsample_curve"]
 
 # Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
 # rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
@@ -57,7 +71,8 @@ CURVE_POINTS = 200
 
 
 def normalize_config(config: dict) -> dict:
-    """The config with defaults filled in and unknown fields rejected (ValueError naming them)."""
+    """The config with defaults filled in, unknown fields rejected and every field checked
+    (ValueError / TypeError naming the field and the offending value)."""
     if not isinstance(config, dict):
         raise TypeError(f"config: must be a dict, got {type(config).__name__}")
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
@@ -68,30 +83,102 @@ def normalize_config(config: dict) -> dict:
     for k in ("d_in", "n", "d_out", "width", "depth", "steps"):
         v = out[k]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "steps" else 1):
-            raise ValueError(f"config: {k} must be a positive integer, got {v!r}")
+            raise ValueError(f"config: {k} must be a {'non-negative' if k == 'steps' else 'positive'} "
+                             f"integer, got {v!r}")
         out[k] = int(v)
     if out["depth"] == 1:
         out["width"] = 1   # no hidden layer: width is meaningless, keep the key unique
+    _check_fields(out)
     return out
+
+
+def _number(v):
+    """v as a float if it is a real number (not a bool), else None."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    return float(v)
+
+
+def _check_fields(cfg) -> None:
+    """Every field a run would otherwise reject only when it runs (issue 11 item 7), so a
+    grid with one bad value fails before its first run, naming the field and the value."""
+    from .init import INITS
+
+    def bad(field, want):
+        return ValueError(f"config: {field} must be {want}, got {cfg[field]!r}")
+
+    for k in ("seed", "data_seed"):
+        v = cfg[k]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise bad(k, "an integer >= 0")
+        cfg[k] = int(v)
+    if cfg["init"] not in INITS:
+        raise ValueError(f"config: init must be one of {sorted(INITS)}, got {cfg['init']!r}")
+    lr = cfg["lr"]
+    if isinstance(lr, str):
+        if lr not in ("theory", "stable"):
+            raise bad("lr", "'theory', 'stable' or a positive finite number")
+    else:
+        x = _number(lr)
+        if x is None or not (x > 0 and math.isfinite(x)):
+            raise bad("lr", "'theory', 'stable' or a positive finite number")
+    x = _number(cfg["lr_scale"])
+    if x is None or not (x > 0 and math.isfinite(x)):
+        raise bad("lr_scale", "a positive finite number")
+    if cfg["tol"] is not None:
+        x = _number(cfg["tol"])
+        if x is None or not (x >= 0 and math.isfinite(x)):
+            raise bad("tol", "a finite number >= 0 (0 or null: run every step)")
+    r = cfg["rank"]
+    if r is not None:
+        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise bad("rank", "null or an integer >= 1")
+        if r > min(cfg["d_in"], cfg["n"]):
+            raise ValueError(f"config: rank must be <= min(d_in, n) = {min(cfg['d_in'], cfg['n'])}, got {r!r}")
+    if cfg["kappa"] is not None:
+        x = _number(cfg["kappa"])
+        if x is None or not (x >= 1 and math.isfinite(x)):
+            raise bad("kappa", "null or a finite number >= 1")
+    if cfg["escape"] is not None:
+        x = _number(cfg["escape"])
+        if x is None or not (x > 0 and math.isfinite(x)):
+            raise bad("escape", "null or a positive finite number (a fraction of ||Y||_F^2)")
+    if not isinstance(cfg["stop_at_escape"], (bool, np.bool_)):
+        raise bad("stop_at_escape", "true or false")
 
 
 def grid(**axes) -> list[dict]:
     """Cartesian product of the list-valued fields; scalar fields are fixed.
 
     ``grid(init=["gaussian", "orthogonal"], width=[16, 32], depth=[2, 8], steps=300)``
-    gives 8 configs (defaults filled in from DEFAULT_CONFIG). Duplicates (for
-    instance all widths at depth 1) are removed, order kept.
+    gives 8 configs (defaults filled in from DEFAULT_CONFIG), every one checked
+    (``normalize_config``). Duplicates (for instance all widths at depth 1) are
+    removed, order kept. ``grid_size(**axes)`` gives the count without expanding.
     """
-    names = list(axes)
-    values = [_axis(k, v) for k, v in axes.items()]
     out, seen = [], set()
-    for combo in itertools.product(*values):
-        cfg = normalize_config(dict(zip(names, combo)))
+    for cfg in iter_grid(**axes):
         k = run_key(cfg)
         if k not in seen:
             seen.add(k)
             out.append(cfg)
     return out
+
+
+def iter_grid(**axes):
+    """The configs of ``grid(**axes)`` one at a time, duplicates included (nothing is held)."""
+    names = list(axes)
+    values = [_axis(k, v) for k, v in axes.items()]
+    for combo in itertools.product(*values):
+        yield normalize_config(dict(zip(names, combo)))
+
+
+def grid_size(**axes) -> int:
+    """The number of cells of ``grid(**axes)`` before duplicates are removed: the product of
+    the axes' lengths, computed without expanding anything."""
+    n = 1
+    for k, v in axes.items():
+        n *= len(_axis(k, v))
+    return n
 
 
 def _axis(name, v) -> list:
@@ -200,6 +287,7 @@ def run_config(config: dict, backend: str = "auto") -> dict:
         "escape_steps": state["escape"], "converged": bool(run.converged), "rate": float(run.rate),
         "predicted": float(run.predicted), "lr": float(lr), "wall_time": float(run.wall_time),
         "backend": run.backend, "engine_version": __version__, "error": error,
+        "tol_excess": tol * ysq if tol else None,   # the absolute stop threshold (l - OPT units)
     }
     return {"result": result, "curve": subsample_curve(t, ex)}
 
@@ -249,7 +337,10 @@ def _execute(func, config, backend, threads):
 
 @dataclass
 class SweepSummary:
-    """What a sweep did. ``keys`` are the run keys of the whole grid, in grid order."""
+    """What a sweep did. ``keys`` are the run keys of the whole grid, in grid order;
+    ``failed_total`` counts the grid's runs stored as failed when it ended (those run
+    now and, with retry_failed=False, those skipped); ``estimate`` is the cost
+    predicted before the first run (``engine.cost.Estimate``, when asked for)."""
     total: int
     skipped: int
     done: int = 0
@@ -258,6 +349,8 @@ class SweepSummary:
     wall_time: float = 0.0
     keys: list = field(default_factory=list)
     mode: str = "serial"
+    failed_total: int = 0
+    estimate: object = None
 
     def __str__(self):
         return (f"{self.total} runs: {self.skipped} already in the database, {self.done} done "
@@ -266,9 +359,12 @@ class SweepSummary:
 
 def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, backend="auto",
               threads_per_run=1, progress=True, retry_failed=True, func=None, lock_timeout=10.0,
-              allow_version_mismatch=False, client=None) -> SweepSummary:
+              allow_version_mismatch=False, client=None, estimate=False, max_in_flight=None,
+              memory_budget="auto") -> SweepSummary:
     """Run every config not yet in the database ``db`` (a path or a ResultsDB).
 
+    configs : normalized or partial configs (any iterable); all are checked before the
+              first run (ValueError naming the field and value).
     workers : None -> a dask LocalCluster with one single-threaded worker
               process per core (cpu count); an int > 0 -> that many workers;
               0 -> serial, in this process.
@@ -280,28 +376,47 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
     retry_failed : re-run configs stored with status "failed" (default True).
     func : the run function, ``func(config, backend) -> {"result", "curve"}``
            (default ``run_config``); must be importable by the workers.
+    estimate : print one line first -- runs to do, predicted wall time on this machine,
+               peak memory per worker (``engine.cost``, calibrated in ~0.1-3 s) -- and keep
+               it as ``summary.estimate`` (the CLI prints its own line, for the whole command).
+    max_in_flight : runs submitted to Dask and not yet finished, at most (default 2 x workers).
+    memory_budget : bytes the runs in flight may need together (engine.cost.run_bytes);
+                    "auto": the machine's available memory (engine.memory.available_bytes,
+                    ENGINE_MEMORY_LIMIT) on a local cluster, no limit on a remote one; None: no limit.
 
     Returns SweepSummary. Database problems raise engine.results.ResultsDBError
     subclasses with a one-line message (locked, read-only, other version).
     """
+    from .kernels import BACKEND_NAMES
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend: unknown backend {backend!r}; choose one of {list(BACKEND_NAMES)}")
     func = run_config if func is None else func
+    # the whole grid is checked before the database is touched or anything runs
+    # Each run is held as (key, canonical JSON, cost, bytes) -- ~0.5 KB, not a dict of ~1 KB --
+    # until it is submitted: the driver's memory per run of a 10^5-cell grid (issue 11 item 8).
+    from . import cost
+    from .results import canonical_config, key_of_canonical
+    cfgs, keys, seen = [], [], set()
+    for c in configs:
+        c = normalize_config(c)
+        text = canonical_config(c)
+        k = key_of_canonical(text)
+        keys.append(k)
+        if k not in seen:
+            seen.add(k)
+            cfgs.append((k, text, cost.proxy_seconds(c), cost.run_bytes(c)))
+    del seen
     own = not isinstance(db, ResultsDB)
     store = ResultsDB(db, lock_timeout=lock_timeout, allow_version_mismatch=allow_version_mismatch) if own else db
     try:
-        cfgs, keys, seen = [], [], set()
-        for c in configs:
-            c = normalize_config(c)
-            k = run_key(c)
-            keys.append(k)
-            if k not in seen:
-                seen.add(k)
-                cfgs.append((k, c))
+        store.add_members(experiment, [p[0] for p in cfgs])
         have = store.statuses()
         finished = {"ok", "diverged"} if retry_failed else {"ok", "diverged", "failed"}
-        pending = [(k, c) for k, c in cfgs if have.get(k) not in finished]
+        pending = [p for p in cfgs if have.get(p[0]) not in finished]
+        del have
         summary = SweepSummary(total=len(cfgs), skipped=len(cfgs) - len(pending), keys=keys)
         t0 = time.perf_counter()
-        bar = _bar(len(pending), progress)
+        bar = None
 
         def record(k, c, out):
             res = out["result"]
@@ -317,17 +432,36 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
                 bar.set_postfix(done=summary.done, failed=summary.failed, refresh=False)
                 bar.update(1)
 
+        def go(cl):
+            nonlocal bar
+            W, mode = _workers_of(cl)
+            if estimate:
+                from . import cost
+                est = cost.estimate([json.loads(p[1]) for p in pending], W, backend=backend,
+                                    threads_per_run=threads_per_run, mode=mode, skipped=summary.skipped)
+                summary.estimate = est
+                print(f"sweep: {est}", flush=True)
+            bar = _bar(len(pending), progress)
+            return _run_on(cl, pending, record, func, backend, threads_per_run, W, mode,
+                           max_in_flight, memory_budget)
+
         try:
             if pending:
                 if client is not None:
-                    summary.mode = _run_on(client, pending, record, func, backend, threads_per_run)
+                    summary.mode = go(client)
                 else:
                     with dask_client(workers, scheduler) as cl:
-                        summary.mode = _run_on(cl, pending, record, func, backend, threads_per_run)
+                        summary.mode = go(cl)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.leave = False   # interrupted: erase the bar, the one line said is the CLI's
+            raise
         finally:
             if bar is not None:
                 bar.close()
         summary.wall_time = time.perf_counter() - t0
+        grid_keys = {p[0] for p in cfgs}
+        summary.failed_total = sum(1 for k, st in store.statuses().items() if st == "failed" and k in grid_keys)
         return summary
     finally:
         if own:
@@ -358,11 +492,80 @@ class _Lazy:
     client = None
     cluster = None
     start = None
+    n_workers = None    # of the LocalCluster it will start (None: a remote scheduler)
 
     def get(self):
         if self.client is None:
             self.client = self.start()
         return self.client
+
+
+def _workers_of(cl):
+    """(number of workers, "serial" | "local" | "remote") of what ``dask_client`` yielded."""
+    if isinstance(cl, _Serial):
+        return 1, "serial"
+    if isinstance(cl, _Lazy) and cl.n_workers is not None:
+        return cl.n_workers, "local"
+    client = cl.get() if isinstance(cl, _Lazy) else cl
+    try:
+        info = client.scheduler_info()
+        n = sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values())
+    except Exception:  # pragma: no cover - an odd client
+        n = 1
+    local = getattr(client, "cluster", None) is not None
+    return max(1, n), ("local" if local else "remote")
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """While a LocalCluster lives: its worker processes start with SIGINT ignored, so the
+    terminal's Ctrl-C, sent to the whole foreground process group, reaches only the driver,
+    which cancels the runs in flight and shuts the workers down (no worker tracebacks, issue 12
+    item 3). Workers are spawned (also when the nanny restarts one) through a two-line shell
+    shim, ``trap '' INT; exec python "$@"``: an ignored signal stays ignored across exec and
+    Python keeps it so. Setting SIG_IGN in the driver instead would drop a Ctrl-C that arrives
+    while the cluster starts; blocking it does not carry over (spawn resets the mask).
+    Where the shim cannot run (no /bin/sh, a noexec temp directory) the ``engine._dask_worker``
+    preload still sets SIG_IGN once a worker is up. One shim per process, shared by nested or
+    concurrent clusters (reference-counted)."""
+    import multiprocessing.spawn as mp_spawn
+    import shlex
+    import shutil
+    import subprocess
+    import tempfile
+    if os.name != "posix" or not os.path.exists("/bin/sh"):
+        yield
+        return
+    with _SHIM_LOCK:
+        if _SHIM["users"] == 0:
+            real = os.fsdecode(mp_spawn.get_executable())
+            d = tempfile.mkdtemp(prefix="engine-dask-")
+            shim = os.path.join(d, "python")
+            try:
+                with open(shim, "w") as f:
+                    f.write("#!/bin/sh\n# engine.sweep: a dask worker leaves the terminal's Ctrl-C to the driver\n"
+                            f"trap '' INT\nexec {shlex.quote(real)} \"$@\"\n")
+                os.chmod(shim, 0o700)
+                ok = subprocess.run([shim, "-c", "pass"], capture_output=True, timeout=60).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            if ok:
+                mp_spawn.set_executable(shim)
+            _SHIM.update(real=real, dir=d, ok=ok)
+        _SHIM["users"] += 1
+    try:
+        yield
+    finally:
+        with _SHIM_LOCK:
+            _SHIM["users"] -= 1
+            if _SHIM["users"] == 0:
+                if _SHIM["ok"]:
+                    mp_spawn.set_executable(_SHIM["real"])
+                shutil.rmtree(_SHIM["dir"], ignore_errors=True)
+
+
+_SHIM = {"users": 0, "real": None, "dir": None, "ok": False}
+_SHIM_LOCK = threading.Lock()
 
 
 def dask_client(workers=None, scheduler=None):
@@ -375,7 +578,6 @@ def dask_client(workers=None, scheduler=None):
     workers=0 (and no scheduler) gives a serial stand-in; without dask installed
     too (with a warning), unless a scheduler address was given (RuntimeError).
     """
-    import contextlib
 
     @contextlib.contextmanager
     def cm():
@@ -396,6 +598,8 @@ def dask_client(workers=None, scheduler=None):
             return
         import logging
         lazy = _Lazy()
+        if scheduler is None:
+            lazy.n_workers = int(workers if workers else (os.cpu_count() or 1))
 
         def start():
             # A task whose worker dies is retried once on another worker; if that one
@@ -411,46 +615,128 @@ def dask_client(workers=None, scheduler=None):
                         raise RuntimeError(f"scheduler: cannot connect to {scheduler!r}: {exc}") from None
                     client.engine_mode = f"dask scheduler {scheduler}"
                 else:
-                    n = workers if workers else (os.cpu_count() or 1)
-                    lazy.cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=logging.CRITICAL)
-                    client = Client(lazy.cluster)
+                    n = lazy.n_workers
+                    # warnings.catch_warnings: the scheduler's HTTP server warns when port 8787 is
+                    # taken (another cluster) and moves to another one, which concerns no one here
+                    from distributed.deploy.spec import SpecCluster
+                    before = set(SpecCluster._instances)
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            lazy.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                        dashboard_address=None, silence_logs=logging.CRITICAL,
+                                                        preload=["engine._dask_worker"])
+                            client = Client(lazy.cluster)
+                    except BaseException:
+                        # interrupted (or failed) while starting: a half-started cluster would be
+                        # closed again at exit by distributed, with a traceback ("Status.init")
+                        for c in set(SpecCluster._instances) - before - {lazy.cluster}:
+                            _kill_workers(c)
+                            c.shutdown_on_close = False
+                        raise
                     client.engine_mode = f"dask LocalCluster, {n} worker processes"
             return client
 
         lazy.start = start
-        try:
-            yield lazy
-        finally:
-            if lazy.client is not None or lazy.cluster is not None:
-                quiet = logging.getLogger("distributed")
-                level = quiet.level
-                quiet.setLevel(logging.CRITICAL)
-                try:
-                    if lazy.client is not None:
-                        lazy.client.close()
-                    if lazy.cluster is not None:
-                        lazy.cluster.close()
-                finally:
-                    quiet.setLevel(level)
+        with _workers_ignore_sigint() if scheduler is None else contextlib.nullcontext():
+            try:
+                yield lazy
+            except BaseException:
+                _close(lazy, fast=True)
+                raise
+            else:
+                _close(lazy, fast=False)
     return cm()
 
 
-def _run_on(client, pending, record, func, backend, threads) -> str:
-    if isinstance(client, _Serial):
-        for k, c in pending:
+def _close(lazy, fast):
+    """Close the client and the LocalCluster; ``fast`` (after an interrupt or an error): do not
+    wait for runs in flight, kill the worker processes after a short grace, log nothing."""
+    if lazy.client is None and lazy.cluster is None:
+        return
+    import logging
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.suppress(Exception):
+            if lazy.client is not None:
+                if fast:
+                    lazy.client.close(timeout=2)
+                else:
+                    lazy.client.close()
+        if lazy.cluster is not None:
+            if fast:
+                _kill_workers(lazy.cluster)
+            with contextlib.suppress(Exception):
+                lazy.cluster.close(timeout=5 if fast else None)
+    finally:
+        quiet.setLevel(level)
+
+
+def _kill_workers(cluster):
+    """SIGKILL the worker processes of a LocalCluster (their runs are abandoned anyway): closing
+    it politely waits for a run in flight, which may take minutes."""
+    for w in list(getattr(cluster, "workers", {}).values()):
+        proc = getattr(w, "process", None)
+        pid = getattr(getattr(proc, "process", None), "pid", None) if proc is not None else None
+        if pid:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="serial",
+            max_in_flight=None, memory_budget="auto") -> str:
+    """Run ``pending`` [(key, canonical config JSON, cost, bytes)] on ``client``; ``record(key,
+    config, out)`` stores each result as it arrives."""
+    if isinstance(client, _Serial):   # in grid order
+        for k, text, _, _ in pending:
+            c = json.loads(text)
             record(k, c, _execute(func, c, backend, threads))
         return client.mode
     from dask.distributed import as_completed
     if isinstance(client, _Lazy):
         client = client.get()
+    if memory_budget == "auto":
+        from .memory import available_bytes
+        memory_budget = available_bytes() if mode == "local" else None
+    limit = max(1, int(max_in_flight) if max_in_flight else 2 * n_workers)
+    # most expensive first, so the makespan does not end on one big run started last (issue 15 item 3)
+    queue = deque((k, text, need) for k, text, _, need in sorted(pending, key=lambda p: -p[2]))
     futs = {}
-    for k, c in pending:
-        f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
-        futs[f] = (k, c)
+    held = [0]
+    ac = as_completed()
+
+    def pick():
+        """The next run (in cost order) whose memory fits beside those in flight; a run larger
+        than the whole budget goes alone (its worker's memory guard then decides)."""
+        if memory_budget is None:
+            return queue.popleft()
+        for i in range(min(len(queue), _SCAN)):
+            need = queue[i][2]
+            if held[0] + need <= memory_budget or (not futs and i == 0):
+                item = queue[i]
+                del queue[i]
+                return item
+        return None
+
+    def admit():
+        while queue and len(futs) < limit:
+            item = pick()
+            if item is None:
+                return
+            k, text, need = item
+            c = json.loads(text)
+            f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
+            futs[f] = (k, c, need)
+            held[0] += need
+            ac.add(f)
+
     try:
-        for f in as_completed(list(futs)):
-            k, c = futs.pop(f)
+        admit()
+        for f in ac:
+            k, c, need = futs.pop(f)
+            held[0] -= need
             try:
                 # result() rather than the status: a finished result can be lost with a
                 # worker that dies later; the scheduler then recomputes it and this waits
@@ -464,7 +750,13 @@ def _run_on(client, pending, record, func, backend, threads) -> str:
                 out = _failed(c, msg, backend)
             record(k, c, out)
             f.release()
+            admit()
     finally:
         for f in futs:   # interrupted: do not leave work queued on a shared cluster
-            f.cancel()
+            with contextlib.suppress(Exception):
+                f.cancel()
     return getattr(client, "engine_mode", "dask")
+
+
+# Runs looked at, in cost order, for one that fits in the memory left.
+_SCAN = 256

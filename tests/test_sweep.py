@@ -76,17 +76,20 @@ def test_run_config_rows_and_divergence():
 
 
 def test_serial_sweep_resume_skips_finished_and_retries_failed(tmp_path):
+    # the failing run raises when it runs (a bad config such as init "bogus" is now refused before
+    # any run: test_whole_grid_is_validated_before_the_first_run)
     db = tmp_path / "r.db"
-    cfgs = _tiny() + grid(d_in=32, n=8, d_out=3, init="bogus", width=8, depth=2, steps=5)
-    s1 = run_sweep(cfgs, db, workers=0, backend="numpy", progress=False, experiment="t")
-    assert (s1.total, s1.skipped, s1.failed) == (len(cfgs), 0, 1)
+    cfgs = _tiny() + grid(d_in=32, n=8, d_out=3, width=8, depth=2, seed=13, steps=5)
+    kw = dict(workers=0, backend="numpy", progress=False, experiment="t", func=_sweep_faults.raising)
+    s1 = run_sweep(cfgs, db, **kw)
+    assert (s1.total, s1.skipped, s1.failed, s1.failed_total) == (len(cfgs), 0, 1, 1)
     rows1, curves1, n1 = _db_content(db)
     bad = [r for r in rows1 if r["status"] == "failed"]
-    assert len(bad) == 1 and "init" in bad[0]["error"] and "bogus" in bad[0]["error"]
-    s2 = run_sweep(cfgs, db, workers=0, backend="numpy", progress=False, experiment="t")
+    assert len(bad) == 1 and "boom" in bad[0]["error"] and bad[0]["seed"] == 13
+    s2 = run_sweep(cfgs, db, **kw)
     assert s2.skipped == len(cfgs) - 1 and s2.failed == 1     # only the failed run is retried
-    s3 = run_sweep(cfgs, db, workers=0, backend="numpy", progress=False, experiment="t", retry_failed=False)
-    assert s3.skipped == len(cfgs) and s3.done == s3.failed == 0
+    s3 = run_sweep(cfgs, db, **kw, retry_failed=False)
+    assert s3.skipped == len(cfgs) and s3.done == s3.failed == 0 and s3.failed_total == 1
     rows2, curves2, n2 = _db_content(db)
     assert n1 == n2 == len(cfgs)
     assert [r for r in rows1 if r["status"] != "failed"] == [r for r in rows2 if r["status"] != "failed"]
