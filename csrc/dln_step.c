@@ -62,10 +62,12 @@ typedef ptrdiff_t dln_ix;
 #define DLN_CA_QG 6
 #endif
 
-/* Rows of a bottom-up tile (the k-chunk is sized from block_bytes), and the
+/* Rows of a bottom-up tile and of a top-down tile (the other side of each
+ * is sized from block_bytes), and the
  * fewest weights a layer needs to be split across threads: below it the
  * barrier at the end of the layer (~1 us) costs more than the layer. */
 #define DLN_RBLK 8
+#define DLN_HROWS 8
 #define DLN_PAR_MIN 32768LL
 
 #define DLN_AI static inline __attribute__((always_inline))

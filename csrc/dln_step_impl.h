@@ -94,8 +94,20 @@ DLN_AI REAL SFX(fmas)(REAL a, REAL b, REAL c)
 
 DLN_AI VEC SFX(vsplat)(REAL s)
 {
-    VEC z = {0};
-    return z + s;
+    VEC v;                      /* a broadcast (0 + s would add, for the sign of zero) */
+    for (int l = 0; l < (int)VL; l++) v[l] = s;
+    return v;
+}
+
+/* Ask for the lines of a tile (rows x ncols at p, ld ldm) ahead of use: the
+ * sweeps walk a layer in tiles whose rows are far apart in memory, which the
+ * hardware prefetchers follow poorly (the first loads of each tile would
+ * otherwise wait on memory). For writing: every tile is also updated. */
+DLN_AI void SFX(prefetch_tile)(const REAL *p, dln_ix ldm, dln_ix rows, dln_ix ncols)
+{
+    const dln_ix step = 64 / (dln_ix)sizeof(REAL);
+    for (dln_ix j = 0; j < rows; j++)
+        for (dln_ix c = 0; c < ncols; c += step) __builtin_prefetch(p + j * ldm + c, 1, 3);
 }
 
 /* Lane sums of n <= VL accumulators at once, by a tree of pairwise
@@ -123,8 +135,8 @@ static void SFX(red_init)(void)
     SFX(red_ready) = 1;
 }
 
-/* a[0..n) (n <= VL; a has room for VL vectors, clobbered) -> out[k * ldo] */
-static void SFX(lane_sums)(VEC *a, int n, REAL *out, dln_ix ldo)
+/* a[0..n) (n <= VL; a has room for VL vectors, clobbered) -> out[k] */
+DLN_AI void SFX(lane_sums)(VEC *a, int n, REAL *out)
 {
     const VEC z = {0};
     for (int k = n; k < (int)VL; k++) a[k] = z;
@@ -136,63 +148,68 @@ static void SFX(lane_sums)(VEC *a, int n, REAL *out, dln_ix ldo)
         cnt /= 2;
         t++;
     }
-    for (int k = 0; k < n; k++) out[k * ldo] = a[0][k];
+    for (int k = 0; k < n; k++) out[k] = a[0][k];
 }
 
 /* ---------------------------------------------------------------- RD ---- */
-/* out[q * ldo + r] = sum_k A[r * lda + k] V[q * ldv + k] for r < RB, q < QG,
- * over vectors kv in [kv0, kv1) of k; lane partials persist in `ab`
- * (RB rows x abq vectors) between chunks; `first` starts them at zero and
- * `fin` adds the scalar tail k in [n - n % VL, n) and writes out. */
-DLN_AI void SFX(rd_body)(const int RB, const int QG, const REAL *A, dln_ix lda, dln_ix kv0,
-                         dln_ix kv1, const REAL *V, dln_ix ldv, REAL *ab, dln_ix abq, int first,
-                         int fin, dln_ix n, REAL *out, dln_ix ldo)
+/* For each group of RB rows at A (nrows, a multiple of RB) and QG rows of V:
+ * out[q * ldo + r] = sum_k A[r * lda + k] V[q * ldv + k], over vectors kv in
+ * [kv0, kv1) of k; lane partials persist in `ab` (row r's QG vectors at
+ * ab + r * abq * VL) between chunks; `first` starts them at zero and `fin`
+ * adds the scalar tail k in [n - n % VL, n) and writes out. */
+DLN_AI void SFX(rd_body)(const int RB, const int QG, dln_ix nrows, const REAL *A, dln_ix lda,
+                         dln_ix kv0, dln_ix kv1, const REAL *V, dln_ix ldv, REAL *ab, dln_ix abq,
+                         int first, int fin, dln_ix n, REAL *out, dln_ix ldo)
 {
-    VEC acc[4][12];     /* fixed sizes (not RB x QG, a VLA): scalarized into registers */
-#pragma GCC unroll 16
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 16
-        for (int q = 0; q < QG; q++)
-            acc[r][q] = first ? SFX(vsplat)((REAL)0) : SFX(vld)(ab + (r * abq + q) * VL);
-    for (dln_ix kv = kv0; kv < kv1; kv++) {
-        VEC a[4];
-#pragma GCC unroll 16
-        for (int r = 0; r < RB; r++) a[r] = SFX(vld)(A + r * lda + kv * VL);
-#pragma GCC unroll 16
-        for (int q = 0; q < QG; q++) {
-            VEC v = SFX(vld)(V + q * ldv + kv * VL);
-            DLN_IN_REG(v);
-#pragma GCC unroll 16
-            for (int r = 0; r < RB; r++) acc[r][q] += a[r] * v;
-        }
-    }
-    if (!fin) {
+    for (dln_ix j = 0; j < nrows; j += RB, A += RB * lda, ab += RB * abq * VL, out += RB) {
+        VEC acc[4][12];     /* fixed sizes (not RB x QG, a VLA): scalarized into registers */
 #pragma GCC unroll 16
         for (int r = 0; r < RB; r++)
 #pragma GCC unroll 16
-            for (int q = 0; q < QG; q++) SFX(vst)(ab + (r * abq + q) * VL, acc[r][q]);
-        return;
-    }
-    /* sums of the lanes, RB x QG at a time in batches of VL, then the tail */
-    VEC batch[DLN_VB / sizeof(REAL)];
-    REAL sums[4 * 12];
-    int nb = 0, done = 0;
-    for (int r = 0; r < RB; r++)
-        for (int q = 0; q < QG; q++) {
-            batch[nb++] = acc[r][q];
-            if (nb == (int)VL || (r == RB - 1 && q == QG - 1)) {
-                SFX(lane_sums)(batch, nb, sums + done, 1);
-                done += nb;
-                nb = 0;
+            for (int q = 0; q < QG; q++)
+                acc[r][q] = first ? SFX(vsplat)((REAL)0) : SFX(vld)(ab + (r * abq + q) * VL);
+        for (dln_ix kv = kv0; kv < kv1; kv++) {
+            VEC a[4];
+#pragma GCC unroll 16
+            for (int r = 0; r < RB; r++) a[r] = SFX(vld)(A + r * lda + kv * VL);
+#pragma GCC unroll 16
+            for (int q = 0; q < QG; q++) {
+                VEC v = SFX(vld)(V + q * ldv + kv * VL);
+                DLN_IN_REG(v);
+#pragma GCC unroll 16
+                for (int r = 0; r < RB; r++) acc[r][q] += a[r] * v;
             }
         }
-    const dln_ix k0 = n - n % VL;
-    for (int r = 0; r < RB; r++)
-        for (int q = 0; q < QG; q++) {
-            REAL s = sums[r * QG + q];
-            for (dln_ix k = k0; k < n; k++) s = SFX(fmas)(A[r * lda + k], V[q * ldv + k], s);
-            out[q * ldo + r] = s;
+        if (!fin) {
+#pragma GCC unroll 16
+            for (int r = 0; r < RB; r++)
+#pragma GCC unroll 16
+                for (int q = 0; q < QG; q++) SFX(vst)(ab + (r * abq + q) * VL, acc[r][q]);
+            continue;
         }
+        /* sums of the lanes, in batches of VL, then the scalar tail */
+        VEC batch[DLN_VB / sizeof(REAL)];
+        REAL sums[4 * 12];
+        int nb = 0, done = 0;
+#pragma GCC unroll 16
+        for (int r = 0; r < RB; r++)
+#pragma GCC unroll 16
+            for (int q = 0; q < QG; q++) {
+                batch[nb++] = acc[r][q];
+                if (nb == (int)VL || (r == RB - 1 && q == QG - 1)) {
+                    SFX(lane_sums)(batch, nb, sums + done);
+                    done += nb;
+                    nb = 0;
+                }
+            }
+        const dln_ix k0 = n - n % VL;
+        for (int r = 0; r < RB; r++)
+            for (int q = 0; q < QG; q++) {
+                REAL s = sums[r * QG + q];
+                for (dln_ix k = k0; k < n; k++) s = SFX(fmas)(A[r * lda + k], V[q * ldv + k], s);
+                out[q * ldo + r] = s;
+            }
+    }
 }
 
 /* ---------------------------------------------------------------- UP ---- */
@@ -201,165 +218,178 @@ DLN_AI void SFX(rd_body)(const int RB, const int QG, const REAL *A, dln_ix lda, 
  * one chain.  Every path -- vector lanes, scalar tails, either kernel --
  * computes g this way for the same K grouping, so the bits agree. */
 
-/* M[r][k] -= sum_{e < KG} (cu U[r * ldur + e * ldue]) W[e * ldw + k] for r < RB,
+/* For each group of RB rows at M (nrows, a multiple of RB):
+ * M[r][k] -= sum_{e < KG} (cu U[r * ldur + e * ldue]) W[e * ldw + k],
  * over vectors [kv0, kv1) and scalars [t0, t1) of k. */
-DLN_AI void SFX(up_body)(const int RB, const int KG, REAL *M, dln_ix ldm, dln_ix kv0, dln_ix kv1,
-                         dln_ix t0, dln_ix t1, const REAL *U, dln_ix ldur, dln_ix ldue, REAL cu,
-                         const REAL *W, dln_ix ldw)
+DLN_AI void SFX(up_body)(const int RB, const int KG, dln_ix nrows, REAL *M, dln_ix ldm,
+                         dln_ix kv0, dln_ix kv1, dln_ix t0, dln_ix t1, const REAL *U, dln_ix ldur,
+                         dln_ix ldue, REAL cu, const REAL *W, dln_ix ldw)
 {
-    REAL us[2][12];
-    VEC u[2][12];
+    for (dln_ix j = 0; j < nrows; j += RB, M += RB * ldm, U += RB * ldur) {
+        REAL us[2][12];
+        VEC u[2][12];
 #pragma GCC unroll 16
-    for (int r = 0; r < RB; r++)
+        for (int r = 0; r < RB; r++)
 #pragma GCC unroll 16
-        for (int e = 0; e < KG; e++) {
-            us[r][e] = cu * U[r * ldur + e * ldue];
-            u[r][e] = SFX(vsplat)(us[r][e]);
-        }
-    for (dln_ix kv = kv0; kv < kv1; kv++) {
-        VEC ga[2], gb[2];
-        VEC wv = SFX(vld)(W + kv * VL);
-        DLN_IN_REG(wv);
-#pragma GCC unroll 16
-        for (int r = 0; r < RB; r++) ga[r] = u[r][0] * wv;
-        if (KG > 1) {
-            wv = SFX(vld)(W + ldw + kv * VL);
+            for (int e = 0; e < KG; e++) {
+                us[r][e] = cu * U[r * ldur + e * ldue];
+                u[r][e] = SFX(vsplat)(us[r][e]);
+            }
+        for (dln_ix kv = kv0; kv < kv1; kv++) {
+            VEC ga[2], gb[2];
+            VEC wv = SFX(vld)(W + kv * VL);
             DLN_IN_REG(wv);
 #pragma GCC unroll 16
-            for (int r = 0; r < RB; r++) gb[r] = u[r][1] * wv;
-        }
+            for (int r = 0; r < RB; r++) ga[r] = u[r][0] * wv;
+            if (KG > 1) {
+                wv = SFX(vld)(W + ldw + kv * VL);
+                DLN_IN_REG(wv);
 #pragma GCC unroll 16
-        for (int e = 2; e < KG; e++) {
-            wv = SFX(vld)(W + e * ldw + kv * VL);
-            DLN_IN_REG(wv);
+                for (int r = 0; r < RB; r++) gb[r] = u[r][1] * wv;
+            }
+#pragma GCC unroll 16
+            for (int e = 2; e < KG; e++) {
+                wv = SFX(vld)(W + e * ldw + kv * VL);
+                DLN_IN_REG(wv);
+#pragma GCC unroll 16
+                for (int r = 0; r < RB; r++) {
+                    if (e & 1) gb[r] += u[r][e] * wv;
+                    else ga[r] += u[r][e] * wv;
+                }
+            }
 #pragma GCC unroll 16
             for (int r = 0; r < RB; r++) {
-                if (e & 1) gb[r] += u[r][e] * wv;
-                else ga[r] += u[r][e] * wv;
+                REAL *p = M + r * ldm + kv * VL;
+                SFX(vst)(p, SFX(vld)(p) - (KG > 1 ? ga[r] + gb[r] : ga[r]));
             }
         }
-#pragma GCC unroll 16
-        for (int r = 0; r < RB; r++) {
-            REAL *p = M + r * ldm + kv * VL;
-            SFX(vst)(p, SFX(vld)(p) - (KG > 1 ? ga[r] + gb[r] : ga[r]));
-        }
+        for (dln_ix k = t0; k < t1; k++)
+            for (int r = 0; r < RB; r++) {
+                REAL ga = us[r][0] * W[k], gb = 0;
+                if (KG > 1) gb = us[r][1] * W[ldw + k];
+                for (int e = 2; e < KG; e++) {
+                    if (e & 1) gb = SFX(fmas)(us[r][e], W[e * ldw + k], gb);
+                    else ga = SFX(fmas)(us[r][e], W[e * ldw + k], ga);
+                }
+                M[r * ldm + k] -= (KG > 1 ? ga + gb : ga);
+            }
     }
-    for (dln_ix k = t0; k < t1; k++)
-        for (int r = 0; r < RB; r++) {
-            REAL ga = us[r][0] * W[k], gb = 0;
-            if (KG > 1) gb = us[r][1] * W[ldw + k];
-            for (int e = 2; e < KG; e++) {
-                if (e & 1) gb = SFX(fmas)(us[r][e], W[e * ldw + k], gb);
-                else ga = SFX(fmas)(us[r][e], W[e * ldw + k], ga);
-            }
-            M[r * ldm + k] -= (KG > 1 ? ga + gb : ga);
-        }
 }
 
 /* --------------------------------------------------------------- UPW ---- */
-/* M[j][c] -= sum_{e < KG} U[j * ldu + e] W[e * ldw + c] for j < nr and the
- * CB vectors of columns at M, W (the strip of W held in registers). */
-DLN_AI void SFX(upw_body)(const int CB, const int KG, REAL *M, dln_ix ldm, dln_ix nr, const REAL *U,
-                          dln_ix ldu, const REAL *W, dln_ix ldw)
+/* For each of ns strips of CB vectors of columns at M, W (the strip of W
+ * held in registers): M[j][c] -= sum_{e < KG} U[j * ldur + e * ldue] W[e * ldw + c]
+ * for j < nr. */
+DLN_AI void SFX(upw_body)(const int CB, const int KG, dln_ix ns, REAL *M, dln_ix ldm, dln_ix nr,
+                          const REAL *U, dln_ix ldur, dln_ix ldue, const REAL *W, dln_ix ldw)
 {
-    VEC w[12][2];
+    for (dln_ix st = 0; st < ns; st++, M += CB * VL, W += CB * VL) {
+        VEC w[12][2];
 #pragma GCC unroll 16
-    for (int e = 0; e < KG; e++)
+        for (int e = 0; e < KG; e++)
 #pragma GCC unroll 16
-        for (int c = 0; c < CB; c++) w[e][c] = SFX(vld)(W + e * ldw + c * VL);
-    for (dln_ix j = 0; j < nr; j++) {
-        const REAL *uj = U + j * ldu;
-        VEC ga[2], gb[2];
-        {
-            const VEC u = SFX(vsplat)(uj[0]);
+            for (int c = 0; c < CB; c++) w[e][c] = SFX(vld)(W + e * ldw + c * VL);
+        for (dln_ix j = 0; j < nr; j++) {
+            const REAL *uj = U + j * ldur;
+            VEC ga[2], gb[2];
+            {
+                const VEC u = SFX(vsplat)(uj[0]);
 #pragma GCC unroll 16
-            for (int c = 0; c < CB; c++) ga[c] = u * w[0][c];
-        }
-        if (KG > 1) {
-            const VEC u = SFX(vsplat)(uj[1]);
+                for (int c = 0; c < CB; c++) ga[c] = u * w[0][c];
+            }
+            if (KG > 1) {
+                const VEC u = SFX(vsplat)(uj[ldue]);
 #pragma GCC unroll 16
-            for (int c = 0; c < CB; c++) gb[c] = u * w[1][c];
-        }
+                for (int c = 0; c < CB; c++) gb[c] = u * w[1][c];
+            }
 #pragma GCC unroll 16
-        for (int e = 2; e < KG; e++) {
-            const VEC u = SFX(vsplat)(uj[e]);
+            for (int e = 2; e < KG; e++) {
+                const VEC u = SFX(vsplat)(uj[e * ldue]);
+#pragma GCC unroll 16
+                for (int c = 0; c < CB; c++) {
+                    if (e & 1) gb[c] += u * w[e][c];
+                    else ga[c] += u * w[e][c];
+                }
+            }
 #pragma GCC unroll 16
             for (int c = 0; c < CB; c++) {
-                if (e & 1) gb[c] += u * w[e][c];
-                else ga[c] += u * w[e][c];
+                REAL *p = M + j * ldm + c * VL;
+                SFX(vst)(p, SFX(vld)(p) - (KG > 1 ? ga[c] + gb[c] : ga[c]));
             }
-        }
-#pragma GCC unroll 16
-        for (int c = 0; c < CB; c++) {
-            REAL *p = M + j * ldm + c * VL;
-            SFX(vst)(p, SFX(vld)(p) - (KG > 1 ? ga[c] + gb[c] : ga[c]));
         }
     }
 }
 
 /* ---------------------------------------------------------------- CA ---- */
-/* out[q * ldo + c] (+)= sum_{j < nr} U[j * ldur + q * lduq] M[j * ldm + c] for
- * q < QG and the CB vectors of columns at M, out (`first`: start from 0). */
-DLN_AI void SFX(ca_body)(const int CB, const int QG, const REAL *M, dln_ix ldm, dln_ix nr,
-                         const REAL *U, dln_ix ldur, dln_ix lduq, REAL *out, dln_ix ldo, int first)
+/* For each of ns strips of CB vectors of columns at M, out (`first`: start
+ * from 0): out[q * ldo + c] (+)= sum_{j < nr} U[j * ldur + q * lduq] M[j * ldm + c]. */
+DLN_AI void SFX(ca_body)(const int CB, const int QG, dln_ix ns, const REAL *M, dln_ix ldm,
+                         dln_ix nr, const REAL *U, dln_ix ldur, dln_ix lduq, REAL *out,
+                         dln_ix ldo, int first)
 {
-    VEC acc[12][2];
+    for (dln_ix st = 0; st < ns; st++, M += CB * VL, out += CB * VL) {
+        VEC acc[12][2];
 #pragma GCC unroll 16
-    for (int q = 0; q < QG; q++)
+        for (int q = 0; q < QG; q++)
 #pragma GCC unroll 16
-        for (int c = 0; c < CB; c++)
-            acc[q][c] = first ? SFX(vsplat)((REAL)0) : SFX(vld)(out + q * ldo + c * VL);
-    for (dln_ix j = 0; j < nr; j++) {
-        VEC m[2];
+            for (int c = 0; c < CB; c++)
+                acc[q][c] = first ? SFX(vsplat)((REAL)0) : SFX(vld)(out + q * ldo + c * VL);
+        for (dln_ix j = 0; j < nr; j++) {
+            VEC m[2];
 #pragma GCC unroll 16
-        for (int c = 0; c < CB; c++) m[c] = SFX(vld)(M + j * ldm + c * VL);
+            for (int c = 0; c < CB; c++) m[c] = SFX(vld)(M + j * ldm + c * VL);
 #pragma GCC unroll 16
-        for (int q = 0; q < QG; q++) {
-            const VEC u = SFX(vsplat)(U[j * ldur + q * lduq]);
+            for (int q = 0; q < QG; q++) {
+                const VEC u = SFX(vsplat)(U[j * ldur + q * lduq]);
 #pragma GCC unroll 16
-            for (int c = 0; c < CB; c++) acc[q][c] += u * m[c];
+                for (int c = 0; c < CB; c++) acc[q][c] += u * m[c];
+            }
         }
+#pragma GCC unroll 16
+        for (int q = 0; q < QG; q++)
+#pragma GCC unroll 16
+            for (int c = 0; c < CB; c++) SFX(vst)(out + q * ldo + c * VL, acc[q][c]);
     }
-#pragma GCC unroll 16
-    for (int q = 0; q < QG; q++)
-#pragma GCC unroll 16
-        for (int c = 0; c < CB; c++) SFX(vst)(out + q * ldo + c * VL, acc[q][c]);
 }
 
 /* ------------------------------------------- instances and their tables -- */
-typedef void (*SFX(rd_fn))(const REAL *, dln_ix, dln_ix, dln_ix, const REAL *, dln_ix, REAL *,
-                           dln_ix, int, int, dln_ix, REAL *, dln_ix);
-typedef void (*SFX(up_fn))(REAL *, dln_ix, dln_ix, dln_ix, dln_ix, dln_ix, const REAL *, dln_ix,
-                           dln_ix, REAL, const REAL *, dln_ix);
-typedef void (*SFX(upw_fn))(REAL *, dln_ix, dln_ix, const REAL *, dln_ix, const REAL *, dln_ix);
-typedef void (*SFX(ca_fn))(const REAL *, dln_ix, dln_ix, const REAL *, dln_ix, dln_ix, REAL *,
-                           dln_ix, int);
+typedef void (*SFX(rd_fn))(dln_ix, const REAL *, dln_ix, dln_ix, dln_ix, const REAL *, dln_ix,
+                           REAL *, dln_ix, int, int, dln_ix, REAL *, dln_ix);
+typedef void (*SFX(up_fn))(dln_ix, REAL *, dln_ix, dln_ix, dln_ix, dln_ix, dln_ix, const REAL *,
+                           dln_ix, dln_ix, REAL, const REAL *, dln_ix);
+typedef void (*SFX(upw_fn))(dln_ix, REAL *, dln_ix, dln_ix, const REAL *, dln_ix, dln_ix,
+                            const REAL *, dln_ix);
+typedef void (*SFX(ca_fn))(dln_ix, const REAL *, dln_ix, dln_ix, const REAL *, dln_ix, dln_ix,
+                           REAL *, dln_ix, int);
 
 #define DLN_RD(RB, QG)                                                                        \
-    static void SFX(rd_##RB##_##QG)(const REAL *A, dln_ix lda, dln_ix kv0, dln_ix kv1,         \
-                                    const REAL *V, dln_ix ldv, REAL *ab, dln_ix abq, int first, \
-                                    int fin, dln_ix n, REAL *out, dln_ix ldo)                  \
+    static void SFX(rd_##RB##_##QG)(dln_ix nrows, const REAL *A, dln_ix lda, dln_ix kv0,       \
+                                    dln_ix kv1, const REAL *V, dln_ix ldv, REAL *ab,           \
+                                    dln_ix abq, int first, int fin, dln_ix n, REAL *out,       \
+                                    dln_ix ldo)                                                \
     {                                                                                          \
-        SFX(rd_body)(RB, QG, A, lda, kv0, kv1, V, ldv, ab, abq, first, fin, n, out, ldo);      \
+        SFX(rd_body)(RB, QG, nrows, A, lda, kv0, kv1, V, ldv, ab, abq, first, fin, n, out,     \
+                     ldo);                                                                     \
     }
 #define DLN_UP(RB, KG)                                                                        \
-    static void SFX(up_##RB##_##KG)(REAL *M, dln_ix ldm, dln_ix kv0, dln_ix kv1, dln_ix t0,    \
-                                    dln_ix t1, const REAL *U, dln_ix ldur, dln_ix ldue,        \
-                                    REAL cu, const REAL *W, dln_ix ldw)                        \
+    static void SFX(up_##RB##_##KG)(dln_ix nrows, REAL *M, dln_ix ldm, dln_ix kv0, dln_ix kv1, \
+                                    dln_ix t0, dln_ix t1, const REAL *U, dln_ix ldur,          \
+                                    dln_ix ldue, REAL cu, const REAL *W, dln_ix ldw)           \
     {                                                                                          \
-        SFX(up_body)(RB, KG, M, ldm, kv0, kv1, t0, t1, U, ldur, ldue, cu, W, ldw);             \
+        SFX(up_body)(RB, KG, nrows, M, ldm, kv0, kv1, t0, t1, U, ldur, ldue, cu, W, ldw);      \
     }
 #define DLN_UPW(CB, KG)                                                                       \
-    static void SFX(upw_##CB##_##KG)(REAL *M, dln_ix ldm, dln_ix nr, const REAL *U,            \
-                                     dln_ix ldu, const REAL *W, dln_ix ldw)                    \
+    static void SFX(upw_##CB##_##KG)(dln_ix ns, REAL *M, dln_ix ldm, dln_ix nr, const REAL *U, \
+                                     dln_ix ldur, dln_ix ldue, const REAL *W, dln_ix ldw)      \
     {                                                                                          \
-        SFX(upw_body)(CB, KG, M, ldm, nr, U, ldu, W, ldw);                                     \
+        SFX(upw_body)(CB, KG, ns, M, ldm, nr, U, ldur, ldue, W, ldw);                          \
     }
 #define DLN_CA(CB, QG)                                                                        \
-    static void SFX(ca_##CB##_##QG)(const REAL *M, dln_ix ldm, dln_ix nr, const REAL *U,       \
-                                    dln_ix ldur, dln_ix lduq, REAL *out, dln_ix ldo, int first) \
+    static void SFX(ca_##CB##_##QG)(dln_ix ns, const REAL *M, dln_ix ldm, dln_ix nr,           \
+                                    const REAL *U, dln_ix ldur, dln_ix lduq, REAL *out,        \
+                                    dln_ix ldo, int first)                                     \
     {                                                                                          \
-        SFX(ca_body)(CB, QG, M, ldm, nr, U, ldur, lduq, out, ldo, first);                      \
+        SFX(ca_body)(CB, QG, ns, M, ldm, nr, U, ldur, lduq, out, ldo, first);                  \
     }
 #define DLN_SIZES(X, A)                                                                       \
     X(A, 1) X(A, 2) X(A, 3) X(A, 4) X(A, 5) X(A, 6) X(A, 7) X(A, 8) X(A, 9) X(A, 10) X(A, 11) X(A, 12)
@@ -391,22 +421,26 @@ static const SFX(upw_fn) SFX(upw_tab)[2][13] = { DLN_TAB(upw, 1), DLN_TAB(upw, 2
 static const SFX(ca_fn) SFX(ca_tab)[2][13] = { DLN_TAB(ca, 1), DLN_TAB(ca, 2) };
 
 /* ------------------------------------------------- grouped drivers ------- */
+/* Bounds of group g of ng over [0, K): balanced, each <= the register block. */
+#define DLN_GROUPS(K, MAXG) (((K) + (MAXG) - 1) / (MAXG))
+#define DLN_G0(K, ng, g) ((int)((K) * (g) / (ng)))
+
 /* RD over `nrows` rows at A and all Q rows of V; `ab` holds nrows x Q vectors. */
 static void SFX(rd)(dln_ix nrows, int Q, const REAL *A, dln_ix lda, dln_ix kv0, dln_ix kv1,
                     const REAL *V, dln_ix ldv, REAL *ab, int first, int fin, dln_ix n, REAL *out,
                     dln_ix ldo)
 {
-    const int ng = (Q + DLN_RD_QG - 1) / DLN_RD_QG;
-    dln_ix j = 0;
-    for (; j < nrows; ) {
-        const int wide = j + DLN_RD_RB <= nrows;
-        for (int g = 0; g < ng; g++) {
-            const int q0 = dln_g0(Q, ng, g), q1 = dln_g0(Q, ng, g + 1);
-            SFX(rd_tab)[wide][q1 - q0](A + j * lda, lda, kv0, kv1, V + q0 * ldv, ldv,
-                                       ab + (j * Q + q0) * VL, Q, first, fin, n,
-                                       out + q0 * ldo + j, ldo);
-        }
-        j += wide ? DLN_RD_RB : 1;
+    const int ng = DLN_GROUPS(Q, DLN_RD_QG);
+    const dln_ix nw = nrows / DLN_RD_RB * DLN_RD_RB;
+    for (int g = 0; g < ng; g++) {
+        const int q0 = DLN_G0(Q, ng, g), q1 = DLN_G0(Q, ng, g + 1);
+        if (nw > 0)
+            SFX(rd_tab)[1][q1 - q0](nw, A, lda, kv0, kv1, V + q0 * ldv, ldv, ab + q0 * VL, Q,
+                                    first, fin, n, out + q0 * ldo, ldo);
+        if (nrows > nw)
+            SFX(rd_tab)[0][q1 - q0](nrows - nw, A + nw * lda, lda, kv0, kv1, V + q0 * ldv, ldv,
+                                    ab + (nw * Q + q0) * VL, Q, first, fin, n,
+                                    out + q0 * ldo + nw, ldo);
     }
 }
 
@@ -415,38 +449,42 @@ static void SFX(up)(dln_ix nrows, int K, REAL *M, dln_ix ldm, dln_ix kv0, dln_ix
                     dln_ix t1, const REAL *U, dln_ix ldur, dln_ix ldue, REAL cu, const REAL *W,
                     dln_ix ldw)
 {
-    const int ng = (K + DLN_UP_KG - 1) / DLN_UP_KG;
-    dln_ix j = 0;
-    for (; j < nrows; ) {
-        const int two = j + 2 <= nrows;
-        for (int g = 0; g < ng; g++) {
-            const int e0 = dln_g0(K, ng, g), e1 = dln_g0(K, ng, g + 1);
-            SFX(up_tab)[two][e1 - e0](M + j * ldm, ldm, kv0, kv1, t0, t1, U + j * ldur + e0 * ldue,
-                                      ldur, ldue, cu, W + e0 * ldw, ldw);
-        }
-        j += two ? 2 : 1;
+    const int ng = DLN_GROUPS(K, DLN_UP_KG);
+    const dln_ix nw = nrows / 2 * 2;
+    for (int g = 0; g < ng; g++) {
+        const int e0 = DLN_G0(K, ng, g), e1 = DLN_G0(K, ng, g + 1);
+        if (nw > 0)
+            SFX(up_tab)[1][e1 - e0](nw, M, ldm, kv0, kv1, t0, t1, U + e0 * ldue, ldur, ldue, cu,
+                                    W + e0 * ldw, ldw);
+        if (nrows > nw)
+            SFX(up_tab)[0][e1 - e0](nrows - nw, M + nw * ldm, ldm, kv0, kv1, t0, t1,
+                                    U + nw * ldur + e0 * ldue, ldur, ldue, cu, W + e0 * ldw, ldw);
     }
 }
 
-/* UPW over nr rows and `ncols` columns at M (a strip of 2 or 1 vectors, or
- * fewer than VL columns, done in scalars with the same grouping of K). */
-static void SFX(upw)(dln_ix ncols, dln_ix nr, int K, REAL *M, dln_ix ldm, const REAL *U, dln_ix ldu,
-                     const REAL *W, dln_ix ldw)
+/* UPW over nr rows and `ncols` columns at M (strips of 2 vectors, then 1,
+ * then fewer than VL columns in scalars, with the same grouping of K). */
+static void SFX(upw)(dln_ix ncols, dln_ix nr, int K, REAL *M, dln_ix ldm, const REAL *U,
+                     dln_ix ldur, dln_ix ldue, const REAL *W, dln_ix ldw)
 {
-    const int ng = (K + DLN_UP_KG - 1) / DLN_UP_KG;
+    const int ng = DLN_GROUPS(K, DLN_UP_KG);
+    const dln_ix n2 = ncols / (2 * VL), n1 = (ncols - n2 * 2 * VL) / VL;
+    const dln_ix c0 = n2 * 2 * VL + n1 * VL;
     for (int g = 0; g < ng; g++) {
-        const int e0 = dln_g0(K, ng, g), e1 = dln_g0(K, ng, g + 1);
-        if (ncols >= VL) {
-            SFX(upw_tab)[ncols >= 2 * VL][e1 - e0](M, ldm, nr, U + e0, ldu, W + e0 * ldw, ldw);
-            continue;
-        }
+        const int e0 = DLN_G0(K, ng, g), e1 = DLN_G0(K, ng, g + 1);
+        const REAL *Ug = U + e0 * ldue, *Wg = W + e0 * ldw;
+        if (n2)
+            SFX(upw_tab)[1][e1 - e0](n2, M, ldm, nr, Ug, ldur, ldue, Wg, ldw);
+        if (n1)
+            SFX(upw_tab)[0][e1 - e0](n1, M + n2 * 2 * VL, ldm, nr, Ug, ldur, ldue,
+                                     Wg + n2 * 2 * VL, ldw);
         for (dln_ix j = 0; j < nr; j++)
-            for (dln_ix c = 0; c < ncols; c++) {      /* as upw_body, in scalars */
-                REAL ga = U[j * ldu + e0] * W[e0 * ldw + c], gb = 0;
-                if (e1 - e0 > 1) gb = U[j * ldu + e0 + 1] * W[(e0 + 1) * ldw + c];
-                for (int e = e0 + 2; e < e1; e++) {
-                    if ((e - e0) & 1) gb = SFX(fmas)(U[j * ldu + e], W[e * ldw + c], gb);
-                    else ga = SFX(fmas)(U[j * ldu + e], W[e * ldw + c], ga);
+            for (dln_ix c = c0; c < ncols; c++) {      /* as upw_body, in scalars */
+                REAL ga = Ug[j * ldur] * Wg[c], gb = 0;
+                if (e1 - e0 > 1) gb = Ug[j * ldur + ldue] * Wg[ldw + c];
+                for (int e = 2; e < e1 - e0; e++) {
+                    if (e & 1) gb = SFX(fmas)(Ug[j * ldur + e * ldue], Wg[e * ldw + c], gb);
+                    else ga = SFX(fmas)(Ug[j * ldur + e * ldue], Wg[e * ldw + c], ga);
                 }
                 M[j * ldm + c] -= (e1 - e0 > 1 ? ga + gb : ga);
             }
@@ -457,18 +495,22 @@ static void SFX(upw)(dln_ix ncols, dln_ix nr, int K, REAL *M, dln_ix ldm, const 
 static void SFX(ca)(dln_ix ncols, dln_ix nr, int Q, const REAL *M, dln_ix ldm, const REAL *U,
                     dln_ix ldur, dln_ix lduq, REAL *out, dln_ix ldo, int first)
 {
-    const int ng = (Q + DLN_CA_QG - 1) / DLN_CA_QG;
+    const int ng = DLN_GROUPS(Q, DLN_CA_QG);
+    const dln_ix n2 = ncols / (2 * VL), n1 = (ncols - n2 * 2 * VL) / VL;
+    const dln_ix c0 = n2 * 2 * VL + n1 * VL;
     for (int g = 0; g < ng; g++) {
-        const int q0 = dln_g0(Q, ng, g), q1 = dln_g0(Q, ng, g + 1);
-        if (ncols >= VL) {
-            SFX(ca_tab)[ncols >= 2 * VL][q1 - q0](M, ldm, nr, U + q0 * lduq, ldur, lduq,
-                                                  out + q0 * ldo, ldo, first);
-            continue;
-        }
+        const int q0 = DLN_G0(Q, ng, g), q1 = DLN_G0(Q, ng, g + 1);
+        if (n2)
+            SFX(ca_tab)[1][q1 - q0](n2, M, ldm, nr, U + q0 * lduq, ldur, lduq, out + q0 * ldo, ldo,
+                                    first);
+        if (n1)
+            SFX(ca_tab)[0][q1 - q0](n1, M + n2 * 2 * VL, ldm, nr, U + q0 * lduq, ldur, lduq,
+                                    out + q0 * ldo + n2 * 2 * VL, ldo, first);
         for (int q = q0; q < q1; q++)
-            for (dln_ix c = 0; c < ncols; c++) {
+            for (dln_ix c = c0; c < ncols; c++) {
                 REAL s = first ? (REAL)0 : out[q * ldo + c];
-                for (dln_ix j = 0; j < nr; j++) s = SFX(fmas)(U[j * ldur + q * lduq], M[j * ldm + c], s);
+                for (dln_ix j = 0; j < nr; j++)
+                    s = SFX(fmas)(U[j * ldur + q * lduq], M[j * ldm + c], s);
                 out[q * ldo + c] = s;
             }
     }
@@ -492,7 +534,7 @@ typedef struct {
      * T-form update (tform: K = d_out) or P form (K = r). */
     int do_T, do_up, do_P, has_old, do_new, tform;
     REAL *S, *P, *R, *I, *T, *O, *W, *thr;
-    dln_ix totS, totP, per_thr, ldmax, kc_vec, h_rows;
+    dln_ix totS, totP, per_thr, ldmax, kc_vec, h_rows, tile_cols, block_bytes;
 } SFX(sweep_t);
 
 /* Rows [j0, j1) of bottom-up layer i: tiles of DLN_RBLK rows x kc_vec vectors.
@@ -515,6 +557,11 @@ static void SFX(up_part)(const SFX(sweep_t) *s, int i, dln_ix j0, dln_ix j1, REA
         for (dln_ix kv0 = 0;; kv0 += s->kc_vec) {
             const dln_ix kv1 = (kv0 + s->kc_vec < nv) ? kv0 + s->kc_vec : nv;
             const int first = kv0 == 0, fin = kv1 == nv;
+            if (!fin)                         /* the next chunk of these rows, or the next rows */
+                SFX(prefetch_tile)(Mb + kv1 * VL, dp, nb, (kv1 + s->kc_vec < nv ? s->kc_vec : nv - kv1) * VL);
+            else if (jb + DLN_RBLK < j1)
+                SFX(prefetch_tile)(Mb + DLN_RBLK * dp, dp, (j1 - jb - DLN_RBLK < DLN_RBLK) ? j1 - jb - DLN_RBLK : DLN_RBLK,
+                                   (nv < s->kc_vec ? nv : s->kc_vec) * VL);
             if (do_T)
                 SFX(rd)(nb, D, Mb, dp, kv0, kv1, Tin, ldp, abT, first, fin, dp, Tout + jb, ldn);
             if (s->do_up)
@@ -530,9 +577,10 @@ static void SFX(up_part)(const SFX(sweep_t) *s, int i, dln_ix j0, dln_ix j1, REA
     }
 }
 
-/* Columns [c0, c1) of top-down layer i: tiles of h_rows rows x one strip.
- * Oup: old S_{i+1}, Snup: new S_{i+1} (ld ldn); Oout, Snout: S_i (ld ldp);
- * U (dn x K, ld K); Wm (K x dp, ld ldw). */
+/* Columns [c0, c1) of top-down layer i, in tiles of h_rows rows x tile_cols
+ * columns (a layer within twice the tile budget: one tile of all its rows
+ * and columns).  Oup: old S_{i+1}, Snup: new S_{i+1} (ld ldn); Oout,
+ * Snout: S_i (ld ldp); U (dn x K, ld K); Wm (K x dp, ld ldw). */
 static void SFX(down_part)(const SFX(sweep_t) *s, int i, dln_ix c0, dln_ix c1, const REAL *Oup,
                            REAL *Oout, const REAL *U, int K, const REAL *Wm, dln_ix ldw,
                            const REAL *Snup, REAL *Snout)
@@ -542,24 +590,32 @@ static void SFX(down_part)(const SFX(sweep_t) *s, int i, dln_ix c0, dln_ix c1, c
     REAL *M = s->layers[i];
     const int has_old = s->has_old && i > 0;
     const int upd_w = s->do_up && !(i == 0 && !s->tform);   /* P form, layer 0: diag below */
-    for (dln_ix a0 = 0; a0 < dn; a0 += s->h_rows) {
-        const dln_ix nr = (dn - a0 < s->h_rows) ? dn - a0 : s->h_rows;
+    const int small = dn * dp * (dln_ix)sizeof(REAL) <= 2 * s->block_bytes;
+    const dln_ix h = small ? dn : s->h_rows;
+    const dln_ix tw = small ? c1 - c0 : s->tile_cols;
+    for (dln_ix a0 = 0; a0 < dn; a0 += h) {
+        const dln_ix nr = (dn - a0 < h) ? dn - a0 : h;
         const int first = a0 == 0;
         REAL *Mb = M + a0 * dp;
-        for (dln_ix k = c0; k < c1; ) {
-            const dln_ix left = c1 - k;
-            const dln_ix ncols = left >= 2 * VL ? 2 * VL : (left >= VL ? VL : left);
+        for (dln_ix k = c0; k < c1; k += tw) {
+            const dln_ix ncols = (c1 - k < tw) ? c1 - k : tw;
+            if (!small) {                     /* the next tile: along the row block, or below */
+                if (k + tw < c1)
+                    SFX(prefetch_tile)(Mb + k + tw, dp, nr, (c1 - k - tw < tw) ? c1 - k - tw : tw);
+                else if (a0 + h < dn)
+                    SFX(prefetch_tile)(Mb + h * dp + c0, dp, (dn - a0 - h < h) ? dn - a0 - h : h,
+                                       (c1 - c0 < tw) ? c1 - c0 : tw);
+            }
             if (has_old)
                 SFX(ca)(ncols, nr, D, Mb + k, dp, Oup + a0, 1, ldn, Oout + k, ldp, first);
             if (upd_w)
-                SFX(upw)(ncols, nr, K, Mb + k, dp, U + a0 * K, K, Wm + k, ldw);
+                SFX(upw)(ncols, nr, K, Mb + k, dp, U + a0 * K, K, 1, Wm + k, ldw);
             else if (s->do_up)                /* M_1 -= U diag(xs) */
                 for (dln_ix j = 0; j < nr; j++)
                     for (dln_ix q = k; q < k + ncols; q++)
                         Mb[j * dp + q] = SFX(fmas)(-U[(a0 + j) * K + q], s->xs[q], Mb[j * dp + q]);
             if (s->do_new)
                 SFX(ca)(ncols, nr, D, Mb + k, dp, Snup + a0, 1, ldn, Snout + k, ldp, first);
-            k += ncols;
         }
     }
 }
@@ -588,16 +644,27 @@ static const REAL *SFX(down_factors)(const SFX(sweep_t) *s, int i, dln_ix c0, dl
         return Pi;                                  /* P_i^T (unused for i = 0) */
     }
     REAL *Wb = s->W;                                /* W = R P_i^T, ld ldp */
-    for (int d = 0; d < D; d++)
-        for (dln_ix k = c0; k < c1; k++) {
-            if (i == 0) {                           /* P_0 = diag(xs) */
-                Wb[d * ldp + k] = R[d * r + k] * s->xs[k];
-                continue;
-            }
-            REAL t = R[d * r] * Pi[k];
-            for (int q = 1; q < r; q++) t = SFX(fmas)(R[d * r + q], Pi[q * ldp + k], t);
+    if (i == 0) {                                   /* P_0 = diag(xs) */
+        for (int d = 0; d < D; d++)
+            for (dln_ix k = c0; k < c1; k++) Wb[d * ldp + k] = R[d * r + k] * s->xs[k];
+        return Wb;
+    }
+    /* W[d][k] = R[d][0] P[0][k] + ... (one FMA per further q), vectors along k;
+     * the scalar tail does the same operations, column by column */
+    const dln_ix kv1 = c0 + (c1 - c0) / VL * VL;
+    for (int d = 0; d < D; d++) {
+        const REAL *Rd = R + d * r;
+        for (dln_ix k = c0; k < kv1; k += VL) {
+            VEC t = SFX(vsplat)(Rd[0]) * SFX(vld)(Pi + k);
+            for (int q = 1; q < r; q++) t += SFX(vsplat)(Rd[q]) * SFX(vld)(Pi + q * ldp + k);
+            SFX(vst)(Wb + d * ldp + k, t);
+        }
+        for (dln_ix k = kv1; k < c1; k++) {
+            REAL t = Rd[0] * Pi[k];
+            for (int q = 1; q < r; q++) t = SFX(fmas)(Rd[q], Pi[q * ldp + k], t);
             Wb[d * ldp + k] = t;
         }
+    }
     (void)dp;
     return Wb;
 }
@@ -750,12 +817,15 @@ static void SFX(setup)(SFX(sweep_t) *s, int L, const int *w, REAL **layers, cons
     s->ldmax = lo.ldmax;
     if (block_bytes < (long long)(DLN_RBLK * DLN_VB)) block_bytes = DLN_RBLK * DLN_VB;
     /* bottom-up tile: DLN_RBLK rows x kc_vec vectors (16 KiB: 8 x 32 vectors);
-     * top-down tile: h_rows x one 2-vector strip, few rows (16 KiB: 8), because
-     * the rows of a layer are often a power-of-two bytes apart and the lines
-     * of one strip then all fall into the same cache set */
+     * top-down tile: DLN_HROWS rows x tile_cols columns (16 KiB: 8 x 256
+     * doubles): few rows, because the rows of a layer are often a power of
+     * two bytes apart and the lines of a column strip then all fall into the
+     * same cache sets */
+    s->block_bytes = (dln_ix)block_bytes;
     s->kc_vec = (dln_ix)(block_bytes / (DLN_RBLK * DLN_VB));
-    s->h_rows = (dln_ix)(block_bytes / 2048);
-    if (s->h_rows < 1) s->h_rows = 1;
+    s->h_rows = DLN_HROWS;
+    s->tile_cols = (dln_ix)(block_bytes / (DLN_HROWS * sizeof(REAL))) / (2 * VL) * (2 * VL);
+    if (s->tile_cols < 2 * VL) s->tile_cols = 2 * VL;
     const dln_ix ldD = LDC(s->D);
     for (int d = 0; d < s->D; d++)
         for (int e = 0; e < s->D; e++) s->I[d * ldD + e] = d == e ? s->beta : (REAL)0;
