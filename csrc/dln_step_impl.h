@@ -68,6 +68,7 @@
 #define VEC SFX(vec)
 #define VL ((dln_ix)(DLN_VB / sizeof(REAL)))
 typedef REAL VEC __attribute__((vector_size(DLN_VB)));
+typedef DLN_IDX(REAL) SFX(imask) __attribute__((vector_size(DLN_VB)));
 
 DLN_AI VEC SFX(vld)(const REAL *p)
 {
@@ -94,9 +95,11 @@ DLN_AI REAL SFX(fmas)(REAL a, REAL b, REAL c)
 
 DLN_AI VEC SFX(vsplat)(REAL s)
 {
-    VEC v;                      /* a broadcast (0 + s would add, for the sign of zero) */
-    for (int l = 0; l < (int)VL; l++) v[l] = s;
-    return v;
+    /* a broadcast: a shuffle of lane 0 (0 + s would add, for the sign of
+     * zero; a lane-by-lane loop compiles to one masked load per lane) */
+    const VEC t = {s};
+    const SFX(imask) zero = {0};
+    return __builtin_shuffle(t, zero);
 }
 
 /* Ask for the lines of a tile (rows x ncols at p, ld ldm) ahead of use: the
@@ -116,7 +119,6 @@ DLN_AI void SFX(prefetch_tile)(const REAL *p, dln_ix ldm, dln_ix rows, dln_ix nc
  * accumulator's partials, so every accumulator is summed by the same tree,
  * whatever the others in its batch: a dot product's bits depend only on its
  * inputs. */
-typedef DLN_IDX(REAL) SFX(imask) __attribute__((vector_size(DLN_VB)));
 
 static SFX(imask) SFX(red_lo)[8], SFX(red_hi)[8];
 static int SFX(red_ready);
@@ -171,7 +173,10 @@ DLN_AI void SFX(rd_body)(const int RB, const int QG, dln_ix nrows, const REAL *A
         for (dln_ix kv = kv0; kv < kv1; kv++) {
             VEC a[4];
 #pragma GCC unroll 16
-            for (int r = 0; r < RB; r++) a[r] = SFX(vld)(A + r * lda + kv * VL);
+            for (int r = 0; r < RB; r++) {
+                a[r] = SFX(vld)(A + r * lda + kv * VL);
+                DLN_IN_REG(a[r]);
+            }
 #pragma GCC unroll 16
             for (int q = 0; q < QG; q++) {
                 VEC v = SFX(vld)(V + q * ldv + kv * VL);
@@ -337,7 +342,10 @@ DLN_AI void SFX(ca_body)(const int CB, const int QG, dln_ix ns, const REAL *M, d
         for (dln_ix j = 0; j < nr; j++) {
             VEC m[2];
 #pragma GCC unroll 16
-            for (int c = 0; c < CB; c++) m[c] = SFX(vld)(M + j * ldm + c * VL);
+            for (int c = 0; c < CB; c++) {
+                m[c] = SFX(vld)(M + j * ldm + c * VL);
+                DLN_IN_REG(m[c]);
+            }
 #pragma GCC unroll 16
             for (int q = 0; q < QG; q++) {
                 const VEC u = SFX(vsplat)(U[j * ldur + q * lduq]);
