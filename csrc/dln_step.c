@@ -68,6 +68,14 @@ typedef ptrdiff_t dln_ix;
  * barrier at the end of the layer (~1 us) costs more than the layer. */
 #define DLN_RBLK 8
 #define DLN_HROWS 8
+/* Top-down tiles are prefetched this many tiles ahead. */
+#ifndef DLN_PF_TILES
+#define DLN_PF_TILES 2
+#endif
+#ifndef DLN_PF_RW
+#define DLN_PF_RW 1
+#define DLN_PF_LOC 3
+#endif
 #define DLN_PAR_MIN 32768LL
 
 #define DLN_AI static inline __attribute__((always_inline))

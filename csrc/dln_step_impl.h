@@ -110,7 +110,7 @@ DLN_AI void SFX(prefetch_tile)(const REAL *p, dln_ix ldm, dln_ix rows, dln_ix nc
 {
     const dln_ix step = 64 / (dln_ix)sizeof(REAL);
     for (dln_ix j = 0; j < rows; j++)
-        for (dln_ix c = 0; c < ncols; c += step) __builtin_prefetch(p + j * ldm + c, 1, 3);
+        for (dln_ix c = 0; c < ncols; c += step) __builtin_prefetch(p + j * ldm + c, DLN_PF_RW, DLN_PF_LOC);
 }
 
 /* Lane sums of n <= VL accumulators at once, by a tree of pairwise
@@ -607,12 +607,13 @@ static void SFX(down_part)(const SFX(sweep_t) *s, int i, dln_ix c0, dln_ix c1, c
         REAL *Mb = M + a0 * dp;
         for (dln_ix k = c0; k < c1; k += tw) {
             const dln_ix ncols = (c1 - k < tw) ? c1 - k : tw;
-            if (!small) {                     /* the next tile: along the row block, or below */
-                if (k + tw < c1)
-                    SFX(prefetch_tile)(Mb + k + tw, dp, nr, (c1 - k - tw < tw) ? c1 - k - tw : tw);
-                else if (a0 + h < dn)
-                    SFX(prefetch_tile)(Mb + h * dp + c0, dp, (dn - a0 - h < h) ? dn - a0 - h : h,
-                                       (c1 - c0 < tw) ? c1 - c0 : tw);
+            if (!small) {                     /* the tile DLN_PF_TILES ahead (row-major order) */
+                const dln_ix nk = (c1 - c0 + tw - 1) / tw;
+                const dln_ix t = (a0 / h) * nk + (k - c0) / tw + DLN_PF_TILES;
+                const dln_ix pa = (t / nk) * h, pk = c0 + (t % nk) * tw;
+                if (pa < dn)
+                    SFX(prefetch_tile)(M + pa * dp + pk, dp, (dn - pa < h) ? dn - pa : h,
+                                       (c1 - pk < tw) ? c1 - pk : tw);
             }
             if (has_old)
                 SFX(ca)(ncols, nr, D, Mb + k, dp, Oup + a0, 1, ldn, Oout + k, ldp, first);
