@@ -15,11 +15,14 @@ cblas). Candidates are timed in interleaved rounds, each sample two
 consecutive steps (the single-pass schedule alternates two sweeps), and
 each keeps its fastest sample: load from other processes only ever adds
 time, and interleaving exposes every candidate to the same conditions.
-``auto_choice`` then picks the fastest candidate that fits the cores
-available *now* (``available_cpus``: affinity minus the load of other
-processes), so a machine where another process holds a core gets the best
-1-thread candidate instead of a 2-thread kernel whose per-layer barrier
-waits for a descheduled thread (issue 14: 12-177 ms instead of 9-16 ms).
+``auto_choice`` then picks the backend of the fastest candidate that fits
+the cores available *now* (``available_cpus``: affinity minus the load of
+other processes). The thread count of each step is left to the backend
+where it chooses it itself from measured step times (numba, and the C
+kernel built with OpenMP; ``engine.kernels._threads``): a machine where
+another process holds a core then runs one thread instead of a 2-thread
+kernel whose per-layer barrier waits for a descheduled thread (issue 14:
+12-177 ms instead of 9-16 ms), and returns to two when the core is free.
 
 Overrides, strongest first: an explicit ``backend=`` name (never auto);
 ``ENGINE_BACKEND=<name>``; ``ENGINE_AUTO=rule`` (the fixed rule of
@@ -346,13 +349,29 @@ def auto_choice(widths, r, dtype="float64", *, measure=None, cpus=None, path=Non
     return _pick(times, free, cls, where)
 
 
+def adapts_threads(name) -> bool:
+    """Does backend ``name`` choose each step's thread count itself
+    (``engine.kernels._threads``)? Then ``auto`` leaves the count to it."""
+    from . import _REGISTRY
+    if name == "numba":
+        return True
+    return name == "cblas" and bool(getattr(_REGISTRY.get("cblas"), "openmp_threads", 0))
+
+
 def _pick(times, cpus, cls, where):
-    """The fastest calibrated candidate using at most ``cpus`` threads."""
+    """The backend of the fastest calibrated candidate using at most ``cpus``
+    threads. Its thread count is returned only for a backend that does not
+    choose it per step; the others get None: the load average cannot tell
+    other processes' load from this process's own recent steps (a process
+    that just ran 2-thread steps looks like a busy machine to itself for a
+    minute), while the per-step times can."""
     fits = {k: t for k, t in times.items() if (_unkey(k)[1] or 1) <= cpus}
     if not fits:
         fits = times
     best = min(fits, key=fits.get)
     name, threads = _unkey(best)
+    if adapts_threads(name):
+        threads = None
     shown = ", ".join(f"{k} {1e3 * t:.3g} ms" for k, t in sorted(times.items(), key=lambda kv: kv[1]))
-    note = "" if len(fits) == len(times) else f"; {cpus} core(s) free now, so at most {cpus} thread(s)"
+    note = "" if len(fits) == len(times) else f"; {cpus} core(s) free now, so ranked at most {cpus} thread(s)"
     return name, threads, f"measured for class {cls} ({where}): {shown}{note}"
