@@ -136,31 +136,44 @@ DLN_AI int dln_g0(int K, int ng, int g) { return (int)((long long)K * g / ng); }
  *   T   carried T^T chain, ping-pong (2 x d_out x ld(maxd)) forms T, single
  *   O   carried old suffix, ping-pong (2 x d_out x ld(maxd)) forms P, single
  *   W   R P_i^T for a top-down T-form update (d_out x ld(maxd))  single, r > d_out
- *   per thread: U (maxd x K, K the rank of a top-down update) and the RD accumulators
- *               (DLN_RBLK x (d_out + r) vectors)
+ *   per thread: the RD lane partials kept between k-chunks (DLN_RBLK x d_out
+ *               and DLN_RBLK x r vectors, where a layer's rows span several
+ *               chunks) and U (maxd x K, K the rank of a top-down update)
  * ------------------------------------------------------------------------- */
 typedef struct {
     dln_ix S, P, R, I, T, O, W, thr, per_thr, total, totS, totP, ldmax;
+    dln_ix abP, U;     /* per-thread offsets: P-dot lane partials, update factor */
+    dln_ix kc_vec;     /* k-chunk of a bottom-up tile, in vectors */
 } dln_layout;
 
 static dln_ix dln_round(dln_ix n, dln_ix a) { return (n + a - 1) / a * a; }
 
-/* Leading dimension (scalars) of a stored chain row of width d: whole cache
- * lines, plus one line when the row would be a multiple of 512 bytes, so
- * the rows of a chain (read together, one line from each, by every
- * micro-kernel) spread over cache sets instead of all sharing one. */
+/* Leading dimension (scalars) of a stored chain row of width d: rows of 512
+ * bytes or more are whole cache lines, plus one line when they would be a
+ * multiple of 512 bytes, so the rows of a chain (read together, one line
+ * from each, by every micro-kernel) spread over cache sets instead of all
+ * sharing one; shorter rows are not padded (they span a few lines). */
 static dln_ix dln_ldc(dln_ix d, dln_ix size)
 {
+    if (d * size < 512) return d;   /* a few lines: no sets to collide in, no padding */
     dln_ix b = dln_round(d * size, 64);
     if (b % 512 == 0) b += 64;
     return b / size;
 }
 
-static void dln_make_layout(int L, const int *w, int form, int nthreads, int size, dln_layout *lo)
+/* block_bytes as the sweeps use it (at least one vector per row of a tile) */
+static long long dln_block(long long block_bytes)
 {
-    const dln_ix r = w[0], D = w[L], a = 64 / size;
-    dln_ix maxd = 0, totS = 0, totP = 0;
+    return block_bytes < (long long)(DLN_RBLK * DLN_VB) ? (long long)(DLN_RBLK * DLN_VB) : block_bytes;
+}
+
+static void dln_make_layout(int L, const int *w, int form, int nthreads, int size,
+                            long long block_bytes, dln_layout *lo)
+{
+    const dln_ix r = w[0], D = w[L], a = 64 / size, vl = DLN_VB / size;
+    dln_ix maxd = 0, maxin = 0, totS = 0, totP = 0;
     for (int i = 0; i <= L; i++) if (w[i] > maxd) maxd = w[i];
+    for (int i = 0; i < L; i++) if (w[i] > maxin) maxin = w[i];
     for (int i = 0; i < L; i++) totS += D * dln_ldc(w[i], size);
     for (int i = 1; i <= L; i++) totP += r * dln_ldc(w[i], size);
     const dln_ix ldmax = dln_ldc(maxd, size);
@@ -168,6 +181,12 @@ static void dln_make_layout(int L, const int *w, int form, int nthreads, int siz
     const int useW = form == DLN_SINGLE && r > D;
     /* top-down update rank: P form r, single-pass min(r, d_out) (T form when r > d_out) */
     const dln_ix K = form == DLN_FORM_P ? r : (form == DLN_SINGLE ? (r < D ? r : D) : 0);
+    /* row dots keep lane partials between k-chunks only where a layer's rows
+     * are longer than one chunk: T dots (d_out of them) and P dots (r) */
+    lo->kc_vec = (dln_ix)(dln_block(block_bytes) / (DLN_RBLK * DLN_VB));
+    const int chunked = maxin / vl > lo->kc_vec;
+    const dln_ix abT = chunked && useS ? DLN_RBLK * D * vl : 0;
+    const dln_ix abP = chunked && useP ? DLN_RBLK * r * vl : 0;
     dln_ix o = 0;
     lo->totS = totS;
     lo->totP = totP;
@@ -179,18 +198,20 @@ static void dln_make_layout(int L, const int *w, int form, int nthreads, int siz
     lo->T = o; o += dln_round(useS ? 2 * D * ldmax : 0, a);
     lo->O = o; o += dln_round(useP ? 2 * D * ldmax : 0, a);
     lo->W = o; o += dln_round(useW ? D * ldmax : 0, a);
-    lo->per_thr = dln_round(maxd * K, a) + DLN_RBLK * (D + r) * (DLN_VB / size);
+    lo->abP = abT;
+    lo->U = dln_round(abT + abP, a);
+    lo->per_thr = dln_round(lo->U + maxd * K, a);
     lo->thr = o;
     if (nthreads < 1) nthreads = 1;
     o += lo->per_thr * nthreads;
     lo->total = o + a;              /* + slack to align `work` itself */
 }
 
-long long dln_work_size(int L, const int *widths, int form, int nthreads)
+long long dln_work_size(int L, const int *widths, int form, int nthreads, long long block_bytes)
 {
     dln_layout a, b;
-    dln_make_layout(L, widths, form, nthreads, 8, &a);
-    dln_make_layout(L, widths, form, nthreads, 4, &b);
+    dln_make_layout(L, widths, form, nthreads, 8, block_bytes, &a);
+    dln_make_layout(L, widths, form, nthreads, 4, block_bytes, &b);
     return (long long)(a.total > b.total ? a.total : b.total);
 }
 

@@ -37,9 +37,11 @@ int dln_vector_bytes(void);
  * __builtin_cpu_supports; 1 where that cannot be checked). */
 int dln_cpu_ok(void);
 
-/* Scalars of scratch the step needs for these widths, form, and up to
- * `nthreads` threads (per-thread buffers; nthreads >= 1). */
-long long dln_work_size(int L, const int *widths, int form, int nthreads);
+/* Scalars of scratch the step needs for these widths, form, up to
+ * `nthreads` threads (per-thread buffers; nthreads >= 1) and the
+ * block_bytes every step will be called with. */
+long long dln_work_size(int L, const int *widths, int form, int nthreads,
+                        long long block_bytes);
 
 /* One GD step, two-pass schedule (or, with do_update = 0, only the loss).
  *
@@ -51,7 +53,7 @@ long long dln_work_size(int L, const int *widths, int form, int nthreads);
  * form     DLN_FORM_P or DLN_FORM_T
  * block_bytes  target bytes of one tile of a layer (sized for L1)
  * nthreads threads to use (<= the count work was sized for; <= 0: all)
- * work     dln_work_size(L, widths, form, nthreads) scalars of scratch
+ * work     dln_work_size(L, widths, form, nthreads, block_bytes) scalars
  * lo, hi   the update is written only if the excess e is finite and
  *          lo < e <= hi; otherwise no weight is touched
  * excess   out: e = 1/2 ||R||_F^2 before the step, summed in double
@@ -76,7 +78,7 @@ int dln_step_f32(int L, const int *widths, float **layers, const double *c, doub
  * to the current weights (the next sweep is bottom-up / top-down), 3 =
  * nothing valid but the next sweep must be top-down (to resume a run on its
  * own rounding path).  The excess then comes from the stored residual at no
- * extra pass.  `work` has dln_work_size(L, widths, DLN_SINGLE, nthreads)
+ * extra pass.  `work` has dln_work_size(L, widths, DLN_SINGLE, nthreads, block_bytes)
  * scalars and must persist with state. */
 int dln_step1_f64(int L, const int *widths, double **layers, const double *c, double beta,
                   const double *xs, const double *yred, long long block_bytes, int nthreads,

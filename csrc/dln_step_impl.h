@@ -542,7 +542,7 @@ typedef struct {
      * T-form update (tform: K = d_out) or P form (K = r). */
     int do_T, do_up, do_P, has_old, do_new, tform;
     REAL *S, *P, *R, *I, *T, *O, *W, *thr;
-    dln_ix totS, totP, per_thr, ldmax, kc_vec, h_rows, tile_cols, block_bytes;
+    dln_ix totS, totP, per_thr, ldmax, kc_vec, h_rows, tile_cols, block_bytes, abP_off, U_off;
 } SFX(sweep_t);
 
 /* Rows [j0, j1) of bottom-up layer i: tiles of DLN_RBLK rows x kc_vec vectors.
@@ -557,7 +557,7 @@ static void SFX(up_part)(const SFX(sweep_t) *s, int i, dln_ix j0, dln_ix j1, REA
     REAL *M = s->layers[i];
     const REAL ci = (REAL)s->c[i];
     const dln_ix nv = dp / VL;
-    REAL *abT = ab, *abP = ab + (dln_ix)DLN_RBLK * D * VL;
+    REAL *abT = ab, *abP = ab + s->abP_off;
     const int do_P = s->do_P && i > 0;       /* layer 0: P_1^T = (M diag(xs))^T below */
     for (dln_ix jb = j0; jb < j1; jb += DLN_RBLK) {
         const dln_ix nb = (j1 - jb < DLN_RBLK) ? j1 - jb : DLN_RBLK;
@@ -685,7 +685,7 @@ static void SFX(sweep_thread)(const SFX(sweep_t) *s, int tid, int nth)
     const int *w = s->w;
     const int down = s->kind == SFX(DOWN_SWEEP);
     REAL *ab = s->thr + s->per_thr * tid;             /* RD lane partials */
-    REAL *U = ab + (dln_ix)DLN_RBLK * (D + r) * VL;   /* top-down update factor */
+    REAL *U = ab + s->U_off;                          /* top-down update factor */
     const int K = s->tform ? D : r;
     /* Running offsets into the stored chains. Bottom-up: oS = S_i, oP = P_i^T
      * (i >= 1). Top-down: oS = S_{i+1}, oP = P_{i+1}^T. (S_L = beta I and
@@ -801,7 +801,7 @@ static void SFX(setup)(SFX(sweep_t) *s, int L, const int *w, REAL **layers, cons
                        REAL *work)
 {
     dln_layout lo;
-    dln_make_layout(L, w, form, nthreads, (int)sizeof(REAL), &lo);
+    dln_make_layout(L, w, form, nthreads, (int)sizeof(REAL), block_bytes, &lo);
     REAL *base = (REAL *)(((size_t)work + 63) & ~(size_t)63);
     memset(s, 0, sizeof *s);
     s->L = L;
@@ -824,14 +824,16 @@ static void SFX(setup)(SFX(sweep_t) *s, int L, const int *w, REAL **layers, cons
     s->totS = lo.totS;
     s->totP = lo.totP;
     s->ldmax = lo.ldmax;
-    if (block_bytes < (long long)(DLN_RBLK * DLN_VB)) block_bytes = DLN_RBLK * DLN_VB;
+    s->abP_off = lo.abP;
+    s->U_off = lo.U;
+    block_bytes = dln_block(block_bytes);
     /* bottom-up tile: DLN_RBLK rows x kc_vec vectors (16 KiB: 8 x 32 vectors);
      * top-down tile: DLN_HROWS rows x tile_cols columns (16 KiB: 8 x 256
      * doubles): few rows, because the rows of a layer are often a power of
      * two bytes apart and the lines of a column strip then all fall into the
      * same cache sets */
     s->block_bytes = (dln_ix)block_bytes;
-    s->kc_vec = (dln_ix)(block_bytes / (DLN_RBLK * DLN_VB));
+    s->kc_vec = lo.kc_vec;
     s->h_rows = DLN_HROWS;
     s->tile_cols = (dln_ix)(block_bytes / (DLN_HROWS * sizeof(REAL))) / (2 * VL) * (2 * VL);
     if (s->tile_cols < 2 * VL) s->tile_cols = 2 * VL;

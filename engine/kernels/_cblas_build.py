@@ -89,7 +89,8 @@ int dln_openmp_threads(void);
 const char *dln_build_isa(void);
 int dln_vector_bytes(void);
 int dln_cpu_ok(void);
-long long dln_work_size(int L, const int *widths, int form, int nthreads);
+long long dln_work_size(int L, const int *widths, int form, int nthreads,
+                        long long block_bytes);
 int dln_step_f64(int L, const int *widths, double **layers, const double *c, double beta,
                  const double *xs, const double *yred, int form, long long block_bytes,
                  int nthreads, double *work, double lo, double hi, int do_update,

@@ -186,7 +186,7 @@ class Workspace:
         self.dtype = dtype
         self.shapes = [tuple(int(v) for v in s) for s in shapes]
         self.r, self.d_out, self.L = r, d_out, L
-        self.block_bytes = BLOCK_BYTES
+        self._block_bytes = int(BLOCK_BYTES)
         self._ctype = _CTYPE[dtype]
         f64 = dtype == np.float64
         self._single = schedule == "single-pass"
@@ -199,10 +199,12 @@ class Workspace:
         code = lib.DLN_SINGLE if self._single else self._form_code
         # threads: any layer big enough to be split? (else one thread, no region)
         self.parallel = any(widths[i] * widths[i + 1] >= PAR_MIN for i in range(L))
-        self.max_threads = max(1, openmp_threads, int(lib.dln_openmp_threads()))
+        # per-thread buffers only where a layer can be split across threads
+        self.max_threads = max(1, openmp_threads, int(lib.dln_openmp_threads())) if self.parallel else 1
         self.threads = None
         self.chooser = ThreadChooser(self.max_threads)
-        self.work = np.empty(int(lib.dln_work_size(L, self._widths, code, self.max_threads)), dtype=dtype)
+        self.work = np.empty(int(lib.dln_work_size(L, self._widths, code, self.max_threads,
+                                                   self._block_bytes)), dtype=dtype)
         self._work_ptr = ffi.from_buffer(self._ctype + "[]", self.work, require_writable=True)
         self._layer_ptrs = ffi.new(self._ctype + " *[]", L)
         self._layer_arrays = None        # the arrays the pointers were taken from
@@ -211,6 +213,11 @@ class Workspace:
         self._ex = ffi.new("double *")
         self._state = ffi.new("int *")   # single-pass: which chain in work is valid (0 = none)
         self._beta = None
+
+    @property
+    def block_bytes(self):
+        """Tile budget (bytes) the scratch was sized for (``BLOCK_BYTES`` at creation)."""
+        return self._block_bytes
 
     def reset(self):
         """Forget the chain kept for the next step (single-pass schedule)."""
@@ -297,11 +304,11 @@ class Workspace:
                 self._beta = beta
             phase = self._state[0]
             applied = self._fn(self.L, self._widths, self._layer_ptrs, cp, beta, xp, yp,
-                               self.block_bytes, nt, self._work_ptr, float(lo), float(hi),
+                               self._block_bytes, nt, self._work_ptr, float(lo), float(hi),
                                do_update, self._state, self._ex)
         else:
             applied = self._fn(self.L, self._widths, self._layer_ptrs, cp, beta, xp, yp,
-                               self._form_code, self.block_bytes, nt, self._work_ptr,
+                               self._form_code, self._block_bytes, nt, self._work_ptr,
                                float(lo), float(hi), do_update, self._ex)
         if adaptive and applied:
             self.chooser.record(nt, phase, time.perf_counter() - t0)
