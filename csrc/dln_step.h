@@ -90,4 +90,19 @@ int dln_step1_f32(int L, const int *widths, float **layers, const double *c, dou
                   float *work, double lo, double hi, int do_update, int *state,
                   double *excess);
 
+/* K same-shape networks (an ensemble), one GD step each, in parallel over
+ * the members (dynamic schedule, one thread per member: each member gets
+ * the bits a step of it alone gives).  layers[k], c[k], beta[k], work[k]
+ * (dln_work_size(..., nthreads = 1, ...)), state[k] (single-pass; form
+ * DLN_SINGLE) and hi[k] per member; members with active[k] = 0 are
+ * skipped.  Out: excess[k], applied[k] (as dln_step / dln_step1). */
+void dln_members_f64(int K, int L, const int *widths, double ***layers, const double **c,
+                     const double *beta, const double *xs, const double *yred, int form,
+                     long long block_bytes, int nthreads, double **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
+void dln_members_f32(int K, int L, const int *widths, float ***layers, const double **c,
+                     const double *beta, const float *xs, const float *yred, int form,
+                     long long block_bytes, int nthreads, float **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
+
 #endif

@@ -965,6 +965,39 @@ int SFX(dln_step1)(int L, const int *widths, REAL **layers, const double *c, dou
     return 1;
 }
 
+/* ------------------------------------------------------------------------
+ * K same-shape networks (an ensemble), one step each, in parallel over the
+ * members: each member's step runs on one thread (dln_step / dln_step1
+ * with nthreads = 1, so the same bits as a step of that member alone), and
+ * members are handed out dynamically, so a descheduled thread delays at
+ * most the member it holds.  Per member k: layers[k] (L pointers), c[k],
+ * beta[k], work[k] (sized for 1 thread), state[k] (single-pass), hi[k];
+ * members with active[k] == 0 are skipped.  Out: excess[k], applied[k].
+ * ------------------------------------------------------------------------ */
+void SFX(dln_members)(int K, int L, const int *widths, REAL ***layers, const double **c,
+                      const double *beta, const REAL *xs, const REAL *yred, int form,
+                      long long block_bytes, int nthreads, REAL **work, int *state, double lo,
+                      const double *hi, const int *active, double *excess, int *applied)
+{
+    int nt = SFX(threads)(nthreads);
+    if (nt > K) nt = K;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+#endif
+    for (int k = 0; k < K; k++) {
+        if (!active[k]) {
+            applied[k] = 0;
+            continue;
+        }
+        if (form == DLN_SINGLE)
+            applied[k] = SFX(dln_step1)(L, widths, layers[k], c[k], beta[k], xs, yred, block_bytes, 1,
+                                        work[k], lo, hi[k], 1, &state[k], &excess[k]);
+        else
+            applied[k] = SFX(dln_step)(L, widths, layers[k], c[k], beta[k], xs, yred, form,
+                                       block_bytes, 1, work[k], lo, hi[k], 1, &excess[k]);
+    }
+}
+
 #undef LDC
 #undef VEC
 #undef VL

@@ -107,6 +107,14 @@ int dln_step1_f32(int L, const int *widths, float **layers, const double *c, dou
                   const float *xs, const float *yred, long long block_bytes, int nthreads,
                   float *work, double lo, double hi, int do_update, int *state,
                   double *excess);
+void dln_members_f64(int K, int L, const int *widths, double ***layers, const double **c,
+                     const double *beta, const double *xs, const double *yred, int form,
+                     long long block_bytes, int nthreads, double **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
+void dln_members_f32(int K, int L, const int *widths, float ***layers, const double **c,
+                     const double *beta, const float *xs, const float *yred, int form,
+                     long long block_bytes, int nthreads, float **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
 """)
 
 # Paths relative to the repository root, where setup.py runs (setuptools

@@ -160,7 +160,7 @@ class Workspace:
     thread count between 1 and OpenMP's current limit; an int fixes it.
     """
 
-    def __init__(self, shapes, r, d_out, dtype, form, schedule="two-pass"):
+    def __init__(self, shapes, r, d_out, dtype, form, schedule="two-pass", max_threads=None):
         dtype = np.dtype(dtype)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: must be one of {SCHEDULES}, got {schedule!r}")
@@ -201,6 +201,8 @@ class Workspace:
         self.parallel = any(widths[i] * widths[i + 1] >= PAR_MIN for i in range(L))
         # per-thread buffers only where a layer can be split across threads
         self.max_threads = max(1, openmp_threads, int(lib.dln_openmp_threads())) if self.parallel else 1
+        if max_threads is not None:
+            self.max_threads = max(1, min(self.max_threads, int(max_threads)))
         self.threads = None
         self.chooser = ThreadChooser(self.max_threads)
         self.work = np.empty(int(lib.dln_work_size(L, self._widths, code, self.max_threads,
@@ -315,7 +317,7 @@ class Workspace:
         return float(self._ex[0]), bool(applied)
 
 
-def workspace(layers, r, d_out, dtype, form=None, schedule=None):
+def workspace(layers, r, d_out, dtype, form=None, schedule=None, max_threads=None):
     """Workspace for these layers (B_1 first, shapes (d_{i+1}, d_i), d_0 = r).
 
     ``form`` "P" or "T" asks for the two-pass schedule in that chain form;
@@ -333,7 +335,104 @@ def workspace(layers, r, d_out, dtype, form=None, schedule=None):
     for i, s in enumerate(shapes):
         if len(s) != 2:
             raise ValueError(f"layers[{i}]: must be a 2-D array, got shape {s}")
-    return Workspace(shapes, r, d_out, dtype, form, schedule)
+    return Workspace(shapes, r, d_out, dtype, form, schedule, max_threads)
+
+
+class Members:
+    """K same-shape networks stepped together, in parallel over the members.
+
+    ``members``: K lists of layers (each as for ``workspace``), ``r``,
+    ``d_out``, ``dtype``; ``form`` / ``schedule`` as for ``workspace``. Each
+    member gets its own one-thread ``Workspace`` (``workspaces``), so a
+    member's weights are bit for bit those of stepping it alone; the members
+    are spread over the threads (``dln_members`` in csrc: a dynamic
+    schedule, no barrier inside a member's step), and ``ThreadChooser``
+    picks the thread count of each call from the times of the previous ones
+    (unless ``threads`` is set). For ensembles: K small networks give two
+    cores twice the work of one, where one network's layers are too small to
+    split.
+    """
+
+    def __init__(self, members, r, d_out, dtype, form=None, schedule=None):
+        if not available:
+            raise RuntimeError(f"the cblas backend is unavailable: {reason}")
+        members = [list(m) for m in members]
+        if not members:
+            raise ValueError("members: need at least one network")
+        self.workspaces = [workspace(m, r, d_out, dtype, form, schedule, max_threads=1) for m in members]
+        ws0 = self.workspaces[0]
+        for k, ws in enumerate(self.workspaces):
+            if ws.shapes != ws0.shapes:
+                raise ValueError(f"members[{k}]: layer shapes {ws.shapes} differ from member 0's {ws0.shapes}")
+        self.K, self.dtype, self.schedule, self.form = len(members), ws0.dtype, ws0.schedule, ws0.form
+        self._fn = lib.dln_members_f64 if ws0.dtype == np.float64 else lib.dln_members_f32
+        self._code = lib.DLN_SINGLE if ws0._single else ws0._form_code
+        ct = ws0._ctype
+        self._layers = ffi.new(ct + " **[]", self.K)
+        self._work = ffi.new(ct + " *[]", [w._work_ptr for w in self.workspaces])
+        self._c = ffi.new("double *[]", self.K)
+        self._state = ffi.new("int[]", self.K)
+        self._beta = np.zeros(self.K)
+        self._hi = np.zeros(self.K)
+        self._active = np.zeros(self.K, dtype=np.intc)
+        self._ex = np.zeros(self.K)
+        self._applied = np.zeros(self.K, dtype=np.intc)
+        self.threads = None
+        self.chooser = ThreadChooser(max(1, min(self.K, openmp_threads or 1)))
+
+    def step(self, members, cs, betas, xs, yred, lo=-1.0, his=None, active=None):
+        """One step of every active member; returns (excess (K,), applied (K,) bool).
+
+        ``members``: the K layer lists (the same arrays as bound, or new ones),
+        ``cs`` K per-layer step arrays, ``betas`` (K,), ``his`` (K,) upper
+        gates (default inf), ``active`` (K,) bool (default all)."""
+        K = self.K
+        if len(members) != K or len(cs) != K or len(betas) != K:
+            raise ValueError(f"members: expected {K} members, cs and betas")
+        his = np.full(K, math.inf) if his is None else np.asarray(his, dtype=np.float64)
+        active = np.ones(K, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        xp = yp = None
+        for k, ws in enumerate(self.workspaces):
+            lay = members[k]
+            bound = ws._layer_arrays
+            if bound is None or len(lay) != len(bound) or not all(map(operator.is_, lay, bound)):
+                ws._bind_layers(lay)
+            c = cs[k]
+            if not isinstance(c, np.ndarray) or c.dtype != np.float64:
+                c = np.ascontiguousarray(c, dtype=np.float64)
+            self._c[k] = ws._vector("c", c, (ws.L,), np.dtype(np.float64), "double")
+            xp = ws._vector("xs", xs, (ws.r,), ws.dtype, ws._ctype)
+            yp = ws._vector("yred", yred, (ws.d_out, ws.r), ws.dtype, ws._ctype)
+            beta = float(betas[k])
+            if ws._single and beta != ws._beta:
+                ws._invalidate()
+                ws._beta = beta
+            self._layers[k] = ws._layer_ptrs
+            self._state[k] = ws._state[0]
+            self._beta[k] = beta
+        self._hi[:] = his
+        self._active[:] = active
+        if self.threads is not None:
+            nt, adaptive = max(1, int(self.threads)), False
+        else:
+            nt, adaptive = self.chooser.pick(), True
+        t0 = time.perf_counter()
+        self._fn(K, self.workspaces[0].L, self.workspaces[0]._widths, self._layers, self._c,
+                 ffi.from_buffer("double[]", self._beta), xp, yp, self._code,
+                 self.workspaces[0].block_bytes, nt, self._work, self._state, float(lo),
+                 ffi.from_buffer("double[]", self._hi), ffi.from_buffer("int[]", self._active),
+                 ffi.from_buffer("double[]", self._ex, require_writable=True),
+                 ffi.from_buffer("int[]", self._applied, require_writable=True))
+        if adaptive:
+            self.chooser.record(nt, self._code, time.perf_counter() - t0)
+        for k, ws in enumerate(self.workspaces):
+            ws._state[0] = self._state[k]
+        return self._ex.copy(), self._applied.astype(bool)
+
+
+def members(layers_list, r, d_out, dtype, form=None, schedule=None):
+    """A ``Members`` stepper for these K same-shape networks."""
+    return Members(layers_list, r, d_out, dtype, form, schedule)
 
 
 def reset(ws):
