@@ -79,3 +79,17 @@ def test_noise_does_not_flip_a_clear_winner(seed):
     ch = ThreadChooser(2)
     used = _simulate(ch, cost, 1000)
     assert ch.current == 2 and np.mean(used == 1) < 0.05
+
+
+def test_costly_probes_take_a_small_share_of_the_time():
+    """Under load a 2-thread probe can take 100x a 1-thread step: probes are
+    spaced so that they take ~PROBE_COST of the time, not a fixed count."""
+    from engine.kernels._threads import PROBE_COST
+
+    def cost(n, phase, t):
+        return 100.0 if n == 2 else 1.0
+    ch = ThreadChooser(2)
+    used = _simulate(ch, cost, 20000)
+    times = np.where(used == 2, 100.0, 1.0)
+    assert ch.current == 1
+    assert times[2000:].sum() / (20000 - 2000) < 1 + 2 * PROBE_COST

@@ -14,11 +14,13 @@ pair, ~0.1 us) and ``ThreadChooser`` picks the count of the next one:
   only the latest steps say what the current count costs now) by
   ``SWITCH_MARGIN``;
 * a step slower than ``ANOMALY`` times the recent median (load arrived)
-  makes the next step a probe at once;
+  makes the next step a probe of one thread at once (when running more);
 * steps are compared only with steps of the same kind (``phase``: the
   single-pass schedule alternates two sweeps of different cost);
 * a probe that loses by a wide margin doubles the interval to the next
-  probe (up to ``PROBE_MAX``), so a quiet machine pays well under 1%.
+  probe (up to ``PROBE_MAX``), and stretches it so that probes cost at most
+  ~``PROBE_COST`` of the time (a 2-thread probe under load can take 100x a
+  step), so a quiet machine pays well under 1%.
 
 The thread count never changes a result (the kernels split work so that
 every number is computed the same way by any thread; tests check this bit
@@ -39,6 +41,8 @@ PROBE_FIRST = 3
 PROBE_EVERY = 16
 PROBE_MAX = 512
 LOSE_WIDE = 1.3
+# Probes that lose take at most about this fraction of the time.
+PROBE_COST = 0.05
 # Recent steps kept per (threads, phase).
 HISTORY = 7
 
@@ -82,11 +86,12 @@ class ThreadChooser:
                 self.switches += 1
                 self.interval = PROBE_EVERY
             elif now is not None and seconds > LOSE_WIDE * now:
-                self.interval = min(PROBE_MAX, 2 * self.interval)
+                stretch = int(seconds / (PROBE_COST * now)) if now > 0 else PROBE_MAX
+                self.interval = max(min(PROBE_MAX, 2 * self.interval), stretch)
             self.countdown = self.interval
             return
-        if len(own) >= 3 and seconds > ANOMALY * statistics.median(own):
-            self.countdown = 0             # load changed: probe the other count next
+        if self.current > 1 and len(own) >= 3 and seconds > ANOMALY * statistics.median(own):
+            self.countdown = 0             # load arrived: probe one thread next
             self.interval = PROBE_EVERY
         else:
             self.countdown -= 1
