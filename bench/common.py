@@ -78,6 +78,16 @@ def network(d_in, d_out, m, L, dtype="float64", seed=0):
     of four Haar m x m matrices: exactly orthogonal, so GD at the theorem's
     rate is as stable as from a Haar init (which is all a timing needs).
     """
+    # one BLAS thread for the QR factorizations: a threaded LAPACK QR on a
+    # machine where another process holds a core took 5.7 s instead of 0.1 s
+    # (its threads wait at barriers for a descheduled thread), which made the
+    # asv suite's setups minutes long
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _network(d_in, d_out, m, L, dtype, seed)
+
+
+def _network(d_in, d_out, m, L, dtype, seed):
     import engine
     from engine.init import haar_semi_orthogonal
     from engine.network import Network, _alloc_layers
