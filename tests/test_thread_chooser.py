@@ -14,7 +14,7 @@ def _simulate(ch, cost, steps, phases=(0,)):
     used = []
     for t in range(steps):
         phase = phases[t % len(phases)]
-        n = ch.pick()
+        n = ch.pick(phase)
         ch.record(n, phase, cost(n, phase, t))
         used.append(n)
     return np.array(used)

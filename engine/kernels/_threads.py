@@ -62,11 +62,14 @@ class ThreadChooser:
     def _other(self):
         return 1 if self.current != 1 else self.max_threads
 
-    def pick(self) -> int:
-        """Threads for the next step."""
+    def pick(self, phase=None) -> int:
+        """Threads for the next step (of kind ``phase``). A probe waits until
+        the current count has two steps of that kind to compare it with: the
+        first steps after a network is bound (first touch of its buffers, a
+        rebuilt chain) are not what a step costs."""
         if self.max_threads == 1:
             return 1
-        if self.countdown <= 0:
+        if self.countdown <= 0 and len(self.times[(self.current, phase)]) >= 2:
             self.probing = self._other()
             return self.probing
         return self.current

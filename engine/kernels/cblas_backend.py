@@ -286,7 +286,7 @@ class Workspace:
         beta = float(beta)
         return self._run(cp, beta, xp, yp, lo, hi, do_update)
 
-    def _thread_count(self):
+    def _thread_count(self, phase):
         if not self.parallel or not openmp_threads:
             return 1, False
         cap = min(self.max_threads, max(1, int(lib.dln_openmp_threads())))
@@ -294,17 +294,16 @@ class Workspace:
             return max(1, min(cap, int(self.threads))), False
         if cap != self.chooser.max_threads:     # the OpenMP limit changed since
             self.chooser = ThreadChooser(cap)
-        return self.chooser.pick(), True
+        return self.chooser.pick(phase), True
 
     def _run(self, cp, beta, xp, yp, lo, hi, do_update):
-        nt, adaptive = self._thread_count()
-        phase = self._state[0]
+        if self._single and beta != self._beta:
+            self._invalidate()
+            self._beta = beta
+        phase = self._state[0]                  # the kind of step (single-pass: its sweep)
+        nt, adaptive = self._thread_count(phase)
         t0 = time.perf_counter()
         if self._single:
-            if beta != self._beta:
-                self._invalidate()
-                self._beta = beta
-            phase = self._state[0]
             applied = self._fn(self.L, self._widths, self._layer_ptrs, cp, beta, xp, yp,
                                self._block_bytes, nt, self._work_ptr, float(lo), float(hi),
                                do_update, self._state, self._ex)
@@ -415,7 +414,7 @@ class Members:
         if self.threads is not None:
             nt, adaptive = max(1, int(self.threads)), False
         else:
-            nt, adaptive = self.chooser.pick(), True
+            nt, adaptive = self.chooser.pick(self._code), True
         t0 = time.perf_counter()
         self._fn(K, self.workspaces[0].L, self.workspaces[0]._widths, self._layers, self._c,
                  ffi.from_buffer("double[]", self._beta), xp, yp, self._code,

@@ -192,8 +192,8 @@ class Workspace:
             self.lst = lst
         self.valid = False
 
-    def _thread_count(self):
-        """(threads for this step, whether the chooser picked it)."""
+    def _thread_count(self, key=None):
+        """(threads for this step of kind ``key``, whether the chooser picked it)."""
         if not self.parallel:
             return 1, False
         cap = max(1, numba.get_num_threads())
@@ -201,7 +201,7 @@ class Workspace:
             return max(1, min(cap, int(self.threads))), False
         if cap != self.chooser.max_threads:      # the Numba thread count changed since
             self.chooser = ThreadChooser(cap)
-        return self.chooser.pick(), True
+        return self.chooser.pick(key), True
 
     def run(self, layers, c, beta, xs, yred, lo, hi, do_update):
         if len(layers) != len(self.refs) or not all(map(operator.is_, layers, self.refs)):
@@ -210,8 +210,8 @@ class Workspace:
         c = np.ascontiguousarray(c, dtype=dt)
         xs = np.ascontiguousarray(xs, dtype=dt)
         yred = np.ascontiguousarray(yred, dtype=dt)
-        nt, adaptive = self._thread_count()
         key = (self.phase, self.valid)
+        nt, adaptive = self._thread_count(key)
         t0 = time.perf_counter()
         ex, applied, phase, valid, ex_after = _k.step_kernel(
             layers[0], self.stack, layers[-1], self.lst, self.uniform, self.widths, c,
