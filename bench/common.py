@@ -78,6 +78,16 @@ def network(d_in, d_out, m, L, dtype="float64", seed=0):
     of four Haar m x m matrices: exactly orthogonal, so GD at the theorem's
     rate is as stable as from a Haar init (which is all a timing needs).
     """
+    # one BLAS thread for the QR factorizations: a threaded LAPACK QR on a
+    # machine where another process holds a core took 5.7 s instead of 0.1 s
+    # (its threads wait at barriers for a descheduled thread), which made the
+    # asv suite's setups minutes long
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _network(d_in, d_out, m, L, dtype, seed)
+
+
+def _network(d_in, d_out, m, L, dtype, seed):
     import engine
     from engine.init import haar_semi_orthogonal
     from engine.network import Network, _alloc_layers
@@ -118,15 +128,15 @@ class CheckedStep:
 
 
 def stepper(d_in, n, d_out, m, L, backend="numpy", dtype="float64", seed=0, lr_scale=TIMING_LR_SCALE):
-    """A bound ``engine.train._Stepper`` (what ``engine.train`` runs each step)
+    """A bound ``engine.stepper.Stepper`` (what ``engine.train`` runs each step)
     on an orthogonal net at ``lr_scale`` times its theorem lr; ``.checked`` is
     its step function that raises if a step was not applied."""
     import engine
-    from engine.train import _Stepper
+    from engine.stepper import Stepper
     prob = problem(d_in, n, d_out)
     net = network(d_in, d_out, m, L, dtype=dtype, seed=seed)
     lr = lr_scale * engine.theory.lr_bound("orthogonal", prob, L)
-    st = _Stepper(net, prob, lr, backend)
+    st = Stepper(net, prob, lr, backend)
     st.checked = CheckedStep(st)
     return st
 

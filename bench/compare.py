@@ -4,6 +4,7 @@
     python bench/compare.py --quick          # fewer repeats (noisy; for a smoke run)
     python bench/compare.py --check          # assert every implementation computes the same step
     python bench/compare.py --scaling        # n-, L- and m-scaling and the ensemble ratio
+    python bench/compare.py --under-load     # auto with another process spinning on one core
     python bench/compare.py --configs 64,16,10,32,8 --quick    # any (d_in, n, d_out, m, L)
 
 All in float64, one GD step of the same network in the same normalized
@@ -30,8 +31,9 @@ a user's loop of ``engine.gd_step`` calls with auto; the limit
 
 with the bandwidth (NumPy copy of 256 MiB) and the DGEMM rate (NumPy
 1024^3 matmul, BLAS threads as set) measured in this run; auto / t_limit,
-gd_step loop / train, auto / best backend; each baseline and its ratio to
-auto (train) and to the gd_step loop. Torch and JAX are optional and never
+gd_step loop / train, auto / best backend; auto in float32 against its own
+t_limit (float32 bytes, SGEMM rate); each baseline and its ratio to auto
+(train) and to the gd_step loop. Torch and JAX are optional and never
 imported by ``engine``. Default configs: a few minutes on 2 cores.
 """
 from __future__ import annotations
@@ -253,7 +255,7 @@ def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
     implementation as (A_i(0) - A_i(1)) / c_i in normalized storage.
     """
     import engine
-    from engine.train import _Stepper
+    from engine.stepper import Stepper
     prob, net0, lr, c, beta, A0 = _setup(cfg)
     ref_loss = None
     ref_grads = None
@@ -264,7 +266,7 @@ def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
 
     for be in _engine_available():
         net = net0.copy()
-        st = _Stepper(net, prob, lr, be)
+        st = Stepper(net, prob, lr, be)
         ex, applied = st.step()
         assert applied
         loss = prob.opt + ex
@@ -305,9 +307,9 @@ def check(cfg=CHECK_CONFIG, verbose=True, baselines=BASELINES):
 # --------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------
-def measure_engine(cfg, backend, repeat, min_time):
+def measure_engine(cfg, backend, repeat, min_time, dtype="float64"):
     d_in, n, d_out, m, L = cfg
-    st = common.stepper(d_in, n, d_out, m, L, backend)
+    st = common.stepper(d_in, n, d_out, m, L, backend, dtype=dtype)
     return common.median_step_seconds(st.checked, repeat=repeat, min_time=min_time, warmup=2)
 
 
@@ -329,13 +331,13 @@ def measure_gd_step_loop(cfg, backend, repeat, min_time):
                                       repeat=repeat, min_time=min_time, warmup=2)
 
 
-def auto_backend(cfg):
+def auto_backend(cfg, dtype="float64"):
     """The backend ``auto`` runs for this config (what ``engine.train`` picks)."""
     from engine import kernels
     d_in, n, d_out, m, L = cfg
     chooser = getattr(kernels, "auto_choice", None)
     if chooser is not None:
-        return chooser(common.widths(d_in, d_out, m, L), min(d_in, n), "float64")[0]
+        return chooser(common.widths(d_in, d_out, m, L), min(d_in, n), dtype)[0]
     return kernels.get("auto", shape=(common.widths(d_in, d_out, m, L), min(d_in, n))).name
 
 
@@ -358,6 +360,7 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
     eng = _engine_available()
     base = [b for b in baselines if baseline_available(b)[0]]
     bw, gemm = common.bandwidth(), common.gemm_rate("float64")
+    sgemm = common.gemm_rate("float32")
     results = []
     for cfg in configs:
         row = {"cfg": cfg}
@@ -366,6 +369,10 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
         row["auto_name"] = auto_backend(cfg)
         row["auto"] = row[row["auto_name"]]
         row["gd_step"] = measure_gd_step_loop(cfg, "auto", repeat, min_time)
+        # float32: the backend auto picks for float32, against float32 bytes and the SGEMM rate
+        row["auto32_name"] = auto_backend(cfg, "float32")
+        row["auto32"] = measure_engine(cfg, row["auto32_name"], repeat, min_time, dtype="float32")
+        row["limit32"] = common.limit_seconds(*cfg, dtype="float32")
         for b in base:
             row[b] = measure_baseline(cfg, b, repeat, min_time)
         row["limit"] = common.limit_seconds(*cfg)
@@ -374,11 +381,13 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
         results.append(row)
     head = (["(d_in, n, d_out, m, L)"] + [f"engine {be}" for be in eng]
             + ["auto", "gd_step loop", "t_limit", "auto / t_limit", "gd_step loop / train",
-               "auto / best"] + list(base) + [f"{b} / auto" for b in base]
+               "auto / best", "float32 auto", "float32 t_limit", "float32 auto / t_limit"]
+            + list(base) + [f"{b} / auto" for b in base]
             + [f"{b} / gd_step loop" for b in base])
-    out(_env_line(bw, gemm))
+    out(_env_line(bw, gemm, sgemm))
     out("")
-    out("ms per GD step (median of repeats in one run), float64; auto = the backend "
+    out("ms per GD step (median of repeats in one run), float64 unless marked float32 "
+        "(against float32 bytes and the SGEMM rate); auto = the backend "
         "`auto` picks, in bold the fastest backend:")
     out("")
     out("| " + " | ".join(head) + " |")
@@ -388,7 +397,9 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
         cells += [("**" + _fmt_ms(row[be]) + "**") if be == row["best_name"] else _fmt_ms(row[be]) for be in eng]
         cells += [f"{_fmt_ms(row['auto'])} ({row['auto_name']})", _fmt_ms(row["gd_step"]),
                   _fmt_ms(row["limit"]), f"{row['auto'] / row['limit']:.1f}x",
-                  f"{row['gd_step'] / row['auto']:.2f}", f"{row['auto'] / row['best']:.2f}"]
+                  f"{row['gd_step'] / row['auto']:.2f}", f"{row['auto'] / row['best']:.2f}",
+                  f"{_fmt_ms(row['auto32'])} ({row['auto32_name']})", _fmt_ms(row["limit32"]),
+                  f"{row['auto32'] / row['limit32']:.1f}x"]
         cells += [_fmt_ms(row[b]) for b in base]
         cells += [f"{row[b] / row['auto']:.1f}x" for b in base]
         cells += [f"{row[b] / row['gd_step']:.1f}x" for b in base]
@@ -396,12 +407,22 @@ def compare(configs, repeat=15, min_time=0.5, out=print, baselines=BASELINES):
     return results
 
 
-def _env_line(bw, gemm=None):
+def _env_line(bw, gemm=None, sgemm=None):
     import engine
     parts = [f"machine: {_cpu_name()} ({platform.machine()}), {os.cpu_count()} CPUs",
              f"bandwidth {bw / 1e9:.1f} GB/s (NumPy copy)"]
     if gemm is not None:
         parts.append(f"DGEMM {2 * gemm / 1e9:.0f} GFLOP/s (NumPy 1024^3 matmul)")
+    if sgemm is not None:
+        parts.append(f"SGEMM {2 * sgemm / 1e9:.0f} GFLOP/s")
+    parts.append(f"load average {os.getloadavg()[0]:.2f} at the start")
+    try:
+        from engine.kernels import cblas_backend
+        if cblas_backend.available:
+            parts.append(f"C kernel built for {cblas_backend.isa} "
+                         f"({cblas_backend.openmp_threads} OpenMP threads)")
+    except Exception:
+        pass
     parts.append(f"numpy {np.__version__}")
     try:
         import numba
@@ -424,6 +445,63 @@ def _cpu_name():
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+# --------------------------------------------------------------------------
+# --under-load
+# --------------------------------------------------------------------------
+SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+
+
+def under_load(configs, seconds=4.0, repeat=15, min_time=0.5, out=print):
+    """Issue 14 item 4: ``auto``'s step while another process spins on one
+    core, against its quiet single-thread time (target: <= 1.5x).
+
+    Per config: the quiet median of the backend auto picks with its thread
+    count fixed at 1; the quiet median of auto as ``engine.train`` runs it;
+    then a CPU-bound process is started and auto (a fresh stepper, as a
+    user's new run would get) steps for ``seconds``: its median, mean
+    (which includes the steps before it adapts) and worst step."""
+    import subprocess
+    rows = []
+    for cfg in configs:
+        name = auto_backend(cfg)
+        st1 = common.stepper(*cfg, backend=name)
+        if hasattr(st1.ws, "threads"):
+            st1.ws.threads = 1
+        quiet1 = common.median_step_seconds(st1.checked, repeat=repeat, min_time=min_time, warmup=2)
+        del st1
+        st = common.stepper(*cfg, backend="auto")
+        quiet = common.median_step_seconds(st.checked, repeat=repeat, min_time=min_time, warmup=2)
+        del st
+        spin = subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds + 30)])
+        try:
+            time.sleep(0.5)                      # the spinner is running
+            st = common.stepper(*cfg, backend="auto")
+            st.checked()
+            ts = []
+            t_end = time.perf_counter() + seconds
+            while time.perf_counter() < t_end or len(ts) < 5:
+                t0 = time.perf_counter()
+                st.checked()
+                ts.append(time.perf_counter() - t0)
+            del st
+        finally:
+            spin.kill()
+            spin.wait()
+        ts = np.array(ts)
+        rows.append((cfg, name, quiet1, quiet, float(np.median(ts)), float(ts.mean()), float(ts.max()),
+                     len(ts)))
+    out("auto under load: another process spinning on one core (ms per step; target: loaded "
+        "median <= 1.5 x the quiet single-thread time):")
+    out("")
+    out("| (d_in, n, d_out, m, L) | backend | quiet, 1 thread | quiet, auto | loaded median | "
+        "loaded mean | loaded worst | steps | loaded median / quiet 1 thread |")
+    out("|---|---|---|---|---|---|---|---|---|")
+    for cfg, name, q1, q, med, mean, worst, n in rows:
+        out(f"| {str(cfg).replace(' ', '')} | {name} | {_fmt_ms(q1)} | {_fmt_ms(q)} | {_fmt_ms(med)} | "
+            f"{_fmt_ms(mean)} | {_fmt_ms(worst)} | {n} | {med / q1:.2f} |")
+    return rows
 
 
 # --------------------------------------------------------------------------
@@ -496,6 +574,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="few repeats (noisy), smaller scaling sweeps")
     p.add_argument("--check", action="store_true", help="only assert that all implementations agree")
     p.add_argument("--scaling", action="store_true", help="the n-, L-, m-scaling and ensemble targets")
+    p.add_argument("--under-load", action="store_true",
+                   help="auto's step with another process spinning on one core vs its quiet 1-thread time")
     p.add_argument("--configs", nargs="+", type=_parse_cfg, default=None, metavar="d_in,n,d_out,m,L")
     p.add_argument("--repeat", type=int, default=None, help="timed steps per measurement (median)")
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
@@ -507,6 +587,12 @@ def main(argv=None):
     check(verbose=False, baselines=a.baselines)   # never time implementations that compute something else
     if a.scaling:
         scaling(quick=a.quick)
+        return 0
+    if a.under_load:
+        under_load(a.configs or CONFIGS, seconds=1.0 if a.quick else 4.0,
+                   repeat=a.repeat or (3 if a.quick else 15), min_time=0.0 if a.quick else 0.5)
+        print("")
+        print(f"Command: python bench/compare.py --under-load{' --quick' if a.quick else ''}")
         return 0
     repeat = a.repeat or (3 if a.quick else 15)
     compare(a.configs or CONFIGS, repeat=repeat, min_time=0.0 if a.quick else 0.5, baselines=a.baselines)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import engine
-from engine.train import _Stepper
+from engine.stepper import Stepper
 
 
 def measure_config(d_in, n, d_out, m, L, backend="numpy", repeat=30, dtype="float64"):
@@ -24,7 +24,7 @@ def measure_config(d_in, n, d_out, m, L, backend="numpy", repeat=30, dtype="floa
     # 1e-2 x the theorem's rate: cost does not depend on lr, and repeated steps
     # stay finite even outside HXP's width condition (see bench/common.py)
     lr = 1e-2 * engine.theory.lr_bound("orthogonal", prob, L)
-    st = _Stepper(net, prob, lr, backend)
+    st = Stepper(net, prob, lr, backend)
     st.step()
     ts = []
     for _ in range(repeat):

@@ -42,7 +42,6 @@ __all__ = ["gd_step", "train", "stable_lr", "stable_lrs", "LR_RULES", "TrainResu
            "stop_threshold", "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
 # Older private names other modules still import (bench/ and cli.py, other engineers' files).
-_Stepper = Stepper
 _log_every_value = log_every_value
 
 # Growth of the loss, relative to max(l(0), ||Y||_F^2 / 2), treated as divergence.

@@ -113,3 +113,12 @@ def test_asv_throughput_cache(monkeypatch):
 def test_fma_min_counts_the_exact_step():
     # r = min(d_in, n) = 8: layer widths [8, 8, 8, 8, 3]; per weight d_out + 2 min(r, d_out) = 9
     assert common.fma_min(16, 8, 3, 8, 4) == (8 * 8 * 3 + 3 * 8) * 9
+
+
+def test_under_load_table(capsys, monkeypatch):
+    """--under-load runs auto beside a spinning process and prints one row per config."""
+    _fake_rates(monkeypatch)
+    rows = compare.under_load([TINY], seconds=0.2, repeat=2, min_time=0.0)
+    assert len(rows) == 1 and rows[0][7] >= 5
+    text = capsys.readouterr().out
+    assert any(ln.startswith("| (16,8,3,8,4) |") for ln in text.splitlines())

@@ -52,26 +52,18 @@ for _nm in ("numba", "cblas"):
     _load_optional(_nm)
 del _nm
 
-# ``auto``: the measured rule. Median ms/step (bench/step_time.py, float64,
-# orthogonal init, the 2-core AMD EPYC (Zen 4) development machine shared
-# with other jobs, OpenBLAS 2 threads, numba 2 threads unless noted;
-# 2026-11-23). Medians of 2-thread numba runs are noisy there: a parallel
-# region waits milliseconds for the second core when another process holds it.
-#
-#   (d_in, n, d_out, m, L)      numpy   numba   numba 1 thr   cblas
-#   (1024, 16, 10,   64, 32)      -      0.40        -         0.27
-#   (1024, 16, 10,  128, 32)      -      1.71        -         0.90
-#   (1024, 16, 10,  256, 64)     7.9     7.2        9.6        6.2
-#   (1024, 16, 10, 1024, 32)      -     34.6       63.8       41.6
-#   (  16, 64,  4,   32, 512)    2.5     1.14       1.19       0.69
-#   (  32, 8192, 4,  256, 32)    3.8     1.01       1.82       2.26
-#
-# Rule: hidden width >= 256 -> numba first (its fused, column/row-split
-# kernel uses both cores and streams the weights; at (1024,16,10,256,64) the
-# two are within noise), narrower -> cblas first (the C kernel's per-layer
-# overhead is lower); then the other, then numpy (slowest everywhere).
+# ``auto`` for networks too small to calibrate (``auto.MIN_CALIBRATE_BYTES``)
+# and with ENGINE_AUTO=rule: the C kernel first wherever it is built. Its
+# register-blocked micro-kernels run every layer of a step in one call with
+# no BLAS call and no parallel region for layers that fit in cache, which is
+# what decides on small networks. Measured with bench/compare.py on the
+# 2-core AMD EPYC (Zen 5, AVX-512), 2026-12-04, other jobs running (load
+# average 2.9): cblas fastest on all five of issue 14's configs, ahead of
+# numba by 2.7x at (1024,16,10,64,32), 3.8x at (16,64,4,32,512), 2.6x at
+# (1024,16,10,256,64), 1.3x at (1024,16,10,1024,32). Then numba (its fused
+# kernels need no compiler at install), then numpy.
 _WIDE = 256
-_AUTO_ORDER = ("numba", "cblas", "numpy")
+_AUTO_ORDER = ("cblas", "numba", "numpy")
 _AUTO_ORDER_NARROW = ("cblas", "numba", "numpy")
 
 

@@ -10,8 +10,8 @@ This script lives inside the package (not in csrc/) so that every sdist
 carries it: setup.py needs it to run at all. The C sources in csrc/ travel
 as the extension's ``sources`` and ``depends``.
 
-The kernel links no BLAS: engine/kernels/cblas_backend.py passes it the
-address of the ?gemm that SciPy already ships (scipy.linalg.cython_blas).
+The kernel calls no BLAS: its products are register-blocked micro-kernels
+(csrc/dln_step_impl.h), vectorized for the CPU it is built on.
 """
 import os
 import shlex
@@ -26,7 +26,7 @@ def _openmp_flags():
     """["-fopenmp"] if the C compiler builds and links an OpenMP program, else [].
 
     The kernel's parallel loops are OpenMP pragmas; without OpenMP it still
-    builds and runs serially (BLAS then provides the only parallelism). Set
+    builds and runs on one thread. Set
     ENGINE_CBLAS_OPENMP=0 to build without it.
     """
     if os.environ.get("ENGINE_CBLAS_OPENMP", "1") == "0":
@@ -46,41 +46,88 @@ def _openmp_flags():
 
 OPENMP_FLAGS = _openmp_flags()
 
+
+def _native_flags():
+    """["-march=native"] if the C compiler accepts it, else [] (a portable build).
+
+    The micro-kernels are written with vector extensions whose width follows
+    the instruction set the compiler targets (csrc/dln_step.c), so building
+    for the machine it runs on gives AVX-512 where the CPU has it; without
+    the flag they still build, for the compiler's baseline (e.g. SSE2 on
+    x86-64). The extension checks at import that the CPU has what the build
+    assumed (``dln_cpu_ok``), so a build carried to another machine is
+    reported unavailable instead of crashing. ENGINE_CBLAS_NATIVE=0 builds
+    the portable baseline.
+    """
+    if os.environ.get("ENGINE_CBLAS_NATIVE", "1") == "0":
+        return []
+    return ["-march=native"] if _compiles(["-march=native"]) else []
+
+
+def _compiles(flags):
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as fh:
+            fh.write("int main(void) { return 0; }\n")
+        try:
+            res = subprocess.run(shlex.split(cc) + flags + [src, "-o", os.path.join(tmp, "probe")],
+                                 capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return res.returncode == 0
+
+
+NATIVE_FLAGS = _native_flags()
+
 ffibuilder = FFI()
 ffibuilder.cdef("""
 #define DLN_FORM_P 0
 #define DLN_FORM_T 1
 #define DLN_SINGLE 2
 int dln_openmp_threads(void);
-long long dln_work_size(int L, const int *widths, int form);
-int dln_step_f64(void *dgemm, int L, const int *widths, double **layers,
-                 const double *c, double beta, const double *xs,
-                 const double *yred, int form, long long block_bytes,
-                 double *work, double lo, double hi, int do_update,
+const char *dln_build_isa(void);
+int dln_vector_bytes(void);
+int dln_cpu_ok(void);
+long long dln_work_size(int L, const int *widths, int form, int nthreads,
+                        long long block_bytes);
+int dln_step_f64(int L, const int *widths, double **layers, const double *c, double beta,
+                 const double *xs, const double *yred, int form, long long block_bytes,
+                 int nthreads, double *work, double lo, double hi, int do_update,
                  double *excess);
-int dln_step_f32(void *sgemm, int L, const int *widths, float **layers,
-                 const double *c, double beta, const float *xs,
-                 const float *yred, int form, long long block_bytes,
-                 float *work, double lo, double hi, int do_update,
+int dln_step_f32(int L, const int *widths, float **layers, const double *c, double beta,
+                 const float *xs, const float *yred, int form, long long block_bytes,
+                 int nthreads, float *work, double lo, double hi, int do_update,
                  double *excess);
-int dln_step1_f64(void *dgemm, int L, const int *widths, double **layers,
-                  const double *c, double beta, const double *xs,
-                  const double *yred, long long block_bytes, double *work,
-                  double lo, double hi, int do_update, int *state, double *excess);
-int dln_step1_f32(void *sgemm, int L, const int *widths, float **layers,
-                  const double *c, double beta, const float *xs,
-                  const float *yred, long long block_bytes, float *work,
-                  double lo, double hi, int do_update, int *state, double *excess);
+int dln_step1_f64(int L, const int *widths, double **layers, const double *c, double beta,
+                  const double *xs, const double *yred, long long block_bytes, int nthreads,
+                  double *work, double lo, double hi, int do_update, int *state,
+                  double *excess);
+int dln_step1_f32(int L, const int *widths, float **layers, const double *c, double beta,
+                  const float *xs, const float *yred, long long block_bytes, int nthreads,
+                  float *work, double lo, double hi, int do_update, int *state,
+                  double *excess);
+void dln_members_f64(int K, int L, const int *widths, double ***layers, const double **c,
+                     const double *beta, const double *xs, const double *yred, int form,
+                     long long block_bytes, int nthreads, double **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
+void dln_members_f32(int K, int L, const int *widths, float ***layers, const double **c,
+                     const double *beta, const float *xs, const float *yred, int form,
+                     long long block_bytes, int nthreads, float **work, int *state, double lo,
+                     const double *hi, const int *active, double *excess, int *applied);
 """)
 
 # Paths relative to the repository root, where setup.py runs (setuptools
-# wants relative source paths).
+# wants relative source paths). -ffp-contract=fast: a*b+c is one FMA
+# wherever the target has FMA, in the vector and the scalar code alike (ISO C
+# modes turn contraction off), so every number is computed the same way
+# whichever path -- vector lane or scalar tail -- computes it.
 ffibuilder.set_source(
     "engine.kernels._cblas",
     '#include "dln_step.h"',
     sources=["csrc/dln_step.c"],
     include_dirs=["csrc"],
     depends=["csrc/dln_step.h", "csrc/dln_step_impl.h"],
-    extra_compile_args=["-O3", "-std=c99"] + OPENMP_FLAGS,
+    extra_compile_args=["-O3", "-std=gnu99", "-ffp-contract=fast"] + NATIVE_FLAGS + OPENMP_FLAGS,
     extra_link_args=OPENMP_FLAGS,
 )

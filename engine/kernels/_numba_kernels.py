@@ -79,25 +79,67 @@ def _dot_row(M, j, V, vi, q, n):
 def _acc_rows(out, oi, S, si, M, j, g, k0, k1):
     """out[oi, d, k] += sum_{jj=j..j+g-1} S[si, d, jj] M[jj, k] for k in [k0, k1), 1 <= g <= 4.
 
-    Four rows at a time (one load and store of ``out`` per four multiply-adds),
-    fewer one by one; the order of the sum is fixed by this code."""
+    Four rows at a time, and four outputs d at a time (``_acc4x4``: the four
+    row operands M[j..j+3, k] are loaded once for four outputs, half the
+    loads per multiply-add of one output at a time); fewer rows one by one.
+    Every output entry gets the same expression whichever helper computes
+    it, so the order of the sum is fixed by this code."""
     D = out.shape[1]
-    u0 = np.uint64(k0)
-    u1 = np.uint64(k1)
     if g == 4:
-        for d in range(D):
-            s0 = S[si, d, j]
-            s1 = S[si, d, j + 1]
-            s2 = S[si, d, j + 2]
-            s3 = S[si, d, j + 3]
-            for k in range(u0, u1):
-                out[oi, d, k] += s0 * M[j, k] + s1 * M[j + 1, k] + s2 * M[j + 2, k] + s3 * M[j + 3, k]
+        d = 0
+        while d + 4 <= D:
+            _acc4x4(out, oi, d, S, si, M, j, k0, k1)
+            d += 4
+        while d < D:
+            _acc4x1(out, oi, d, S, si, M, j, k0, k1)
+            d += 1
     else:
+        u0 = np.uint64(k0)
+        u1 = np.uint64(k1)
         for jj in range(j, j + g):
             for d in range(D):
                 s0 = S[si, d, jj]
                 for k in range(u0, u1):
                     out[oi, d, k] += s0 * M[jj, k]
+
+
+@_jit()
+def _acc4x1(out, oi, d, S, si, M, j, k0, k1):
+    s0 = S[si, d, j]
+    s1 = S[si, d, j + 1]
+    s2 = S[si, d, j + 2]
+    s3 = S[si, d, j + 3]
+    for k in range(np.uint64(k0), np.uint64(k1)):
+        out[oi, d, k] += s0 * M[j, k] + s1 * M[j + 1, k] + s2 * M[j + 2, k] + s3 * M[j + 3, k]
+
+
+@_jit()
+def _acc4x4(out, oi, d, S, si, M, j, k0, k1):
+    a0 = S[si, d, j]
+    a1 = S[si, d, j + 1]
+    a2 = S[si, d, j + 2]
+    a3 = S[si, d, j + 3]
+    b0 = S[si, d + 1, j]
+    b1 = S[si, d + 1, j + 1]
+    b2 = S[si, d + 1, j + 2]
+    b3 = S[si, d + 1, j + 3]
+    c0 = S[si, d + 2, j]
+    c1 = S[si, d + 2, j + 1]
+    c2 = S[si, d + 2, j + 2]
+    c3 = S[si, d + 2, j + 3]
+    e0 = S[si, d + 3, j]
+    e1 = S[si, d + 3, j + 1]
+    e2 = S[si, d + 3, j + 2]
+    e3 = S[si, d + 3, j + 3]
+    for k in range(np.uint64(k0), np.uint64(k1)):
+        m0 = M[j, k]
+        m1 = M[j + 1, k]
+        m2 = M[j + 2, k]
+        m3 = M[j + 3, k]
+        out[oi, d, k] += a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3
+        out[oi, d + 1, k] += b0 * m0 + b1 * m1 + b2 * m2 + b3 * m3
+        out[oi, d + 2, k] += c0 * m0 + c1 * m1 + c2 * m2 + c3 * m3
+        out[oi, d + 3, k] += e0 * m0 + e1 * m1 + e2 * m2 + e3 * m3
 
 
 @_jit()
@@ -118,6 +160,54 @@ def _update_row(M, j, U, ui, cu, W, wi, K, k0, k1):
         c0 = cu * U[ui, e, j]
         for k in range(u0, u1):
             M[j, k] -= c0 * W[wi, e, k]
+        e += 1
+
+
+@_jit()
+def _update_rows4(M, j, U, ui, cu, W, wi, K, k0, k1):
+    """``_update_row`` for rows j..j+3 at once: each W[wi, e, k] is loaded once
+    for four rows. Every entry gets the expression ``_update_row`` gives it."""
+    u0 = np.uint64(k0)
+    u1 = np.uint64(k1)
+    e = 0
+    while e + 4 <= K:
+        a0 = cu * U[ui, e, j]
+        a1 = cu * U[ui, e + 1, j]
+        a2 = cu * U[ui, e + 2, j]
+        a3 = cu * U[ui, e + 3, j]
+        b0 = cu * U[ui, e, j + 1]
+        b1 = cu * U[ui, e + 1, j + 1]
+        b2 = cu * U[ui, e + 2, j + 1]
+        b3 = cu * U[ui, e + 3, j + 1]
+        c0 = cu * U[ui, e, j + 2]
+        c1 = cu * U[ui, e + 1, j + 2]
+        c2 = cu * U[ui, e + 2, j + 2]
+        c3 = cu * U[ui, e + 3, j + 2]
+        f0 = cu * U[ui, e, j + 3]
+        f1 = cu * U[ui, e + 1, j + 3]
+        f2 = cu * U[ui, e + 2, j + 3]
+        f3 = cu * U[ui, e + 3, j + 3]
+        for k in range(u0, u1):
+            w0 = W[wi, e, k]
+            w1 = W[wi, e + 1, k]
+            w2 = W[wi, e + 2, k]
+            w3 = W[wi, e + 3, k]
+            M[j, k] -= a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+            M[j + 1, k] -= b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+            M[j + 2, k] -= c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
+            M[j + 3, k] -= f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3
+        e += 4
+    while e < K:
+        a0 = cu * U[ui, e, j]
+        b0 = cu * U[ui, e, j + 1]
+        c0 = cu * U[ui, e, j + 2]
+        f0 = cu * U[ui, e, j + 3]
+        for k in range(u0, u1):
+            w0 = W[wi, e, k]
+            M[j, k] -= a0 * w0
+            M[j + 1, k] -= b0 * w0
+            M[j + 2, k] -= c0 * w0
+            M[j + 3, k] -= f0 * w0
         e += 1
 
 
@@ -171,8 +261,11 @@ def _down_cols(M, n_out, k0, k1, Sc, p, has_old, Usrc, ui, cu, K, Wsrc, wi, R, P
             ke = min(kt + TILE, k1)
             if has_old:
                 _acc_rows(Sc, 1 - p, Sc, p, M, j, g, kt, ke)
-            for jj in range(j, j + g):
-                _update_row(M, jj, Usrc, ui, cu, Wsrc, wi, K, kt, ke)
+            if g == 4:
+                _update_rows4(M, j, Usrc, ui, cu, Wsrc, wi, K, kt, ke)
+            else:
+                for jj in range(j, j + g):
+                    _update_row(M, jj, Usrc, ui, cu, Wsrc, wi, K, kt, ke)
             if new_chain:
                 _acc_rows(Sst, i, Sst, i + 1, M, j, g, kt, ke)
 
@@ -195,17 +288,93 @@ def _dot4(M, j, V, vi, q, n):
     return s0, s1, s2, s3
 
 
+@_jit(fastmath=FASTMATH_DOT)
+def _dot4x4(M, j, V, vi, q, n):
+    """The 16 dots M[j+g, :n] . V[vi, q+h, :n] (g, h < 4): each load of M or V
+    serves four multiply-adds (``_dot4``: one load of V per four)."""
+    z = M[j, 0] - M[j, 0]
+    s00 = z
+    s01 = z
+    s02 = z
+    s03 = z
+    s10 = z
+    s11 = z
+    s12 = z
+    s13 = z
+    s20 = z
+    s21 = z
+    s22 = z
+    s23 = z
+    s30 = z
+    s31 = z
+    s32 = z
+    s33 = z
+    for k in range(n):
+        m0 = M[j, k]
+        m1 = M[j + 1, k]
+        m2 = M[j + 2, k]
+        m3 = M[j + 3, k]
+        v0 = V[vi, q, k]
+        v1 = V[vi, q + 1, k]
+        v2 = V[vi, q + 2, k]
+        v3 = V[vi, q + 3, k]
+        s00 += m0 * v0
+        s01 += m0 * v1
+        s02 += m0 * v2
+        s03 += m0 * v3
+        s10 += m1 * v0
+        s11 += m1 * v1
+        s12 += m1 * v2
+        s13 += m1 * v3
+        s20 += m2 * v0
+        s21 += m2 * v1
+        s22 += m2 * v2
+        s23 += m2 * v3
+        s30 += m3 * v0
+        s31 += m3 * v1
+        s32 += m3 * v2
+        s33 += m3 * v3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
 @_jit()
 def _dots_into(out, oi, M, j, g, V, vi, Q, n):
-    """out[oi, q, j+gg] = M[j+gg, :n] . V[vi, q, :n] for q < Q, gg < g (g = 4, or 1)."""
-    for q in range(Q):
-        if g == 4:
+    """out[oi, q, j+gg] = M[j+gg, :n] . V[vi, q, :n] for q < Q, gg < g (g = 4, or 1).
+
+    Four rows: q in blocks of four (``_dot4x4``), the rest one by one
+    (``_dot4``); the blocks depend only on Q, so each entry is always
+    computed by the same helper."""
+    if g == 4:
+        q = 0
+        while q + 4 <= Q:
+            (t00, t01, t02, t03, t10, t11, t12, t13,
+             t20, t21, t22, t23, t30, t31, t32, t33) = _dot4x4(M, j, V, vi, q, n)
+            out[oi, q, j] = t00
+            out[oi, q + 1, j] = t01
+            out[oi, q + 2, j] = t02
+            out[oi, q + 3, j] = t03
+            out[oi, q, j + 1] = t10
+            out[oi, q + 1, j + 1] = t11
+            out[oi, q + 2, j + 1] = t12
+            out[oi, q + 3, j + 1] = t13
+            out[oi, q, j + 2] = t20
+            out[oi, q + 1, j + 2] = t21
+            out[oi, q + 2, j + 2] = t22
+            out[oi, q + 3, j + 2] = t23
+            out[oi, q, j + 3] = t30
+            out[oi, q + 1, j + 3] = t31
+            out[oi, q + 2, j + 3] = t32
+            out[oi, q + 3, j + 3] = t33
+            q += 4
+        while q < Q:
             s0, s1, s2, s3 = _dot4(M, j, V, vi, q, n)
             out[oi, q, j] = s0
             out[oi, q, j + 1] = s1
             out[oi, q, j + 2] = s2
             out[oi, q, j + 3] = s3
-        else:
+            q += 1
+    else:
+        for q in range(Q):
             out[oi, q, j] = _dot_row(M, j, V, vi, q, n)
 
 
@@ -255,8 +424,11 @@ def _up_rows(M, n_in, n_out, j0, j1, Tc, p, not_last, Sst, i, c, Pst, new_chain)
         g = _row_group(j, j1, n_out)
         if not_last:
             _dots_into(Tc, 1 - p, M, j, g, Tc, p, D, n_in)
-        for jj in range(j, j + g):
-            _update_row(M, jj, Sst, i + 1, c, Tc, p, D, j0 - j0, n_in)   # (k0 = 0 as a runtime value)
+        if g == 4:
+            _update_rows4(M, j, Sst, i + 1, c, Tc, p, D, j0 - j0, n_in)   # (k0 = 0 as a runtime value)
+        else:
+            for jj in range(j, j + g):
+                _update_row(M, jj, Sst, i + 1, c, Tc, p, D, j0 - j0, n_in)
         if new_chain:
             _dots_into(Pst, i + 1, M, j, g, Pst, i, r, n_in)
         j += g

@@ -5,11 +5,24 @@ widths and depth rounded to powers of two) a short calibration times a few
 GD steps of every candidate (each available backend at 1 thread and at all
 usable threads) on a network of that class, and keeps the times in a JSON
 file per machine and engine version (``cache_path()``, written atomically).
-``auto_choice`` then picks the fastest candidate that fits the cores
-available *now* (``available_cpus``: affinity minus the load of other
-processes), so a machine where another process holds a core gets the best
-1-thread candidate instead of a 2-thread kernel whose per-layer barrier
-waits for a descheduled thread (issue 14: 12-177 ms instead of 9-16 ms).
+
+The calibration network has the real widths and is cut in depth only
+where it is larger than ``CALIBRATE_MAX_BYTES`` (three times a large L3):
+a cut that made it fit in cache would time another regime than the real
+network's (issue 14: a net cut to 32 MiB ranked numpy first at
+(1024,16,10,256,64), where the full net ran 1.7x slower with it than with
+cblas). Candidates are timed in interleaved rounds, each sample two
+consecutive steps (the single-pass schedule alternates two sweeps), and
+each keeps its fastest sample: load from other processes only ever adds
+time, and interleaving exposes every candidate to the same conditions.
+``auto_choice`` then picks the backend of the fastest candidate that fits
+the cores available *now* (``available_cpus``: affinity minus the load of
+other processes). The thread count of each step is left to the backend
+where it chooses it itself from measured step times (numba, and the C
+kernel built with OpenMP; ``engine.kernels._threads``): a machine where
+another process holds a core then runs one thread instead of a 2-thread
+kernel whose per-layer barrier waits for a descheduled thread (issue 14:
+12-177 ms instead of 9-16 ms), and returns to two when the core is free.
 
 Overrides, strongest first: an explicit ``backend=`` name (never auto);
 ``ENGINE_BACKEND=<name>``; ``ENGINE_AUTO=rule`` (the fixed rule of
@@ -27,24 +40,26 @@ import json
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 
 import numpy as np
 
 # Bump when the calibration or the file layout changes: older files are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Below this many weight bytes (8 MiB: steps under ~1 ms on 2 cores), the fixed
 # rule (see module docstring); it also keeps the unit tests' small nets off the
 # calibration and its cache.
 MIN_CALIBRATE_BYTES = 8 << 20
 # The calibration network is cut to at most this many weight bytes (fewer
-# layers, same widths): time per step is linear in depth, so the ranking
-# holds, and calibrating a 1 GiB class costs no more than a 32 MiB one.
-CALIBRATE_MAX_BYTES = 32 << 20
-# Timed steps per candidate (after one warm-up step); the median is kept.
-CALIBRATE_STEPS = 3
+# layers, same widths): time per step is linear in depth as long as the cut
+# net does not fit in a cache the full one does not fit in -- 96 MiB is 3x
+# the L3 of the machines we measure on -- and calibrating a 1 GiB class then
+# costs no more than a 96 MiB one (~2 s).
+CALIBRATE_MAX_BYTES = 96 << 20
+# Interleaved rounds over the candidates; each timed sample is two steps.
+CALIBRATE_ROUNDS = 3
+CALIBRATE_STEPS = 2
 
 
 def _pow2(x: int) -> int:
@@ -182,16 +197,11 @@ def _unkey(key):
     return name, (None if t == "-" else int(t))
 
 
-def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=math.inf) -> float:
-    """Median seconds per step of backend ``name`` at ``threads`` threads on a
-    Gaussian network of these widths (depth cut to CALIBRATE_MAX_BYTES).
-
-    A candidate whose step takes longer than ``budget`` seconds is not timed
-    further (that step's time is returned): a 2-thread kernel on a busy
-    machine can take 100x the best, and the calibration must stay short."""
+def _calibration_net(widths, r, dtype):
+    """(net, prob, lr): a Gaussian network of these widths, cut in depth to
+    CALIBRATE_MAX_BYTES, on random data of rank r; lr keeps it finite."""
     from .. import init, theory
     from ..problem import Problem
-    from . import get, thread_limits
     widths = [int(w) for w in widths]
     per_layer = max(1, weight_bytes(widths, r, dtype) // max(1, len(widths) - 1))
     L = len(widths) - 1
@@ -205,37 +215,88 @@ def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=
     Y = rng.standard_normal((widths[-1], n))
     prob = Problem(X, Y)
     net = init.gaussian(widths, seed=0, dtype=dtype)
-    lr = 1e-3 * theory.lr_bound("gaussian", prob, net.depth)   # stays finite for a few steps
-    backend = get(name)                                        # the backend's own step, as engine.train runs it:
-    net._bind(prob)                                            # layer 1 held as B_1, A-space steps eta / s_i^2
-    red = prob.reduced(net.dtype)
-    ws = backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype)
-    c = lr / np.exp(2.0 * net._log_s)
-    ts = []
-    with thread_limits(backend, threads):
-        backend.step(net._layers, c, net.beta, red.s, red.targets, ws)   # warm-up (JIT cache load)
-        for _ in range(steps):
+    lr = 1e-3 * theory.lr_bound("gaussian", prob, net.depth)   # stays finite for many steps
+    return net, prob, lr
+
+
+class _Candidate:
+    """A bound stepper of one backend at a fixed thread count, for timing."""
+
+    def __init__(self, widths, r, dtype, name, threads):
+        # the backend's own step, as engine.train runs it (layer 1 held as B_1,
+        # A-space steps eta / s_i^2), without importing the stepper: kernels sit
+        # below stepper and train in the import graph
+        from . import get, thread_limits
+        net, prob, lr = _calibration_net(widths, r, dtype)
+        self.backend = backend = get(name)
+        net._bind(prob)
+        red = prob.reduced(net.dtype)
+        ws = backend.workspace(net._layers, prob.rank, prob.d_out, net.dtype)
+        if threads is not None and hasattr(ws, "threads"):
+            ws.threads = threads                   # exactly this many: no per-step choice
+        c = lr / np.exp(2.0 * net._log_s)
+        self._step = lambda: backend.step(net._layers, c, net.beta, red.s, red.targets, ws)
+        self.limits = lambda: thread_limits(backend, threads)
+        self.sample()                              # warm-up (JIT cache load, first touch)
+
+    def sample(self, steps=CALIBRATE_STEPS) -> float:
+        """Seconds per step over ``steps`` consecutive steps."""
+        with self.limits():
             t0 = time.perf_counter()
-            backend.step(net._layers, c, net.beta, red.s, red.targets, ws)
-            ts.append(time.perf_counter() - t0)
-            if ts[-1] > budget:
-                break
-    return statistics.median(ts)
+            for _ in range(steps):
+                self._step()
+            return (time.perf_counter() - t0) / steps
+
+
+def measure_step(widths, r, dtype, name, threads, steps=CALIBRATE_STEPS, budget=math.inf) -> float:
+    """Seconds per step of backend ``name`` at ``threads`` threads on a
+    Gaussian network of these widths (depth cut to CALIBRATE_MAX_BYTES): the
+    fastest of CALIBRATE_ROUNDS samples of ``steps`` steps. A candidate
+    whose sample takes longer than ``budget`` seconds is not sampled further."""
+    cand = _Candidate(widths, r, dtype, name, threads)
+    best = math.inf
+    for _ in range(CALIBRATE_ROUNDS):
+        best = min(best, cand.sample(steps))
+        if best > budget:
+            break
+    return best
 
 
 def calibrate(widths, r, dtype, measure=None, cands=None) -> dict:
-    """{candidate key: seconds per step} for every candidate (``measure`` injects timings)."""
+    """{candidate key: seconds per step} for every candidate (``measure`` injects timings).
+
+    Real timings: every candidate is built first, then sampled in
+    interleaved rounds; each keeps its fastest sample. A candidate slower
+    than 4x the best after a round is dropped from later rounds (a 2-thread
+    kernel on a busy machine can take 100x the best)."""
+    cands = cands if cands is not None else candidates()
     out = {}
-    for name, threads in (cands if cands is not None else candidates()):
+    if measure is not None:
+        for name, threads in cands:
+            try:
+                out[_key(name, threads)] = float(measure(widths, r, dtype, name, threads))
+            except Exception:          # a candidate that cannot run is never chosen
+                continue
+        return out
+    live = {}
+    for name, threads in cands:
         try:
-            if measure is None:        # stop timing a candidate at 4x the best so far
-                budget = 4.0 * min(out.values()) if out else math.inf
-                t = measure_step(widths, r, dtype, name, threads, budget=budget)
-            else:
-                t = measure(widths, r, dtype, name, threads)
-            out[_key(name, threads)] = float(t)
-        except Exception:              # a candidate that cannot run is never chosen
+            live[_key(name, threads)] = _Candidate(widths, r, dtype, name, threads)
+        except Exception:
             continue
+    for _ in range(CALIBRATE_ROUNDS):
+        for key, cand in list(live.items()):
+            try:
+                t = cand.sample()
+            except Exception:
+                live.pop(key)
+                out.pop(key, None)
+                continue
+            out[key] = min(out.get(key, math.inf), t)
+        if out:
+            best = min(out.values())
+            for key in [k for k in live if out.get(k, math.inf) > 4.0 * best]:
+                live.pop(key)
     return out
 
 
@@ -294,13 +355,29 @@ def auto_choice(widths, r, dtype="float64", *, measure=None, cpus=None, path=Non
     return _pick(times, free, cls, where)
 
 
+def adapts_threads(name) -> bool:
+    """Does backend ``name`` choose each step's thread count itself
+    (``engine.kernels._threads``)? Then ``auto`` leaves the count to it."""
+    from . import _REGISTRY
+    if name == "numba":
+        return True
+    return name == "cblas" and bool(getattr(_REGISTRY.get("cblas"), "openmp_threads", 0))
+
+
 def _pick(times, cpus, cls, where):
-    """The fastest calibrated candidate using at most ``cpus`` threads."""
+    """The backend of the fastest calibrated candidate using at most ``cpus``
+    threads. Its thread count is returned only for a backend that does not
+    choose it per step; the others get None: the load average cannot tell
+    other processes' load from this process's own recent steps (a process
+    that just ran 2-thread steps looks like a busy machine to itself for a
+    minute), while the per-step times can."""
     fits = {k: t for k, t in times.items() if (_unkey(k)[1] or 1) <= cpus}
     if not fits:
         fits = times
     best = min(fits, key=fits.get)
     name, threads = _unkey(best)
+    if adapts_threads(name):
+        threads = None
     shown = ", ".join(f"{k} {1e3 * t:.3g} ms" for k, t in sorted(times.items(), key=lambda kv: kv[1]))
-    note = "" if len(fits) == len(times) else f"; {cpus} core(s) free now, so at most {cpus} thread(s)"
+    note = "" if len(fits) == len(times) else f"; {cpus} core(s) free now, so ranked at most {cpus} thread(s)"
     return name, threads, f"measured for class {cls} ({where}): {shown}{note}"

@@ -6,63 +6,70 @@ the update is written only if the excess before the step is finite and
 ``lo < excess <= hi``, otherwise no weight is touched; the excess before the
 step is returned.
 
-The kernel (csrc/dln_step_impl.h) has both schedules of docs/design.md ("The
-step schedule"), each walking every layer in row
-blocks of ``BLOCK_BYTES`` (sized for L2):
+The kernel (csrc/dln_step_impl.h) calls no BLAS (the name is historical):
+every product is a register-blocked micro-kernel, vectorized for the CPU it
+was built on, that does all the work touching one tile of a layer while the
+tile is in registers and L1. It has both schedules of docs/design.md ("The
+step schedule"):
 
 * ``two-pass`` (3 weight passes): a read-only pass computes one chain and
   the residual, then a fused read-write pass advances the other chain from
-  each OLD block and applies the rank-d_out (T form) or rank-r (P form)
-  update to that block while it is still in cache.
-* ``single-pass`` (2 weight passes): sweeps alternate direction; per block,
+  each OLD tile and applies the rank-d_out (T form) or rank-r (P form)
+  update to that tile.
+* ``single-pass`` (2 weight passes): sweeps alternate direction; per tile,
   advance the old chain, apply the update, advance the next step's chain from
-  the new block. The chain and residual of the next step are kept in the
+  the new tile. The chain and residual of the next step are kept in the
   workspace between calls (``reset`` forgets them); the first step after a
   reset pays one read-only pass. ``get_state`` / ``set_state`` carry the
-  sweep direction through a checkpoint, and the rebuilt chain groups its
-  sums as the sweep did, so a resumed run is bit for bit the same.
+  sweep direction through a checkpoint, and the rebuilt chain is computed by
+  the same micro-kernels as the sweep, so a resumed run is bit for bit the same.
 
-``SCHEDULE`` picks the schedule of new workspaces; an explicit ``form``
-("P"/"T") asks for the two-pass schedule in that form.
+``SCHEDULE`` picks the schedule of new workspaces ("auto": by cost, see
+``choose_schedule``); an explicit ``form`` ("P"/"T") asks for the two-pass
+schedule in that form.
 
-Its products call the ?gemm that SciPy already ships: the function pointers
-are taken at import time from ``scipy.linalg.cython_blas.__pyx_capi__`` and
-passed into the C code, so the extension links no BLAS. It is built by
-``setup.py`` through cffi; when that build failed (or was skipped) the
-backend reports ``available = False`` and ``reason`` says why, distinguishing
-"not built" from "built but failed to load".
+It is built by ``setup.py`` through cffi; when that build failed (or was
+skipped) the backend reports ``available = False`` and ``reason`` says why,
+distinguishing "not built" from "built but failed to load" and from "built
+for another CPU".
 
 Parallelism: when the extension was built with OpenMP (``openmp_threads`` >
-0), each fused layer is split across threads into disjoint row ranges (T
-chain, P chain) or column ranges (S chain) -- no reductions, so the result
-does not depend on the thread count -- and BLAS is held to one thread for the
-duration of the call (restored afterwards) so the two never oversubscribe
-the cores. Without OpenMP the kernel is serial and BLAS threads as it likes.
-The thread count follows OMP_NUM_THREADS / threadpoolctl's "openmp" limit.
+0), each sweep runs in one parallel region; a layer of at least
+``PAR_MIN`` weights is split into disjoint row ranges (T, P chains) or
+column ranges (S chains) -- no reductions, and every number computed by the
+same code whatever the split, so the result does not depend on the thread
+count at all -- with one barrier per split layer. The most threads a step
+may use is OpenMP's limit (OMP_NUM_THREADS / threadpoolctl's "openmp"
+limit); below it, ``ThreadChooser`` (``engine.kernels._threads``) picks
+each step's count from the measured times of the previous steps, so a core
+taken by another process makes the kernel fall back to one thread instead
+of waiting at every barrier. ``Workspace.threads`` fixes the count instead.
 
-float64 (dgemm) and float32 (sgemm). The wrapper checks dtype,
-C-contiguity, writability and shapes of every array before any pointer goes
-to C, and raises TypeError / ValueError naming the argument otherwise.
+float64 and float32. The wrapper checks dtype, C-contiguity, writability
+and shapes of every array before any pointer goes to C, and raises
+TypeError / ValueError naming the argument otherwise.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
+import operator
 import os
-import threading
+import time
 
 import numpy as np
 
+from ._threads import ThreadChooser
 from .numpy_backend import choose_form
 
 name = "cblas"
 
-# Target size of one row block of a layer in the fused pass. The machines we
-# measure on have 512 KiB - 2 MiB of L2 per core; a 256 KiB block leaves room
-# for the chain slices the block is multiplied with, and is large enough that
-# each ?gemm call does thousands of flops per call overhead.
-BLOCK_BYTES = 256 * 1024
+# Target bytes of one tile of a layer in a sweep (bottom-up: 8 rows x a
+# k-chunk; top-down: rows x one 2-vector column strip): it and the chain
+# slices it meets must stay in L1 (32-48 KiB on the machines we measure).
+BLOCK_BYTES = 16 * 1024
+
+# Layers with fewer weights run on one thread (csrc/dln_step.c, DLN_PAR_MIN).
+PAR_MIN = 32768
 
 _MODULE = f"{__package__}._cblas"
 _BUILD_ERROR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cblas_build_error.txt")
@@ -70,14 +77,25 @@ _BUILD_ERROR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_c
 _FORM_CODE = {"P": 0, "T": 1}
 SCHEDULES = ("two-pass", "single-pass")
 
-# Schedule of workspaces built with form=None. Measured on the 2-core dev
-# machine (float64, (d_in, n, d_out) = (1024, 16, 10)): at m = 1024, L = 32
-# single-pass alternates 38 ms bottom-up and 65 ms top-down sweeps (the
-# top-down S products have a short inner dimension), 50 ms on average, vs
-# 42-47 ms two-pass; at m = 256 single-pass wins (6.4 vs 7.8 ms). The
-# machine is compute-bound at d_out = 10, where saving a weight pass does not
-# pay for the extra rank-r products, so two-pass is the default.
-SCHEDULE = "two-pass"
+# Schedule of workspaces built with form=None: "auto" (``choose_schedule``),
+# or one of SCHEDULES.
+SCHEDULE = "auto"
+
+# The single-pass schedule stores the prefix chain (L x d_i x r numbers) and
+# builds it in every other sweep at r multiply-adds per weight; beyond this
+# rank (or r > 2 d_out) the two-pass form is cheaper.
+SINGLE_MAX_RANK = 64
+
+
+def choose_schedule(r: int, d_out: int) -> str:
+    """Multiply-adds per weight and step: two-pass 3 d_out (T form) or
+    d_out + 2r (P form) over 3 weight passes; single-pass 2 d_out +
+    (r + min(r, d_out)) / 2 over 2 passes. Single-pass whenever it costs at
+    most ~1.4x the arithmetic (r <= 2 d_out): the pass it saves is worth more
+    whenever the weights stream from memory."""
+    if r <= SINGLE_MAX_RANK and r <= 2 * d_out:
+        return "single-pass"
+    return "two-pass"
 
 
 def _not_built_reason() -> str:
@@ -91,19 +109,8 @@ def _not_built_reason() -> str:
             "reinstall engine (pip install -e .) to enable it")
 
 
-def _capsule_pointer(capsule) -> int:
-    """Address held by a PyCapsule (as exported by Cython's __pyx_capi__)."""
-    get_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", ctypes.pythonapi))
-    get_ptr = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-        ("PyCapsule_GetPointer", ctypes.pythonapi))
-    addr = get_ptr(capsule, get_name(capsule))
-    if not addr:
-        raise RuntimeError("PyCapsule_GetPointer returned NULL")
-    return addr
-
-
 def _load():
-    """(ffi, lib, {dtype: gemm pointer}, reason); reason is "" on success."""
+    """(ffi, lib, reason); reason is "" on success."""
     import importlib
     try:
         # import_module, not "from . import": during the package's own import
@@ -111,62 +118,29 @@ def _load():
         _cblas = importlib.import_module(_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name == _MODULE:
-            return None, None, None, _not_built_reason()
-        return None, None, None, f"the C extension {_MODULE} was built but failed to load: {exc}"
+            return None, None, _not_built_reason()
+        return None, None, f"the C extension {_MODULE} was built but failed to load: {exc}"
     except Exception as exc:  # ImportError from the loader, wrong ABI, missing symbol ...
-        return None, None, None, (f"the C extension {_MODULE} was built but failed to load: "
-                                  f"{type(exc).__name__}: {exc}")
-    try:
-        from scipy.linalg import cython_blas
-        capi = cython_blas.__pyx_capi__
-        ptrs = {np.dtype(np.float64): _cblas.ffi.cast("void *", _capsule_pointer(capi["dgemm"])),
-                np.dtype(np.float32): _cblas.ffi.cast("void *", _capsule_pointer(capi["sgemm"]))}
-    except Exception as exc:
-        return None, None, None, (f"the C extension is built, but SciPy's BLAS could not be reached "
-                                  f"through scipy.linalg.cython_blas: {type(exc).__name__}: {exc}")
-    return _cblas.ffi, _cblas.lib, ptrs, ""
+        return None, None, (f"the C extension {_MODULE} was built but failed to load: "
+                            f"{type(exc).__name__}: {exc}")
+    lib = _cblas.lib
+    if not lib.dln_cpu_ok():
+        isa = _cblas.ffi.string(lib.dln_build_isa()).decode()
+        return None, None, (f"the C extension {_MODULE} was built for a CPU with {isa}, which this "
+                            "CPU lacks; rebuild it here (pip install -e ., or "
+                            "ENGINE_CBLAS_NATIVE=0 for a portable build)")
+    return _cblas.ffi, lib, ""
 
 
-ffi, lib, _GEMM, reason = _load()
+ffi, lib, reason = _load()
 available = not reason
-# Threads the kernel's own parallel loops may use at import (0 = built without
+# Threads the kernel's parallel sweeps may use at import (0 = built without
 # OpenMP); each call asks again, so OMP_NUM_THREADS / threadpoolctl limits
-# set later are honoured.
+# set later are honoured (up to this count, which workspaces are sized for).
 openmp_threads = int(lib.dln_openmp_threads()) if available else 0
-
-_BLAS_CONTROLLER = None
-_SERIAL_LOCK = threading.Lock()
-_serial_depth = 0
-_serial_limiter = None
-
-
-@contextlib.contextmanager
-def _serial_blas():
-    """Hold BLAS to one thread while inside; the original limits come back on exit.
-
-    BLAS thread counts are process-wide, so steps running concurrently in
-    several Python threads share one limit: the first to enter sets it, the
-    last to leave restores the original (a per-call save/restore would let
-    overlapping calls restore each other's "1"). The ThreadpoolController is
-    built once (it scans the loaded libraries); entering and leaving then
-    costs ~10 us per step.
-    """
-    global _BLAS_CONTROLLER, _serial_depth, _serial_limiter
-    with _SERIAL_LOCK:
-        if _serial_depth == 0:
-            if _BLAS_CONTROLLER is None:
-                from threadpoolctl import ThreadpoolController
-                _BLAS_CONTROLLER = ThreadpoolController()
-            _serial_limiter = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-        _serial_depth += 1
-    try:
-        yield
-    finally:
-        with _SERIAL_LOCK:
-            _serial_depth -= 1
-            if _serial_depth == 0:
-                _serial_limiter.restore_original_limits()
-                _serial_limiter = None
+# Instruction set and vector width the kernels were compiled for.
+isa = ffi.string(lib.dln_build_isa()).decode() if available else ""
+vector_bytes = int(lib.dln_vector_bytes()) if available else 0
 
 _CTYPE = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
 
@@ -174,15 +148,19 @@ _CTYPE = {np.dtype(np.float64): "double", np.dtype(np.float32): "float"}
 class Workspace:
     """Scratch for one (layer shapes, r, d_out, dtype, form), plus cached pointers.
 
-    The C kernel never allocates: its scratch (one chain, the residual, and
-    the ping-pong buffers of the fused pass; ``dln_work_size`` in csrc) is
-    one array allocated here. Pointers to the layers, ``c``, ``xs`` and
+    The C kernel never allocates: its scratch (the chains, the residual, the
+    ping-pong buffers of the sweeps and per-thread buffers for up to
+    ``max_threads`` threads; ``dln_work_size`` in csrc) is one array
+    allocated here. Pointers to the layers, ``c``, ``xs`` and
     ``yred`` are built (after checking each array) the first time they are
     seen and reused while the same array objects are passed, so a step costs
-    O(1) Python work plus one ``map(id, layers)``.
+    O(1) Python work plus one identity check of the layer list.
+
+    ``threads``: None (default) lets ``ThreadChooser`` pick each step's
+    thread count between 1 and OpenMP's current limit; an int fixes it.
     """
 
-    def __init__(self, shapes, r, d_out, dtype, form, schedule="two-pass"):
+    def __init__(self, shapes, r, d_out, dtype, form, schedule="two-pass", max_threads=None):
         dtype = np.dtype(dtype)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: must be one of {SCHEDULES}, got {schedule!r}")
@@ -208,7 +186,7 @@ class Workspace:
         self.dtype = dtype
         self.shapes = [tuple(int(v) for v in s) for s in shapes]
         self.r, self.d_out, self.L = r, d_out, L
-        self.block_bytes = BLOCK_BYTES
+        self._block_bytes = int(BLOCK_BYTES)
         self._ctype = _CTYPE[dtype]
         f64 = dtype == np.float64
         self._single = schedule == "single-pass"
@@ -216,19 +194,32 @@ class Workspace:
             self._fn = lib.dln_step1_f64 if f64 else lib.dln_step1_f32
         else:
             self._fn = lib.dln_step_f64 if f64 else lib.dln_step_f32
-        self._gemm = _GEMM[dtype]
         self._form_code = _FORM_CODE[form]
         self._widths = ffi.new("int[]", widths)
         code = lib.DLN_SINGLE if self._single else self._form_code
-        self.work = np.empty(int(lib.dln_work_size(L, self._widths, code)), dtype=dtype)
+        # threads: any layer big enough to be split? (else one thread, no region)
+        self.parallel = any(widths[i] * widths[i + 1] >= PAR_MIN for i in range(L))
+        # per-thread buffers only where a layer can be split across threads
+        self.max_threads = max(1, openmp_threads, int(lib.dln_openmp_threads())) if self.parallel else 1
+        if max_threads is not None:
+            self.max_threads = max(1, min(self.max_threads, int(max_threads)))
+        self.threads = None
+        self.chooser = ThreadChooser(self.max_threads)
+        self.work = np.empty(int(lib.dln_work_size(L, self._widths, code, self.max_threads,
+                                                   self._block_bytes)), dtype=dtype)
         self._work_ptr = ffi.from_buffer(self._ctype + "[]", self.work, require_writable=True)
         self._layer_ptrs = ffi.new(self._ctype + " *[]", L)
-        self._layer_ids = None
+        self._layer_arrays = None        # the arrays the pointers were taken from
         self._layer_keep = None          # the arrays and buffers the pointers point into
         self._vec = {}                   # "c"/"xs"/"yred" -> (array, pointer)
         self._ex = ffi.new("double *")
         self._state = ffi.new("int *")   # single-pass: which chain in work is valid (0 = none)
         self._beta = None
+
+    @property
+    def block_bytes(self):
+        """Tile budget (bytes) the scratch was sized for (``BLOCK_BYTES`` at creation)."""
+        return self._block_bytes
 
     def reset(self):
         """Forget the chain kept for the next step (single-pass schedule)."""
@@ -241,7 +232,7 @@ class Workspace:
     def _bind_layers(self, layers):
         # Forget the old binding first: a refusal half-way must not leave a
         # pointer table that a later call with the old arrays would trust.
-        self._layer_ids = None
+        self._layer_arrays = None
         self._layer_keep = None
         self._invalidate()
         if len(layers) != self.L:
@@ -253,7 +244,7 @@ class Workspace:
             self._layer_ptrs[i] = buf
             keep.append((a, buf))
         self._layer_keep = keep
-        self._layer_ids = tuple(map(id, layers))
+        self._layer_arrays = list(layers)
 
     def _check(self, a, shape, what, writable=False, dtype=None):
         dtype = self.dtype if dtype is None else dtype
@@ -282,7 +273,10 @@ class Workspace:
         return ptr
 
     def call(self, layers, c, beta, xs, yred, lo, hi, do_update):
-        if tuple(map(id, layers)) != self._layer_ids:
+        # the same array objects as bound? (a C-level loop: ~3 us at L = 512)
+        bound = self._layer_arrays
+        if (bound is None or len(layers) != len(bound)
+                or not all(map(operator.is_, layers, bound))):
             self._bind_layers(layers)
         if not isinstance(c, np.ndarray) or c.dtype != np.float64:
             c = np.ascontiguousarray(c, dtype=np.float64)   # a copy of L step sizes is harmless
@@ -290,27 +284,39 @@ class Workspace:
         xp = self._vector("xs", xs, (self.r,), self.dtype, self._ctype)
         yp = self._vector("yred", yred, (self.d_out, self.r), self.dtype, self._ctype)
         beta = float(beta)
-        if openmp_threads and lib.dln_openmp_threads() > 1:
-            with _serial_blas():
-                return self._run(cp, beta, xp, yp, lo, hi, do_update)
         return self._run(cp, beta, xp, yp, lo, hi, do_update)
 
+    def _thread_count(self, phase):
+        if not self.parallel or not openmp_threads:
+            return 1, False
+        cap = min(self.max_threads, max(1, int(lib.dln_openmp_threads())))
+        if self.threads is not None:
+            return max(1, min(cap, int(self.threads))), False
+        if cap != self.chooser.max_threads:     # the OpenMP limit changed since
+            self.chooser = ThreadChooser(cap)
+        return self.chooser.pick(phase), True
+
     def _run(self, cp, beta, xp, yp, lo, hi, do_update):
+        if self._single and beta != self._beta:
+            self._invalidate()
+            self._beta = beta
+        phase = self._state[0]                  # the kind of step (single-pass: its sweep)
+        nt, adaptive = self._thread_count(phase)
+        t0 = time.perf_counter()
         if self._single:
-            if beta != self._beta:
-                self._invalidate()
-                self._beta = beta
-            applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, beta,
-                               xp, yp, self.block_bytes, self._work_ptr,
-                               float(lo), float(hi), do_update, self._state, self._ex)
+            applied = self._fn(self.L, self._widths, self._layer_ptrs, cp, beta, xp, yp,
+                               self._block_bytes, nt, self._work_ptr, float(lo), float(hi),
+                               do_update, self._state, self._ex)
         else:
-            applied = self._fn(self._gemm, self.L, self._widths, self._layer_ptrs, cp, beta,
-                               xp, yp, self._form_code, self.block_bytes, self._work_ptr,
+            applied = self._fn(self.L, self._widths, self._layer_ptrs, cp, beta, xp, yp,
+                               self._form_code, self._block_bytes, nt, self._work_ptr,
                                float(lo), float(hi), do_update, self._ex)
+        if adaptive and applied:
+            self.chooser.record(nt, phase, time.perf_counter() - t0)
         return float(self._ex[0]), bool(applied)
 
 
-def workspace(layers, r, d_out, dtype, form=None, schedule=None):
+def workspace(layers, r, d_out, dtype, form=None, schedule=None, max_threads=None):
     """Workspace for these layers (B_1 first, shapes (d_{i+1}, d_i), d_0 = r).
 
     ``form`` "P" or "T" asks for the two-pass schedule in that chain form;
@@ -321,12 +327,111 @@ def workspace(layers, r, d_out, dtype, form=None, schedule=None):
         raise RuntimeError(f"the cblas backend is unavailable: {reason}")
     if schedule is None:
         schedule = "two-pass" if form is not None else SCHEDULE
+    if schedule == "auto":
+        schedule = choose_schedule(int(r), int(d_out))
     form = form or choose_form(r, d_out)
     shapes = [np.shape(a) for a in layers]
     for i, s in enumerate(shapes):
         if len(s) != 2:
             raise ValueError(f"layers[{i}]: must be a 2-D array, got shape {s}")
-    return Workspace(shapes, r, d_out, dtype, form, schedule)
+    return Workspace(shapes, r, d_out, dtype, form, schedule, max_threads)
+
+
+class Members:
+    """K same-shape networks stepped together, in parallel over the members.
+
+    ``members``: K lists of layers (each as for ``workspace``), ``r``,
+    ``d_out``, ``dtype``; ``form`` / ``schedule`` as for ``workspace``. Each
+    member gets its own one-thread ``Workspace`` (``workspaces``), so a
+    member's weights are bit for bit those of stepping it alone; the members
+    are spread over the threads (``dln_members`` in csrc: a dynamic
+    schedule, no barrier inside a member's step), and ``ThreadChooser``
+    picks the thread count of each call from the times of the previous ones
+    (unless ``threads`` is set). For ensembles: K small networks give two
+    cores twice the work of one, where one network's layers are too small to
+    split.
+    """
+
+    def __init__(self, members, r, d_out, dtype, form=None, schedule=None):
+        if not available:
+            raise RuntimeError(f"the cblas backend is unavailable: {reason}")
+        members = [list(m) for m in members]
+        if not members:
+            raise ValueError("members: need at least one network")
+        self.workspaces = [workspace(m, r, d_out, dtype, form, schedule, max_threads=1) for m in members]
+        ws0 = self.workspaces[0]
+        for k, ws in enumerate(self.workspaces):
+            if ws.shapes != ws0.shapes:
+                raise ValueError(f"members[{k}]: layer shapes {ws.shapes} differ from member 0's {ws0.shapes}")
+        self.K, self.dtype, self.schedule, self.form = len(members), ws0.dtype, ws0.schedule, ws0.form
+        self._fn = lib.dln_members_f64 if ws0.dtype == np.float64 else lib.dln_members_f32
+        self._code = lib.DLN_SINGLE if ws0._single else ws0._form_code
+        ct = ws0._ctype
+        self._layers = ffi.new(ct + " **[]", self.K)
+        self._work = ffi.new(ct + " *[]", [w._work_ptr for w in self.workspaces])
+        self._c = ffi.new("double *[]", self.K)
+        self._state = ffi.new("int[]", self.K)
+        self._beta = np.zeros(self.K)
+        self._hi = np.zeros(self.K)
+        self._active = np.zeros(self.K, dtype=np.intc)
+        self._ex = np.zeros(self.K)
+        self._applied = np.zeros(self.K, dtype=np.intc)
+        self.threads = None
+        self.chooser = ThreadChooser(max(1, min(self.K, openmp_threads or 1)))
+
+    def step(self, members, cs, betas, xs, yred, lo=-1.0, his=None, active=None):
+        """One step of every active member; returns (excess (K,), applied (K,) bool).
+
+        ``members``: the K layer lists (the same arrays as bound, or new ones),
+        ``cs`` K per-layer step arrays, ``betas`` (K,), ``his`` (K,) upper
+        gates (default inf), ``active`` (K,) bool (default all)."""
+        K = self.K
+        if len(members) != K or len(cs) != K or len(betas) != K:
+            raise ValueError(f"members: expected {K} members, cs and betas")
+        his = np.full(K, math.inf) if his is None else np.asarray(his, dtype=np.float64)
+        active = np.ones(K, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        xp = yp = None
+        for k, ws in enumerate(self.workspaces):
+            lay = members[k]
+            bound = ws._layer_arrays
+            if bound is None or len(lay) != len(bound) or not all(map(operator.is_, lay, bound)):
+                ws._bind_layers(lay)
+            c = cs[k]
+            if not isinstance(c, np.ndarray) or c.dtype != np.float64:
+                c = np.ascontiguousarray(c, dtype=np.float64)
+            self._c[k] = ws._vector("c", c, (ws.L,), np.dtype(np.float64), "double")
+            xp = ws._vector("xs", xs, (ws.r,), ws.dtype, ws._ctype)
+            yp = ws._vector("yred", yred, (ws.d_out, ws.r), ws.dtype, ws._ctype)
+            beta = float(betas[k])
+            if ws._single and beta != ws._beta:
+                ws._invalidate()
+                ws._beta = beta
+            self._layers[k] = ws._layer_ptrs
+            self._state[k] = ws._state[0]
+            self._beta[k] = beta
+        self._hi[:] = his
+        self._active[:] = active
+        if self.threads is not None:
+            nt, adaptive = max(1, int(self.threads)), False
+        else:
+            nt, adaptive = self.chooser.pick(self._code), True
+        t0 = time.perf_counter()
+        self._fn(K, self.workspaces[0].L, self.workspaces[0]._widths, self._layers, self._c,
+                 ffi.from_buffer("double[]", self._beta), xp, yp, self._code,
+                 self.workspaces[0].block_bytes, nt, self._work, self._state, float(lo),
+                 ffi.from_buffer("double[]", self._hi), ffi.from_buffer("int[]", self._active),
+                 ffi.from_buffer("double[]", self._ex, require_writable=True),
+                 ffi.from_buffer("int[]", self._applied, require_writable=True))
+        if adaptive:
+            self.chooser.record(nt, self._code, time.perf_counter() - t0)
+        for k, ws in enumerate(self.workspaces):
+            ws._state[0] = self._state[k]
+        return self._ex.copy(), self._applied.astype(bool)
+
+
+def members(layers_list, r, d_out, dtype, form=None, schedule=None):
+    """A ``Members`` stepper for these K same-shape networks."""
+    return Members(layers_list, r, d_out, dtype, form, schedule)
 
 
 def reset(ws):

@@ -31,7 +31,12 @@ Schedules (``form`` argument of ``workspace``):
 
 Without ``form``, ``choose_form`` picks by cost (see there).
 
-Parallelism: the suffix products split over column blocks of M_i and the
+Parallelism: each step runs at most ``numba.get_num_threads()`` threads;
+below that, ``ThreadChooser`` (``engine.kernels._threads``) picks each
+step's count from the measured times of the previous steps (one thread when
+another process holds a core: every split layer ends at a barrier that would
+wait for a descheduled thread), unless ``Workspace.threads`` fixes it. The
+suffix products split over column blocks of M_i and the
 prefix / T products over row blocks, so no sum crosses threads and every
 number is computed in an order fixed by the code: results are bitwise
 independent of the thread count (a stronger form of the per-thread-partials
@@ -47,8 +52,11 @@ a ``numba.typed.List`` of the layer arrays, built once per workspace.
 from __future__ import annotations
 
 import operator
+import time
 
 import numpy as np
+
+from ._threads import ThreadChooser
 
 name = "numba"
 try:
@@ -157,6 +165,10 @@ class Workspace:
         w = self.widths
         self.parallel = bool(np.any(w[1:] * w[:-1] >= _k.PAR_MIN))
         self.phase = 1 if self.schedule == 1 else 0
+        # threads: None = chosen per step from measured step times (ThreadChooser,
+        # up to numba.get_num_threads()); an int fixes the count
+        self.threads = None
+        self.chooser = ThreadChooser(1)
         self.valid = False
         self.ex = float("nan")
         self._bind(layers)
@@ -180,6 +192,17 @@ class Workspace:
             self.lst = lst
         self.valid = False
 
+    def _thread_count(self, key=None):
+        """(threads for this step of kind ``key``, whether the chooser picked it)."""
+        if not self.parallel:
+            return 1, False
+        cap = max(1, numba.get_num_threads())
+        if self.threads is not None:
+            return max(1, min(cap, int(self.threads))), False
+        if cap != self.chooser.max_threads:      # the Numba thread count changed since
+            self.chooser = ThreadChooser(cap)
+        return self.chooser.pick(key), True
+
     def run(self, layers, c, beta, xs, yred, lo, hi, do_update):
         if len(layers) != len(self.refs) or not all(map(operator.is_, layers, self.refs)):
             self._bind(layers)               # the network's arrays were replaced
@@ -187,11 +210,16 @@ class Workspace:
         c = np.ascontiguousarray(c, dtype=dt)
         xs = np.ascontiguousarray(xs, dtype=dt)
         yred = np.ascontiguousarray(yred, dtype=dt)
+        key = (self.phase, self.valid)
+        nt, adaptive = self._thread_count(key)
+        t0 = time.perf_counter()
         ex, applied, phase, valid, ex_after = _k.step_kernel(
             layers[0], self.stack, layers[-1], self.lst, self.uniform, self.widths, c,
             dt.type(beta), xs, yred, self.Sst, self.Pst, self.Tc, self.Sc, self.Ub, self.Wb,
             self.R, self.schedule, self.tform, self.phase, self.valid, self.ex,
-            float(lo), float(hi), do_update, numba.get_num_threads())
+            float(lo), float(hi), do_update, nt)
+        if adaptive and applied:
+            self.chooser.record(nt, key, time.perf_counter() - t0)
         if applied:
             self.phase, self.valid, self.ex = int(phase), bool(valid), float(ex_after)
         else:
