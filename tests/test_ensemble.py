@@ -80,13 +80,15 @@ def test_sequential_numpy_is_bitwise_separate_runs(case, init):
         np.testing.assert_array_equal(res.excess[k], rr.excess)
 
 
-def test_general_widths_run_member_by_member():
+def test_general_widths_run_bitwise_as_separate_runs():
     prob = _prob(8, 16, 4)
     widths = [8, 10, 7, 9, 4]
     ens = Ensemble.orthogonal(widths, seeds=[3, 4])
     assert ens.hidden is None
     res = E.train(ens, prob, steps=20, backend="auto")
-    assert res.schedule == "sequential"
+    # non-uniform hidden widths: the C members kernel takes any shapes, the Numba one does not
+    cblas = engine.kernels.availability()["cblas"][0]
+    assert res.schedule == ("members-parallel" if cblas else "sequential")
     ref = _separate("orthogonal", widths, [3, 4], prob, steps=20, backend=res.backend)
     for k, rr in enumerate(ref):
         np.testing.assert_array_equal(res.member(k).excess, rr.excess)
@@ -245,7 +247,10 @@ def test_member_by_member_with_fast_backends_is_bitwise_separate_runs(backend, w
     prob = _prob(8, 16, 4)
     seeds = [0, 1]
     res = E.train(Ensemble.orthogonal(widths, seeds=seeds), prob, steps=30, backend=backend)
-    assert res.schedule == "sequential" and res.backend == backend
+    # cblas: the C members-parallel kernel (one thread per member); numba: non-uniform
+    # hidden widths, so member by member. Both must be bitwise separate runs.
+    assert res.schedule == ("members-parallel" if backend == "cblas" else "sequential")
+    assert res.backend == backend
     for k, rr in enumerate(_separate("orthogonal", widths, seeds, prob, steps=30, backend=backend)):
         np.testing.assert_array_equal(res.member(k).excess, rr.excess)
         for a, b in zip(res.member(k).net.weights(), rr.net.weights()):
@@ -254,13 +259,22 @@ def test_member_by_member_with_fast_backends_is_bitwise_separate_runs(backend, w
 
 def test_auto_choice_and_fallback_without_numba(monkeypatch):
     prob, widths = _widths("T-form")
+    cblas = engine.kernels.availability()["cblas"][0]
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
-    assert res.schedule == ("members-parallel" if NUMBA else "sequential")
+    # small members: one call per step, the C kernel first, else the Numba one
+    assert res.schedule == ("members-parallel" if cblas or NUMBA else "sequential")
+    assert res.backend == ("cblas" if cblas else "numba" if NUMBA else res.backend)
     from engine.kernels import _numba_members
     monkeypatch.setattr(_numba_members, "available", False)
     monkeypatch.setattr(_numba_members, "reason", "numba cannot be imported: (simulated)")
     res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
-    assert res.schedule == "sequential"
+    assert res.schedule == ("members-parallel" if cblas else "sequential")
+    if cblas:
+        cb = engine.kernels.get("cblas")
+        monkeypatch.setattr(cb, "available", False)
+        monkeypatch.setattr(cb, "reason", "no C compiler (simulated)")
+        res = E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3)
+        assert res.schedule == "sequential"
     with pytest.raises(engine.BackendUnavailable, match="simulated"):
         E.train(Ensemble.orthogonal(widths, seeds=[0, 1]), prob, steps=3, backend="numba")
 

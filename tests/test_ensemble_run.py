@@ -12,7 +12,9 @@ WIDTHS = [12, 10, 10, 10, 4]
 # the member-parallel kernel sums in another order than numpy (test_ensemble.KERNEL_RTOL)
 KERNEL_RTOL = 1e-12
 NUMBA = engine.ensemble.member_kernel_available()[0]
-BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba unavailable"))]
+CBLAS = engine.kernels.availability()["cblas"][0]
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba unavailable")),
+            pytest.param("cblas", marks=pytest.mark.skipif(not CBLAS, reason="C kernel not built"))]
 
 
 @pytest.fixture(scope="module")
