@@ -19,6 +19,15 @@ and an AVX-512 AMD EPYC, 2026-12-04), everything else equal:
   Those cells are compared by class only (not trainable on both sides);
   trainable cells (contracting runs) carry a rounding-amplified time shift from their
   early steps, measured at most 0.009 decades: compared to ``TRAINABLE_ATOL`` = 0.05;
+- a cell near the threshold can change class: between two kernel implementations on one
+  machine (the C kernel's register-blocked rewrite, same day) one median moved from -2.947
+  to -3.054 decades. A cell within ``BORDER`` = 0.25 decades of the threshold, committed or
+  fresh, may flip; the trainability contour of its depth is then not compared (it follows
+  from the cells' classes, which are);
+- the 1-D orthogonal networks of the exponential-curse table sit on a saddle in exact
+  arithmetic (weights +-1; with the wrong sign of the product GD converges to the saddle)
+  and whether they escape is decided by rounding (README, "Exponential curse"): their rows
+  are compared by structure (width, init, depth, budget) only;
 - values at the float64 rounding floor: relative excesses of converged runs (1e-28..1e-24,
   eps^2 = 5e-32 times conditioning) and log singular values of exactly orthogonal products
   (~1e-15, L eps): compared with the absolute floors in ``FLOORS``.
@@ -41,6 +50,8 @@ FLOORS = {"final_rel_excess": 1e-20, "lazy_final_rel_excess": 1e-20,   # relativ
           "mean_log_sv": 1e-12, "sd": 1e-12}                          # log sv of exact isometries, L eps
 # log10 relative excess of trainable phase-diagram cells: rounding-amplified time shift (0.009 measured).
 TRAINABLE_ATOL = 0.05
+# Cells this close (decades) to the trainability threshold may change class (0.107 measured).
+BORDER = 0.25
 
 
 def _same(a, b, abs_tol=0.0):
@@ -59,22 +70,46 @@ def _trainable(v):
     return float(v) <= ex.TRAINABLE_LOG10
 
 
-def _row_differs(header, a, b):
-    """Why committed row ``a`` and fresh row ``b`` differ beyond what rounding can change (None: they agree)."""
+def _borderline(v):
+    v = float(v)
+    return math.isfinite(v) and abs(v - ex.TRAINABLE_LOG10) <= BORDER
+
+
+def _row_differs(header, a, b, flipped=None):
+    """Why committed row ``a`` and fresh row ``b`` differ beyond what rounding can change (None:
+    they agree). ``flipped``: (init, depth) of phase cells whose borderline class changed."""
     if len(a) != len(b):
         return "row lengths differ"
     ra, rb = dict(zip(header, a)), dict(zip(header, b))
+    if header[:3] == ["width", "init", "depth"] and ra["width"] == "1" and ra["init"] == "orthogonal":
+        a, b = [ra[k] for k in ("width", "init", "depth", "budget")], [rb[k] for k in ("width", "init", "depth", "budget")]
+        return None if a == b else f"row {b}: structure differs"      # the 1-D saddle: module docstring
     for col, x, y in zip(header, a, b):
         if ra.get("panel") == "phase" and col in ("log10_rel_excess", "diverged"):
             vx, vy = ra["log10_rel_excess"], rb["log10_rel_excess"]
             if _trainable(vx) != _trainable(vy):
+                if _borderline(vx) or _borderline(vy):
+                    continue                  # a borderline cell may flip (module docstring)
                 return f"{col}: cell is {'' if _trainable(vx) else 'not '}trainable committed, fresh {vy}"
             if _trainable(vx) and col == "log10_rel_excess" and not _same(x, y, TRAINABLE_ATOL):
                 return f"{col}: {x} vs {y} (more than {TRAINABLE_ATOL} decades apart)"
             continue            # cells not trainable on both sides: class only (module docstring)
+        if col == "trainable_from_width" and flipped and (ra.get("init"), ra.get("depth")) in flipped:
+            continue                          # follows from the (borderline) classes
         if not _same(x, y, FLOORS.get(col, 0.0)):
             return f"{col}: {x} vs {y}"
     return None
+
+
+def _table_differs(header, r1, r2):
+    """[(committed row, why)] for the rows of two tables that differ beyond rounding."""
+    flipped = set()
+    if "log10_rel_excess" in header:
+        i = header.index("log10_rel_excess")
+        for a, b in zip(r1, r2):
+            if a[0] == "phase" and len(a) == len(b) and _trainable(a[i]) != _trainable(b[i]):
+                flipped.add((a[1], a[2]))
+    return [(a, why) for a, b in zip(r1, r2) if (why := _row_differs(header, a, b, flipped))]
 
 
 def _check(name, tmp_path, workers=0):
@@ -86,7 +121,7 @@ def _check(name, tmp_path, workers=0):
     h2, r2 = ex.read_table(fresh)
     assert h1 == h2
     assert len(r1) == len(r2), f"{name}: {len(r1)} committed rows, {len(r2)} fresh"
-    diff = [(a, why) for a, b in zip(r1, r2) if (why := _row_differs(h1, a, b))]
+    diff = _table_differs(h1, r1, r2)
     assert not diff, (f"docs/{name}.csv differs from a fresh run in {len(diff)} rows, e.g. "
                       f"row {diff[0][0]}: {diff[0][1]}; regenerate with "
                       "'python -m engine reproduce all --out-dir docs'")
@@ -128,6 +163,16 @@ def test_row_comparison_tolerates_rounding_only():
     assert "trainable_from_width" in _row_differs(h, cell + ["-0.25", "1", "0", "40"],
                                                   cell + ["-0.25", "1", "0", "56"])
     assert "runs" in _row_differs(h, cell + ["-0.25", "1", "0", "40"], cell + ["-0.25", "2", "0", "40"])
+    # a borderline cell may flip class, and only then its depth's contour may move
+    tab1 = [cell + ["-2.95", "1", "0", "40"], ["phase", "gaussian", "8", "28", "-4", "1", "0", "40"]]
+    tab2 = [cell + ["-3.05", "1", "0", "20"], ["phase", "gaussian", "8", "28", "-4", "1", "0", "20"]]
+    assert _table_differs(h, tab1, tab2) == []
+    tab1[0][4], tab2[0][4] = "-2.5", "-3.5"   # a flip far from the threshold is not rounding
+    assert "trainable" in _table_differs(h, tab1, tab2)[0][1]
+    # the 1-D orthogonal saddle: structure only
+    c = ["width", "init", "depth", "median_escape_steps", "fraction_escaped", "budget"]
+    assert _row_differs(c, ["1", "orthogonal", "2", "0", "0.6", "20000"], ["1", "orthogonal", "2", "0", "1", "20000"]) is None
+    assert _row_differs(c, ["4", "orthogonal", "2", "0", "0.6", "20000"], ["4", "orthogonal", "2", "0", "1", "20000"])
     # values at the rounding floor
     f = ["init", "final_rel_excess", "gap"]
     assert _row_differs(f, ["orthogonal", "3.61193e-26", "0.1"], ["orthogonal", "3.61402e-26", "0.1"]) is None
