@@ -896,8 +896,8 @@ def _get(name):
 def _one_blas_thread():
     """One BLAS thread: these loops are many tiny matmuls, where a second BLAS thread costs
     far more in hand-offs than it saves (a 20x slowdown measured with 2 threads)."""
-    from .kernels import _controller
-    return _controller().limit(limits=1, user_api="blas")
+    from .kernels.threads import limit
+    return limit(blas=1)
 
 
 def _status(res):

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kernels.threads import limit as threads_limit
 from .results import ResultsDB, run_key
 
 __all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
@@ -306,28 +307,22 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _run_threads(threads):
+    """The thread limits of one run (engine.kernels.threads.limit): every BLAS and OpenMP pool
+    at ``threads``, and Numba's pool too when Numba is already loaded (never imported for it)."""
+    if not threads:
+        return threads_limit()
+    nb = sys.modules.get("numba")
+    numba = max(1, min(int(threads), nb.config.NUMBA_NUM_THREADS)) if nb is not None else None
+    return threads_limit(blas=threads, openmp=threads, numba=numba)
+
+
 def _execute(func, config, backend, threads):
-    """Run one config with BLAS threads limited; exceptions become a failed payload."""
+    """Run one config with BLAS, OpenMP and (when loaded) Numba threads limited to ``threads``
+    (0 or None: left alone); exceptions become a failed payload."""
     try:
-        try:
-            from threadpoolctl import threadpool_limits
-            limits = threadpool_limits(limits=threads) if threads else None
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            limits = None
-        nb, nb_old = sys.modules.get("numba"), None
-        if threads and nb is not None:   # the numba backend's parallel kernels, likewise
-            try:
-                nb_old = nb.get_num_threads()
-                nb.set_num_threads(max(1, min(int(threads), nb.config.NUMBA_NUM_THREADS)))
-            except Exception:  # pragma: no cover - a numba without threading control
-                nb_old = None
-        try:
+        with _run_threads(threads):
             out = func(config, backend)
-        finally:
-            if limits is not None:
-                limits.restore_original_limits()
-            if nb_old is not None:
-                nb.set_num_threads(nb_old)
         if not isinstance(out, dict) or "result" not in out:
             raise TypeError(f"run function returned {type(out).__name__}, expected a dict with 'result'")
         return out
