@@ -4,7 +4,7 @@
     est = cost.estimate(cfgs, workers=2)          # calibrates on this machine (~0.1-3 s)
     print(est)     # "36 runs; predicted 12 s on 2 workers (...); peak memory per worker 4.1 MiB ..."
 
-Model. One run of a config (engine.sweep.DEFAULT_CONFIG) takes
+Model. One run of a config (engine.runs.DEFAULT_CONFIG) takes
 
     T = setup(L) + steps * step(L) + TASK_OVERHEAD
 
@@ -18,7 +18,7 @@ Model. One run of a config (engine.sweep.DEFAULT_CONFIG) takes
                                      the learning-rate rule, bookkeeping
 
 R, s0, u0 and q are measured per *shape class* (data shape, rank, hidden width;
-u0 and q per init and lr rule too) by timing ``engine.sweep.run_config``
+u0 and q per init and lr rule too) by timing ``engine.runs.run_config``
 itself -- the code a worker runs, with the sweep's backend and thread limit
 -- on copies of the grid's cells cut to depths D1 = 2 and D2 (a few layers)
 and a few steps. At most ``MAX_CLASSES`` classes are timed, the most
@@ -194,11 +194,11 @@ class CostModel:
     def _time(self, cfg):
         """(seconds of the whole call, seconds of training, steps run) of run_config(cfg)."""
         import warnings
-        from .sweep import _execute, run_config
+        from .runs import execute, run_config
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the cells' own warnings (bottleneck, lr) come with the sweep
             t0 = time.perf_counter()
-            out = _execute(run_config, cfg, self.backend, self.threads)
+            out = execute(run_config, cfg, self.backend, self.threads)
             total = time.perf_counter() - t0
         res = out["result"]
         if res.get("status") == "failed":
