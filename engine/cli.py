@@ -522,12 +522,11 @@ def _stop_args(args):
 
 
 def _log_every(args):
-    from engine.train import _log_every_value
+    from engine.recording import log_every_value
     try:
-        _log_every_value(args.log_every)
+        log_every_value(args.log_every)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"--{exc}") from None
-    return args.log_every
 
 
 
@@ -1131,8 +1130,7 @@ def cmd_train(args) -> int:
                          f"d_in = {args.d_in} and d_out = {args.d_out}")
     kw = {}
     if args.checkpoint:
-        from engine.train import _check_writable_dir
-        _check_writable_dir(args.checkpoint)
+        engine.checkpoint.check_writable(args.checkpoint)
         kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
         if os.path.isfile(args.checkpoint) and not args.overwrite:
             print(f"checkpoint {args.checkpoint} exists: resuming it if it holds this run "
