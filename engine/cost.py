@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 
 __all__ = ["CostModel", "Estimate", "estimate", "fma_per_step", "run_bytes", "proxy_seconds", "makespan",
-           "MAX_CLASSES", "CALIBRATION_BUDGET"]
+           "MAX_CLASSES", "CALIBRATION_BUDGET", "COST_FIELDS"]
 
 # Shape classes timed at most, and the seconds the timing may take in all (the
 # largest classes go first: they decide the total; a long grid may take a small share of its
@@ -62,6 +62,9 @@ CLUSTER_START = 3.0
 _PROXY_RATE = 1.0e10
 _PROXY_STEP = 3.0e-5
 _PROXY_LAYER = 2.0e-6
+# Config fields that change a run's cost; the others (seeds, lr_scale, tol, escape) only
+# multiply the number of runs of each cost.
+COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr")
 
 
 def _rank(cfg) -> int:
@@ -386,7 +389,7 @@ class Estimate:
     times: list = field(default_factory=list, repr=False)
 
     def __str__(self):
-        from .memory import _fmt
+        from .memory import fmt_bytes
         where = {"serial": "serially", "remote": "on one worker of this machine's speed"}.get(
             self.mode, f"on {self.workers} worker{'s' if self.workers != 1 else ''}")
         done = f" ({self.skipped} more already in the database)" if self.skipped else ""
@@ -397,7 +400,7 @@ class Estimate:
         return (f"{self.runs} runs to do{done}; predicted {_fmt_seconds(self.wall)} {where} "
                 f"({_fmt_seconds(self.serial)} of runs, at most: a run stopping at its tolerance or "
                 f"diverging ends sooner; {how}); "
-                f"peak memory per worker {_fmt(self.peak_bytes)}" + (f" ({big})" if big else ""))
+                f"peak memory per worker {fmt_bytes(self.peak_bytes)}" + (f" ({big})" if big else ""))
 
 
 def _fmt_seconds(s: float) -> str:

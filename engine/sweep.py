@@ -46,14 +46,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .results import ResultsDB, run_key, utcnow
+from .results import ResultsDB, ResultsDBError, run_key, utcnow
 # a config's fields, checks and run live in engine.runs; sweep re-exports the public names
 from .runs import DEFAULT_CONFIG, execute, failed_payload, normalize_config, run_config, subsample_curve  # noqa: F401
 
 _execute = execute   # bench/cost_model.py imports it from here; drop once it imports engine.runs.execute
 
 __all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
-           "run_sweep", "SweepSummary", "subsample_curve"]
+           "run_sweep", "SweepSummary", "subsample_curve", "read_grid_file", "grid_file_configs", "cost_shapes",
+           "unfinished", "planned_workers"]
 
 
 def grid(**axes) -> list[dict]:
@@ -106,6 +107,82 @@ def _axis(name, v) -> list:
         raise ValueError(f"{name}: the grid axis is empty, so the grid has no cells; give at least one value")
     return vals
 
+
+
+def read_grid_file(path):
+    """(name, parts) of a JSON grid file, each part a dict of axes for ``grid``:
+    {"name": "mygrid", "grid": {"init": ["gaussian", "orthogonal"], "width": [16, 64], ...}}, "grid"
+    also a list of such dicts ("configs" an older name of it), or the dict or list alone (its name
+    then the file's). ValueError for a file that is not such JSON."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"grid file {path!r} is not valid JSON: {exc}") from None
+    name = os.path.splitext(os.path.basename(path))[0]
+    if isinstance(spec, dict) and ("grid" in spec or "configs" in spec):
+        name = spec.get("name", name)
+        body = spec.get("grid", spec.get("configs"))
+    else:
+        body = spec
+    parts = body if isinstance(body, list) else [body]
+    if not parts or not all(isinstance(p, dict) for p in parts):
+        raise ValueError(f"grid file {path!r}: 'grid' must be a dict of fields (lists are crossed) "
+                         "or a list of such dicts")
+    return name, parts
+
+
+def grid_file_configs(parts) -> list:
+    """The configs of a grid file's parts (``read_grid_file``), part after part, every one checked."""
+    return [c for part in parts for c in grid(**part)]
+
+
+def cost_shapes(parts):
+    """(configs, weights): one config per distinct cost of a grid's parts (engine.cost.COST_FIELDS),
+    weighted by how many cells it stands for; the axes that do not change the cost are never
+    expanded, so a grid of 10^7 cells is estimated from its few shapes."""
+    from .cost import COST_FIELDS
+    cells, weights = [], []
+    for part in parts:
+        shape, mult = {}, 1
+        for k, v in part.items():
+            vals = _axis(k, v)
+            if k in COST_FIELDS:
+                shape[k] = vals
+            else:
+                shape[k] = vals[:1]
+                mult *= len(vals)
+        for c in iter_grid(**shape):
+            cells.append(c)
+            weights.append(mult)
+    return cells, weights
+
+
+def unfinished(configs, db) -> tuple:
+    """(the configs a sweep into ``db`` would still run, how many it would skip): those not stored
+    as finished (ok or diverged) in the database ``db`` (a path; None or a missing or unreadable
+    file: none finished). Only reads ``db``."""
+    if not db or not os.path.exists(db):
+        return list(configs), 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # another engine version: the sweep itself says so
+            with ResultsDB(db, readonly=True) as store:
+                done = {k for k, st in store.statuses().items() if st in ("ok", "diverged")}
+    except ResultsDBError:
+        done = set()
+    todo = [c for c in configs if run_key(c) not in done]
+    return todo, len(configs) - len(todo)
+
+
+def planned_workers(workers=None, scheduler=None) -> tuple:
+    """(number of workers, "serial" | "local" | "remote") a sweep with these arguments runs on,
+    without starting anything; a remote cluster's size is unknown before connecting: 1."""
+    if scheduler is not None:
+        return 1, "remote"
+    if workers == 0:
+        return 1, "serial"
+    return int(workers or os.cpu_count() or 1), "local"
 
 
 @dataclass
@@ -367,7 +444,7 @@ def dask_client(workers=None, scheduler=None):
         import logging
         lazy = _Lazy()
         if scheduler is None:
-            lazy.n_workers = int(workers if workers else (os.cpu_count() or 1))
+            lazy.n_workers = planned_workers(workers)[0]
 
         def start():
             # A task whose worker dies is retried once on another worker; if that one
