@@ -58,7 +58,7 @@ from .network import Ensemble, Network, Storage
 from .problem import Problem
 
 __all__ = ["CheckpointError", "CorruptCheckpoint", "CheckpointMismatch", "Checkpoint",
-           "load", "save", "save_run", "restore_recorders", "FORMAT", "VERSION"]
+           "load", "save", "save_run", "restore_recorders", "check_writable", "FORMAT", "VERSION"]
 
 FORMAT = "engine-checkpoint"
 VERSION = 1
@@ -133,6 +133,18 @@ def save(path, arrays: dict, meta: dict) -> None:
         raise
     _fsync_dir(d)
     _remove_stale_temps(path, tmp, started)
+
+
+def check_writable(path) -> None:
+    """Refuse a checkpoint path whose directory is missing or not writable, or that is a directory
+    (ValueError / PermissionError naming checkpoint), before any work."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ValueError(f"checkpoint: directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise PermissionError(f"checkpoint: directory {d!r} is not writable")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
 
 
 def _remove_stale_temps(path: str, current: str, started: float) -> None:

@@ -1,13 +1,18 @@
 """Command-line interface: ``python -m engine COMMAND``.
 
 Commands
-    demo       Gaussian vs orthogonal GD on HXP's data at one (width, depth); table + PNG
-    reproduce  one of the papers' experiments at a small default, with its figure
-    train      one configuration; summary, optional history CSV, checkpoint, figure
-    sweep      a named experiment or a JSON grid file into an SQLite results database
-    plot       figures from a results database
-    export     a results database to CSV / Parquet
-    info       version, backends, threads, BLAS, memory estimate for given widths
+    demo         Gaussian vs orthogonal GD on HXP's data at one (width, depth); table + PNG
+    reproduce    one of the papers' experiments at a small default, with its figure
+    train        one configuration; summary, optional history CSV, checkpoint, figure
+    sweep        a named experiment or a JSON grid file into an SQLite results database
+    plot         figures from a results database
+    export       a results database to CSV / Parquet
+    theorycheck  one trajectory per init measured against DH Thm 4.1 / HXP Thm 3.1; table + PNG
+    info         version, backends, threads, BLAS, memory estimate for given widths
+
+The commands parse, check and print; what they run lives in engine.experiments (the papers'
+experiments, their figures and tables), engine.sweep (grids, grid files, estimates) and
+engine.train.
 
 Bad arguments give a one-line message and exit code 2; a failed command exits 1.
 """
@@ -97,28 +102,6 @@ def _record_arg(text):
     return name, _positive_int(stride)
 
 
-def parse_widths(text) -> list:
-    """'1024,256x63,10' -> [1024] + [256] * 63 + [10] (ValueError naming --widths otherwise)."""
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "x" in part:
-                w, k = part.split("x")
-                w, k = int(w), int(k)
-            else:
-                w, k = int(part), 1
-        except ValueError:
-            raise ValueError(f"--widths: cannot read {part!r} in {text!r}; "
-                             "write widths like 1024,256x63,10 (WxK = K layers of width W)") from None
-        if w < 1 or k < 1:
-            raise ValueError(f"--widths: widths and counts must be >= 1, got {part!r}")
-        out += [w] * k
-    if len(out) < 2:
-        raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
-    return out
-
-
 def parse_width_runs(text) -> list:
     """'1024,256x63,10' -> [(1024, 1), (256, 63), (10, 1)], without expanding (for estimates)."""
     runs = []
@@ -135,6 +118,31 @@ def parse_width_runs(text) -> list:
     if sum(k for _, k in runs) < 2:
         raise ValueError(f"--widths: need at least d_0 and d_L, got {text!r}")
     return runs
+
+
+def parse_widths(text) -> list:
+    """'1024,256x63,10' -> [1024] + [256] * 63 + [10] (ValueError naming --widths otherwise)."""
+    return [w for w, k in parse_width_runs(text) for _ in range(k)]
+
+
+def _depth_arg(text):
+    v = _positive_int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected a depth >= 2, got {v}")
+    return v
+
+
+def _ints_arg(k, form):
+    """An argparse type: ``k`` comma-separated positive integers, as ``form`` says."""
+    def parse(text):
+        try:
+            vals = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != k or min(vals) < 1:
+            raise argparse.ArgumentTypeError(f"expected {form} ({k} positive integers), got {text!r}")
+        return vals
+    return parse
 
 
 def _width_runs_arg(text):
@@ -369,11 +377,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     tc = sub.add_parser(
-        "theorycheck", add_help=False,
-        help="one trajectory per init measured against DH Thm 4.1 / HXP Thm 3.1 (table + figure)",
-        description="Runs engine.theorycheck; all arguments are passed on "
-                    "('python -m engine theorycheck --help' lists them).")
-    tc.add_argument("rest", nargs=argparse.REMAINDER)
+        "theorycheck", help="one trajectory per init measured against DH Thm 4.1 / HXP Thm 3.1 (table + figure)",
+        description="Train a Gaussian network at DH's learning rate d_out / (3 L ||X||^2) and an orthogonal one "
+                    "of the same shape at HXP's d_y / (2 L ||X||^2) on synthetic data (Y = W* X; X 32x8 with "
+                    "condition number 2 by default), recording P(t), the partial-product spectra and the "
+                    "distance from init every step, and print a markdown table of the measured per-step "
+                    "contraction, Gram eigenvalues, spectra and distance against the theorems' factors, bounds "
+                    "and radii (engine.experiments.theory_check).",
+        epilog="examples:\n  python -m engine theorycheck --out docs/theory-check.png\n"
+               "  python -m engine theorycheck --data 1024,16,10 --kappa 0      # HXP's own data shape\n"
+               "  python -m engine theorycheck --record-cost 256,64",
+        formatter_class=raw)
+    tc.add_argument("--out", default=None, help="write the figure here (PNG)")
+    tc.add_argument("--steps", type=_positive_int, default=80, help="GD steps (default 80)")
+    tc.add_argument("--width", type=_positive_int, default=512, help="hidden width m (default 512)")
+    tc.add_argument("--depth", type=_depth_arg, default=6, help="depth L >= 2 (default 6)")
+    tc.add_argument("--data", type=_ints_arg(3, "d_in,n,d_out"), default=(32, 8, 2), metavar="D_IN,N,D_OUT",
+                    help="data shape (default 32,8,2)")
+    tc.add_argument("--kappa", type=_nonneg_float, default=2.0,
+                    help="condition number of X^T X (default 2; 0: iid N(0,1) X, as HXP)")
+    tc.add_argument("--seed", type=_nonneg_int, default=0, help="data seed; the inits use seed + 1 (default 0)")
+    tc.add_argument("--backend", default="numpy", help="auto, numpy, numba or cblas (default numpy)")
+    tc.add_argument("--record-cost", type=_ints_arg(2, "M,L"), default=None, metavar="M,L",
+                    help="instead: time each diagnostic at width M, depth L (HXP data 1024x16, d_out 10) "
+                         "relative to one GD step, e.g. --record-cost 256,64")
     tc.set_defaults(func=cmd_theorycheck)
 
     i = sub.add_parser("info", help="version, backends, threads, BLAS, memory estimate",
@@ -420,16 +447,7 @@ def _quiet_stderr_line(text):
 
 def _main(argv=None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["theorycheck"]:
-        # its options belong to engine.theorycheck (argparse REMAINDER cannot
-        # pass options through a subparser)
-        try:
-            return cmd_theorycheck(argparse.Namespace(rest=argv[1:]))
-        except KeyboardInterrupt:
-            _quiet_stderr_line(_interrupt_message(argparse.Namespace(command="theorycheck")))
-            return 130
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -446,13 +464,8 @@ def _main(argv=None) -> int:
             return int(args.func(args) or 0)
     except BrokenPipeError:
         return _closed_stdout()
-    except (ValueError, TypeError, _UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ResultsDBError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, CheckpointError) as exc:   # a bad path or file argument
+    except (ValueError, TypeError, _UsageError, ResultsDBError,
+            FileNotFoundError, IsADirectoryError, CheckpointError) as exc:   # bad arguments, paths or files
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -522,13 +535,11 @@ def _stop_args(args):
 
 
 def _log_every(args):
-    from engine.train import _log_every_value
+    from engine.recording import log_every_value
     try:
-        _log_every_value(args.log_every)
+        log_every_value(args.log_every)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"--{exc}") from None
-    return args.log_every
-
 
 
 def _fmt_bytes(n):
@@ -539,11 +550,26 @@ def _fmt_bytes(n):
 
 
 def cmd_theorycheck(args) -> int:
-    from engine import theorycheck
-    try:
-        return int(theorycheck.main(args.rest) or 0)
-    except SystemExit as exc:   # argparse inside theorycheck: --help (0) or bad arguments (2)
-        return int(exc.code or 0)
+    from engine.experiments import theory_check as tc
+    _check_backend(args.backend)
+    if args.record_cost:
+        m, L = args.record_cost
+        res = {init: tc.record_cost(m, L, backend=args.backend, init=init) for init in ("orthogonal", "gaussian")}
+        print(f"| (m, L) = ({m}, {L}), {args.backend} backend | orthogonal: seconds | in GD steps "
+              "| gaussian: seconds | in GD steps |")
+        print("|---|---|---|---|---|")
+        for (name, so, ro), (_, sg, rg) in zip(res["orthogonal"], res["gaussian"]):
+            print(f"| {name} | {so:.4f} | {ro:.2f} | {sg:.4f} | {rg:.2f} |")
+        return 0
+    t0 = time.perf_counter()
+    res = tc.run_check(args.width, args.depth, args.steps, args.seed, data=args.data,
+                       kappa=args.kappa if args.kappa > 0 else None, backend=args.backend)
+    print(tc.table(res))
+    if args.out:
+        tc.figure(res, args.out)
+        print(f"\nfigure written to {args.out}")
+    print(f"\n(total {time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
 def cmd_info(args) -> int:
@@ -626,33 +652,34 @@ def cmd_reproduce(args) -> int:
     _check_backend(args.backend)
     workers = _workers(args)
     if name == "all":
-        return _reproduce_all(args)
+        return _reproduce_all(args, workers)
     if args.out_dir is not None:
         raise _UsageError("--out-dir: only with 'reproduce all' (give --out for one figure)")
     if name == "hxp" and (args.full or args.size not in ("tiny", "quick", None)):
         raise _UsageError("reproduce hxp: --size must be tiny or quick (use 'reproduce phase_diagram' "
                           "for the default and full grids)")
+    if name == "hxp":
+        size = args.size or "quick"
     db = args.db or f"engine-{name}.db"
     out = args.out or f"{name}.png"
     t0 = time.perf_counter()
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
               threads_per_run=args.threads_per_run)
     if args.estimate:
-        _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
+        _announce(name, size, db, args, workers)
         return 0
     from engine.results import ResultsDB
     ResultsDB(db).close()   # a locked, read-only or foreign database fails before anything else
-    _announce(name, size if name != "hxp" else (args.size or "quick"), db, args, workers)
+    _announce(name, size, db, args, workers)
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
     if name == "hxp":
-        small = args.size == "tiny"
-        rows, curves = ex.hxp_demo(db, plot=out, size=args.size or "quick", width=32 if small else 128,
-                                   depth=8 if small else 64, steps=200 if small else 2000, **kw)
+        rows, curves = ex.hxp_demo(db, plot=out, size=size, **kw)
         _print_phase(rows)
         for r in curves:
             print(f"  curve {r['init']:10s} width {r['width']} depth {r['depth']}: {r['status']}, "
-                  f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, rate {r['rate']:.5f}")
+                  f"{r['steps_run']} steps, final rel. excess {r['rel_excess']:.3e}, "
+                  f"rate {ex.nan_for_none(r['rate']):.5f}")
         header, recs = ex.figure_table("hxp", rows, curves)
         rows = rows + curves
     else:
@@ -676,60 +703,20 @@ def _failed_exit(failed, db) -> int:
     return 1
 
 
-def _experiment_cells(name, size):
-    """(configs, note) a named experiment will run at ``size``: its grid (for width_threshold,
-    adaptive, every cell its bisection may probe: an upper bound); None for the experiments
-    that are serial loops, not sweeps."""
-    from engine import experiments as ex
-    from engine.sweep import grid
-    if name == "hxp":
-        small = size == "tiny"
-        cells = ex.phase_configs(size=size) + grid(**ex.HXP_DATA, init=list(ex.INITS),
-                                                   width=32 if small else 128, depth=8 if small else 64,
-                                                   seed=0, steps=200 if small else 2000, tol=1e-12)
-        return cells, ""
-    if name == "width_threshold":
-        g = ex.THRESHOLD_GRIDS[size]
-        cells = grid(**ex.HXP_DATA, init=list(ex.INITS), depth=g["depths"], width=g["widths"], seed=g["seeds"],
-                     steps=g["steps"], tol=1e-12)
-        return cells, " (adaptive: every cell its bisection may probe, at most)"
-    if name in ex.EXPERIMENTS and name in ("phase_diagram", "exponential_curse", "rate_vs_kappa"):
-        return ex.configs(name, size), ""
-    return None, ""
-
-
-def _estimate_workers(args, workers):
-    """(workers, mode) for engine.cost.estimate: what the command will run on."""
-    if args.scheduler is not None:
-        return 1, "remote"
-    if workers == 0:
-        return 1, "serial"
-    return (workers or os.cpu_count() or 1), "local"
-
-
 def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
     """The first line of a sweep (issue 15 item 2): runs to do, predicted wall time on this
     machine, peak memory per worker. Runs already in ``db`` are not counted."""
-    from engine import cost
-    from engine.results import ResultsDB, ResultsDBError, run_key
+    from engine import cost, sweep
+    from engine import experiments as ex
     if cells is None:
-        cells, note = _experiment_cells(name, size)
+        cells, note = ex.planned_configs(name, size)
         if cells is None:
             print(f"estimate: {name} is a serial loop of seconds, not a sweep: nothing to predict")
             return None
     skipped = 0
-    if weights is None and db and os.path.exists(db):
-        import warnings
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # another engine version: the sweep itself says so
-                with ResultsDB(db, readonly=True) as store:
-                    done = {k for k, st in store.statuses().items() if st in ("ok", "diverged")}
-        except ResultsDBError:
-            done = set()
-        todo = [c for c in cells if run_key(c) not in done]
-        skipped, cells = len(cells) - len(todo), todo
-    W, mode = _estimate_workers(args, workers)
+    if weights is None:
+        cells, skipped = sweep.unfinished(cells, db)
+    W, mode = sweep.planned_workers(workers, args.scheduler)
     est = cost.estimate(cells, W, backend=args.backend, threads_per_run=args.threads_per_run, mode=mode,
                         weights=weights, skipped=skipped)
     remote = "; a cluster of N such workers takes about 1/N of it" if mode == "remote" else ""
@@ -737,13 +724,12 @@ def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
     return est
 
 
-def _reproduce_all(args) -> int:
+def _reproduce_all(args, workers) -> int:
     from engine import experiments as ex
     if args.out or args.db or args.size or args.full:
         raise _UsageError("reproduce all: --out, --db, --size and --full do not apply (each figure uses "
                           "its committed grid; databases are engine-NAME.db here; use --out-dir)")
     out_dir = args.out_dir or "."
-    workers = _workers(args)
     t0 = time.perf_counter()
     if args.estimate:
         for name, (exp, size) in ex.COMMITTED_FIGURES.items():
@@ -821,62 +807,6 @@ _SUMMARIES = {"phase_diagram": _print_phase, "exponential_curse": _print_curse,
               "lazy_gap": _print_beyond, "sharpness": _print_beyond, "lyapunov_spectra": _print_beyond}
 
 
-def read_grid_file(path):
-    """(name, parts) of a JSON grid file (see ``sweep --help``): each part a dict of axes."""
-    import json
-    try:
-        with open(path) as f:
-            spec = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"grid file {path!r} is not valid JSON: {exc}") from None
-    name = os.path.splitext(os.path.basename(path))[0]
-    if isinstance(spec, dict) and ("grid" in spec or "configs" in spec):
-        name = spec.get("name", name)
-        body = spec.get("grid", spec.get("configs"))
-    else:
-        body = spec
-    parts = body if isinstance(body, list) else [body]
-    if not parts or not all(isinstance(p, dict) for p in parts):
-        raise ValueError(f"grid file {path!r}: 'grid' must be a dict of fields (lists are crossed) "
-                         "or a list of such dicts")
-    return name, parts
-
-
-def load_grid_file(path):
-    """(name, configs) from a JSON grid file (see ``sweep --help``); every cell checked."""
-    from engine.sweep import grid
-    name, parts = read_grid_file(path)
-    cfgs = []
-    for part in parts:
-        cfgs += grid(**part)
-    return name, cfgs
-
-
-# Config fields that change a run's cost (engine.cost); the others (seeds, lr_scale, tol,
-# escape) only multiply the number of runs of each shape.
-_COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr")
-
-
-def _shape_cells(parts):
-    """(configs, weights): one config per distinct cost shape of the grid parts, weighted by how
-    many cells it stands for; never expands the axes that do not change the cost."""
-    from engine.sweep import _axis, iter_grid
-    cells, weights = [], []
-    for part in parts:
-        shape, mult = {}, 1
-        for k, v in part.items():
-            vals = _axis(k, v)
-            if k in _COST_FIELDS:
-                shape[k] = vals
-            else:
-                shape[k] = vals[:1]
-                mult *= len(vals)
-        for c in iter_grid(**shape):
-            cells.append(c)
-            weights.append(mult)
-    return cells, weights
-
-
 def _drain(items: list):
     """Yield the items of ``items`` in order, dropping each from the list as it goes, so the
     caller's list and its consumer's copy are not both held whole (a 10^5-cell grid)."""
@@ -887,7 +817,7 @@ def _drain(items: list):
 
 def cmd_sweep(args) -> int:
     from engine import experiments as ex
-    from engine.sweep import grid_size, run_sweep
+    from engine import sweep
     size = _size(args)
     _check_backend(args.backend)
     workers = _workers(args)
@@ -910,19 +840,19 @@ def cmd_sweep(args) -> int:
         failed = sum(r["status"] == "failed" for r in rows)
         print(f"{target}: {len(rows)} runs in {args.db} ({failed} failed); {time.perf_counter() - t0:.1f} s")
     elif os.path.exists(target):
-        name, parts = read_grid_file(target)
-        cells = sum(grid_size(**p) for p in parts)
+        name, parts = sweep.read_grid_file(target)
+        cells = sum(sweep.grid_size(**p) for p in parts)
         if cells > MAX_GRID_CELLS and not args.yes or args.estimate:
-            shapes, weights = _shape_cells(parts)
+            shapes, weights = sweep.cost_shapes(parts)
             est = _announce(name, None, None, args, workers, cells=shapes, weights=weights)
             if args.estimate:
                 return 0
             raise _UsageError(f"grid: {target} has {cells} cells (more than {MAX_GRID_CELLS}; predicted "
                               f"{est.wall / 3600:.1f} h); pass --yes to run it, or make the grid smaller")
-        name, cfgs = load_grid_file(target)
+        cfgs = sweep.grid_file_configs(parts)
         ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout).close()
         _announce(name, None, args.db, args, workers, cells=cfgs)
-        summary = run_sweep(_drain(cfgs), args.db, experiment=name, retry_failed=not args.no_retry_failed,
+        summary = sweep.run_sweep(_drain(cfgs), args.db, experiment=name, retry_failed=not args.no_retry_failed,
                             allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout,
                             **kw)
         print(f"{name}: {summary} -> {args.db}")
@@ -937,27 +867,6 @@ def cmd_sweep(args) -> int:
     return _failed_exit(failed, args.db)
 
 
-def plot_generic(rows, path, store=None):
-    """A custom grid's figure: heat map over (width, depth) per init when both vary, else loss curves."""
-    from engine import experiments as ex
-    widths = {r["width"] for r in rows if r["depth"] > 1}
-    depths = {r["depth"] for r in rows}
-    if len(widths) > 1 and len(depths) > 1:
-        return ex.plot_grid(rows, path)
-    plt = ex._pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows[:40]:
-        t, e = store.curve(r["key"]) if store is not None else r.get("curve", ([], []))
-        if t and e[0]:
-            ax.semilogy(t, np.asarray(e) / e[0], lw=1,
-                        label=f"{r['init']} m={r['width']} L={r['depth']} s={r['seed']}")
-    ax.set_xlabel("GD step t")
-    ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return ex._save(fig, path)
-
-
 def cmd_plot(args) -> int:
     from engine import experiments as ex
     from engine.results import ResultsDB
@@ -970,32 +879,8 @@ def cmd_plot(args) -> int:
                              f"(it has {store.experiments()})")
         if not names:
             raise ValueError(f"{args.db} holds no runs")
-        done = set()
-        for name in names:
-            if name in done:
-                continue
-            path = os.path.join(args.out_dir, f"{name}.png")
-            rows = [r for r in store.rows(experiment=name) if r["status"] != "failed"]
-            if not rows:
-                print(f"{name}: no successful runs, no figure")
-                continue
-            if name in ("phase_diagram", "hxp_demo_curves") and "hxp_demo_curves" in store.experiments() \
-                    and "phase_diagram" in store.experiments():
-                curves = store.rows(experiment="hxp_demo_curves")
-                for r in curves:
-                    r["curve"] = store.curve(r["key"])
-                pd = [r for r in store.rows(experiment="phase_diagram") if r["status"] != "failed"]
-                ex.plot_phase_diagram(pd, os.path.join(args.out_dir, "phase_diagram.png"))
-                path = os.path.join(args.out_dir, "hxp.png")
-                ex.plot_hxp_demo(pd, curves, path)
-                print(f"figure: {os.path.join(args.out_dir, 'phase_diagram.png')}")
-                done |= {"phase_diagram", "hxp_demo_curves"}
-            elif name in ex.EXPERIMENTS:
-                ex.plot(name, rows, path)
-            else:
-                plot_generic(rows, path, store)
-            done.add(name)
-            print(f"figure: {path}")
+        for name, path in ex.plot_db(store, names, args.out_dir):
+            print(f"figure: {path}" if path else f"{name}: no successful runs, no figure")
     return 0
 
 
@@ -1131,8 +1016,7 @@ def cmd_train(args) -> int:
                          f"d_in = {args.d_in} and d_out = {args.d_out}")
     kw = {}
     if args.checkpoint:
-        from engine.train import _check_writable_dir
-        _check_writable_dir(args.checkpoint)
+        engine.checkpoint.check_writable(args.checkpoint)
         kw.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
         if os.path.isfile(args.checkpoint) and not args.overwrite:
             print(f"checkpoint {args.checkpoint} exists: resuming it if it holds this run "
@@ -1149,7 +1033,6 @@ def cmd_train(args) -> int:
     stop = (f"l - OPT <= {atol:g}" if atol is not None else
             f"l - OPT <= {tol:g} ||Y||_F^2" if tol is not None else "none (every step)")
     print(f"stop: {stop}; budget {args.steps} steps")
-    status = "budget"
     try:
         run = engine.train(net, prob, lr=args.lr, steps=args.steps, tol=tol, atol=atol, backend=args.backend,
                            progress=not args.no_progress, log_every=args.log_every, **kw)
@@ -1159,42 +1042,15 @@ def cmd_train(args) -> int:
         print(f"diverged: {exc}", file=sys.stderr)
     ex0 = run.excess[0]
     rule = {"theory": "theory", "stable": "stable: 1/lambda_max(P(0))"}.get(args.lr, "given")
+    note = engine.theory.width_note(net, prob)
     print(f"lr {run.lr:.5g} ({rule}), backend {run.backend}")
     print(f"status {status}: {run.steps} steps, l - OPT {ex0:.4e} -> {run.excess[-1]:.4e} "
           f"(relative {run.excess[-1] / ex0 if ex0 > 0 else float('nan'):.3e}), fitted rate {run.rate:.6f}, "
-          f"theorem factor {run.predicted:.6f} {engine.theory.width_note(net, prob)}, {run.wall_time:.2f} s")
+          f"theorem factor {run.predicted:.6f} {note}, {run.wall_time:.2f} s")
     _where_saved(run, args, args.checkpoint)
     if args.plot:
-        from engine import experiments as ex
-        plt = ex._pyplot()
-        sharp = run.records.get("sharpness")
-        if sharp is not None:
-            fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0))
-        else:
-            fig, ax = plt.subplots(figsize=(6.0, 4.0))
-        e = np.asarray(run.excess)
-        ax.semilogy(run.t, e / e[0], label=f"{args.init}, rate {run.rate:.5f}")
-        if np.isfinite(run.predicted) and 0 < run.predicted < 1:
-            ax.semilogy(run.t, run.predicted ** np.asarray(run.t, float), ":",
-                        label=f"theorem bound {engine.theory.width_note(net, prob)}")
-        lazy = run.records.get("lazy")
-        if lazy is not None:
-            lv = np.asarray(lazy["values"], dtype=float)
-            ax.semilogy(lazy["t"], lv[:, 0] / e[0], "--", label="lazy twin (linearized at t = 0)")
-        ax.set_xlabel("GD step t")
-        ax.set_ylabel("(l(t)-OPT)/(l(0)-OPT)")
-        ax.set_title(f"{args.init}, depth {len(widths) - 1}, {status}", fontsize=9)
-        ax.legend(fontsize=8)
-        if sharp is not None:
-            sv = np.asarray(sharp["values"], dtype=float)[:, 0]
-            ax2.plot(sharp["t"], sv, "o-", ms=3, label="sharpness lambda_max(Hessian)")
-            ax2.axhline(2.0 / run.lr, color="k", ls="--", lw=1, label=f"2 / eta = {2.0 / run.lr:.4g}")
-            ax2.set_xlabel("GD step t")
-            ax2.set_ylabel("sharpness")
-            ax2.set_title("edge of stability: GD is stable while sharpness < 2/eta", fontsize=9)
-            ax2.legend(fontsize=8)
-        fig.tight_layout()
-        ex._save(fig, args.plot)
+        from engine.experiments import plotting
+        plotting.plot_train_run(run, args.plot, f"{args.init}, depth {len(widths) - 1}, {status}", args.init, note)
         print(f"figure: {args.plot}")
     return 0 if status != "diverged" else 1
 
@@ -1224,50 +1080,23 @@ def _check_outputs(args):
     if args.plot:
         ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
         try:
-            from engine import experiments as ex
-            plt = ex._pyplot()
-            fig = plt.figure()
-            kinds = set(fig.canvas.get_supported_filetypes())
-            plt.close(fig)
-        except (ImportError, RuntimeError):
+            from engine.experiments import plotting
+            kinds = plotting.figure_formats()
+        except RuntimeError:
             raise _UsageError("--plot: needs matplotlib (pip install 'engine[plot]')") from None
         if ext not in kinds:
             raise ValueError(f"--plot: cannot write a {'.' + ext if ext else 'file without extension'} "
                              f"figure; use one of {', '.join('.' + k for k in sorted(kinds))}")
 
 
-def run_demo(width=128, depth=64, steps=2000, seed=0, backend="auto", data_seed=0):
-    """Train Gaussian and orthogonal nets of widths [1024, m, ..., m, 10] on HXP data.
-
-    Init seed ``seed`` and data seed ``data_seed`` (both default 0, as
-    ``train``, sweeps and ``reproduce hxp``, so the same defaults give the same
-    networks); stop at l - OPT <= 1e-12 ||Y||_F^2. Returns (prob, rows): one
-    dict row per init with the TrainResult under "run".
-    """
-    import engine
-
-    X, Y = engine.synthetic(1024, 16, 10, seed=data_seed)
-    prob = engine.Problem(X, Y)
-    widths = [1024] + [width] * (depth - 1) + [10]
-    tol = 1e-12   # relative to ||Y||_F^2
-    rows = []
-    for init in ("gaussian", "orthogonal"):
-        net = engine.init.by_name(init)(widths, seed=seed)
-        row = {"init": init, "width_note": engine.theory.width_note(net, prob)}
-        try:
-            run = engine.train(net, prob, lr="theory", steps=steps, tol=tol, backend=backend)
-            row.update(run=run, status="converged" if run.converged else "budget")
-        except engine.DivergenceError as exc:
-            run = exc.result
-            row.update(run=run, status="diverged")
-        rows.append(row)
-    return prob, rows
-
-
 def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     _check_backend(args.backend)
-    prob, rows = run_demo(args.width, args.depth, args.steps, args.seed, args.backend, args.data_seed)
+    from engine import experiments as ex
+    prob, rows = ex.demo(args.width, args.depth, args.steps, args.seed, args.data_seed, args.backend)
+    for r in rows:
+        if r["status"] == "failed":
+            raise RuntimeError(f"the {r['init']} run failed: {r['error']}")
     print(f"HXP data: X 1024x16, Y = W* X (10x16), ||Y||_F^2 = {prob.y_norm_sq:.4g}, kappa = {prob.kappa:.3f}")
     print(f"network: width {args.width}, depth {args.depth}; lr = the theorem's (DH Thm 4.1 / HXP Thm 3.1); "
           f"tol = 1e-12 ||Y||_F^2; budget {args.steps} steps")
@@ -1276,50 +1105,20 @@ def cmd_demo(args) -> int:
           f"{'excess/l(0)':>12s} {'fitted rate':>12s} {'theorem factor':>15s} {'time s':>7s}"
     print(hdr)
     print("-" * len(hdr))
-    for row in rows:
-        run = row["run"]
-        print(f"{row['init']:11s} {run.lr:10.4g} {run.steps:6d} {row['status']:>10s} "
-              f"{run.excess[-1]:13.4e} {run.excess[-1] / run.excess[0]:12.3e} {run.rate:12.6f} "
-              f"{run.predicted:15.6f} {run.wall_time:7.2f}")
-    for row in rows:
-        print(f"{row['init']} theorem factor {row['run'].predicted:.6f} {row['width_note']}")
+    num = ex.nan_for_none
+    for r in rows:
+        print(f"{r['init']:11s} {r['lr']:10.4g} {r['steps_run']:6d} {ex.outcome(r):>10s} "
+              f"{num(r['final_excess']):13.4e} {num(r['rel_excess']):12.3e} {num(r['rate']):12.6f} "
+              f"{num(r['predicted']):15.6f} {r['wall_time']:7.2f}")
+    for r in rows:
+        print(f"{r['init']} theorem factor {num(r['predicted']):.6f} {r['width_note']}")
     print()
     print("fitted rate: per-step contraction of l - OPT fitted over the tail of the run; theorem factor: "
           "the per-step factor the theorem guarantees (only when its width condition holds).")
     if not args.no_plot:
-        path = plot_demo(rows, args.out, args.width, args.depth)
-        if path:
-            print(f"figure: {path}")
+        try:
+            print(f"figure: {ex.plot_demo(rows, args.out)}")
+        except RuntimeError:
+            print("matplotlib is not installed: no figure (pip install 'engine[plot]')", file=sys.stderr)
     print(f"total time {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def plot_demo(rows, path, width, depth):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install 'engine[plot]')", file=sys.stderr)
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colors = {"gaussian": "tab:red", "orthogonal": "tab:blue"}
-    for row in rows:
-        run = row["run"]
-        ax.semilogy(run.t, run.excess / run.excess[0], color=colors[row["init"]],
-                    label=f"{row['init']} (rate {run.rate:.4f})")
-        if np.isfinite(run.predicted) and 0 < run.predicted < 1:
-            tt = np.arange(0, run.t[-1] + 1)
-            ax.semilogy(tt, run.predicted ** tt, color=colors[row["init"]], ls=":", lw=1,
-                        label=f"{row['init']} theorem bound ({run.predicted:.4f}^t) {row['width_note']}")
-    ax.set_xlabel("GD step t")
-    ax.set_ylabel("(l(t) - OPT) / (l(0) - OPT)")
-    ax.set_ylim(bottom=1e-14)
-    ax.set_title(f"Deep linear net, width {width}, depth {depth}, HXP data")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -4,7 +4,7 @@
     est = cost.estimate(cfgs, workers=2)          # calibrates on this machine (~0.1-3 s)
     print(est)     # "36 runs; predicted 12 s on 2 workers (...); peak memory per worker 4.1 MiB ..."
 
-Model. One run of a config (engine.sweep.DEFAULT_CONFIG) takes
+Model. One run of a config (engine.runs.DEFAULT_CONFIG) takes
 
     T = setup(L) + steps * step(L) + TASK_OVERHEAD
 
@@ -18,7 +18,7 @@ Model. One run of a config (engine.sweep.DEFAULT_CONFIG) takes
                                      the learning-rate rule, bookkeeping
 
 R, s0, u0 and q are measured per *shape class* (data shape, rank, hidden width;
-u0 and q per init and lr rule too) by timing ``engine.sweep.run_config``
+u0 and q per init and lr rule too) by timing ``engine.runs.run_config``
 itself -- the code a worker runs, with the sweep's backend and thread limit
 -- on copies of the grid's cells cut to depths D1 = 2 and D2 (a few layers)
 and a few steps. At most ``MAX_CLASSES`` classes are timed, the most
@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 
 __all__ = ["CostModel", "Estimate", "estimate", "fma_per_step", "run_bytes", "proxy_seconds", "makespan",
-           "MAX_CLASSES", "CALIBRATION_BUDGET"]
+           "MAX_CLASSES", "CALIBRATION_BUDGET", "COST_FIELDS"]
 
 # Shape classes timed at most, and the seconds the timing may take in all (the
 # largest classes go first: they decide the total; a long grid may take a small share of its
@@ -62,6 +62,9 @@ CLUSTER_START = 3.0
 _PROXY_RATE = 1.0e10
 _PROXY_STEP = 3.0e-5
 _PROXY_LAYER = 2.0e-6
+# Config fields that change a run's cost; the others (seeds, lr_scale, tol, escape) only
+# multiply the number of runs of each cost.
+COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr")
 
 
 def _rank(cfg) -> int:
@@ -194,11 +197,11 @@ class CostModel:
     def _time(self, cfg):
         """(seconds of the whole call, seconds of training, steps run) of run_config(cfg)."""
         import warnings
-        from .sweep import _execute, run_config
+        from .runs import execute, run_config
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the cells' own warnings (bottleneck, lr) come with the sweep
             t0 = time.perf_counter()
-            out = _execute(run_config, cfg, self.backend, self.threads)
+            out = execute(run_config, cfg, self.backend, self.threads)
             total = time.perf_counter() - t0
         res = out["result"]
         if res.get("status") == "failed":
@@ -386,7 +389,7 @@ class Estimate:
     times: list = field(default_factory=list, repr=False)
 
     def __str__(self):
-        from .memory import _fmt
+        from .memory import fmt_bytes
         where = {"serial": "serially", "remote": "on one worker of this machine's speed"}.get(
             self.mode, f"on {self.workers} worker{'s' if self.workers != 1 else ''}")
         done = f" ({self.skipped} more already in the database)" if self.skipped else ""
@@ -397,7 +400,7 @@ class Estimate:
         return (f"{self.runs} runs to do{done}; predicted {_fmt_seconds(self.wall)} {where} "
                 f"({_fmt_seconds(self.serial)} of runs, at most: a run stopping at its tolerance or "
                 f"diverging ends sooner; {how}); "
-                f"peak memory per worker {_fmt(self.peak_bytes)}" + (f" ({big})" if big else ""))
+                f"peak memory per worker {fmt_bytes(self.peak_bytes)}" + (f" ({big})" if big else ""))
 
 
 def _fmt_seconds(s: float) -> str:

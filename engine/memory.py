@@ -193,7 +193,8 @@ def available_bytes():
     return _measured_available()
 
 
-def _fmt(nbytes) -> str:
+def fmt_bytes(nbytes) -> str:
+    """A byte count to 3 significant digits in B, KiB, MiB, GiB or TiB ("5.33 GiB")."""
     x = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if x < 1024 or unit == "TiB":
@@ -224,17 +225,17 @@ def check(widths, dtype="float64", ensemble: int = 1, *, limit=None) -> int:
     if dt == np.float64:
         need32 = estimate_bytes(widths, "float32", ensemble)
         if need32 <= avail:
-            hints.append(f"dtype='float32' (needs about {_fmt(need32)})")
+            hints.append(f"dtype='float32' (needs about {fmt_bytes(need32)})")
         else:
-            hints.append(f"dtype='float32' halves it (about {_fmt(need32)}, still too much)")
+            hints.append(f"dtype='float32' halves it (about {fmt_bytes(need32)}, still too much)")
     hints.append("smaller widths or depth" + (" or a smaller ensemble" if ensemble > 1 else "")
                  + " (a smaller grid cell)")
     what = "network" if ensemble == 1 else f"ensemble of {ensemble} networks"
     raise InsufficientMemory(
-        f"widths: this {what} needs about {_fmt(need)} "
-        f"(weights {_fmt(parts['weights'])}, first-layer binding {_fmt(parts['bind'])}, "
-        f"workspace {_fmt(parts['workspace'])}, divergence snapshot {_fmt(parts['snapshot'])}, "
-        f"per-layer overhead {_fmt(parts['per_layer'])}, init temporaries {_fmt(parts['transient'])}) "
-        f"but only {_fmt(avail)} is available. Try {'; or '.join(hints)}. "
+        f"widths: this {what} needs about {fmt_bytes(need)} "
+        f"(weights {fmt_bytes(parts['weights'])}, first-layer binding {fmt_bytes(parts['bind'])}, "
+        f"workspace {fmt_bytes(parts['workspace'])}, divergence snapshot {fmt_bytes(parts['snapshot'])}, "
+        f"per-layer overhead {fmt_bytes(parts['per_layer'])}, init temporaries {fmt_bytes(parts['transient'])}) "
+        f"but only {fmt_bytes(avail)} is available. Try {'; or '.join(hints)}. "
         f"Set {ENV_LIMIT} (bytes, e.g. 64G, or 'off') to override.",
         needed=need, available=avail)

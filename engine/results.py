@@ -114,7 +114,7 @@ def key_of_canonical(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _utcnow() -> str:
+def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -239,7 +239,7 @@ class ResultsDB:
                 con.execute(_MEMBERS_DDL)
                 con.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema_version", str(SCHEMA_VERSION)), ("engine_version", _engine_version()),
-                    ("created_utc", _utcnow())])
+                    ("created_utc", utcnow())])
             elif "meta" not in have or "runs" not in have:
                 raise ResultsDBError(f"{self.path!r} is an SQLite database but not an engine results "
                                      "database (no runs/meta tables); use another --db")
@@ -249,7 +249,7 @@ class ResultsDB:
                 if self.schema < SCHEMA_VERSION:
                     self._migrate()
                 # a real write now, so a read-only file fails at open, not at the first result
-                con.execute("INSERT OR REPLACE INTO meta VALUES ('last_opened_utc', ?)", (_utcnow(),))
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('last_opened_utc', ?)", (utcnow(),))
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:

@@ -7,7 +7,7 @@
     summary = run_sweep(cfgs, "results.db", scheduler="tcp://host:8786")   # an existing cluster
 
 A run is described by a *config*: a flat dict of JSON values (see
-``DEFAULT_CONFIG``: data, network, learning rate, budget). Its key is a hash
+``engine.runs.DEFAULT_CONFIG``: data, network, learning rate, budget). Its key is a hash
 of the config (``engine.results.run_key``), so re-running a sweep skips the
 runs already in the database; a failed run is retried. Only this driver
 process writes the database, one committed transaction per finished run, so
@@ -40,111 +40,21 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .results import ResultsDB, run_key
+from .results import ResultsDB, ResultsDBError, run_key, utcnow
+# a config's fields, checks and run live in engine.runs; sweep re-exports the public names
+from .runs import DEFAULT_CONFIG, execute, failed_payload, normalize_config, run_config, subsample_curve  # noqa: F401
+
+_execute = execute   # bench/cost_model.py imports it from here; drop once it imports engine.runs.execute
 
 __all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
-           "run_sweep", "SweepSummary", "subsample_curve"]
-
-# Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
-# rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
-# seed ``seed``. Training: lr ("theory" = the init's theorem rate, "stable" = 1 / lambda_max(P(0))
-# of the run's network (engine.train.stable_lr), or a number; times lr_scale),
-# at most ``steps`` GD steps, stopping when l - OPT <= tol * ||Y||_F^2 (tol=0: never).
-# ``escape``: also record the first step t with l(t) <= escape * ||Y||_F^2
-# (HXP Thm 4.1's band is [0.4, 0.6] ||Y||_F^2) and stop there if stop_at_escape.
-DEFAULT_CONFIG = {
-    "d_in": 1024, "n": 16, "d_out": 10, "data_seed": 0, "rank": None, "kappa": None,
-    "init": "gaussian", "width": 64, "depth": 10, "seed": 0,
-    "lr": "theory", "lr_scale": 1.0, "steps": 1000, "tol": 1e-12,
-    "escape": None, "stop_at_escape": False,
-}
-
-# Points kept of each loss curve in the database.
-CURVE_POINTS = 200
-
-
-def normalize_config(config: dict) -> dict:
-    """The config with defaults filled in, unknown fields rejected and every field checked
-    (ValueError / TypeError naming the field and the offending value)."""
-    if not isinstance(config, dict):
-        raise TypeError(f"config: must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(DEFAULT_CONFIG)}")
-    out = dict(DEFAULT_CONFIG)
-    out.update(config)
-    for k in ("d_in", "n", "d_out", "width", "depth", "steps"):
-        v = out[k]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if k == "steps" else 1):
-            raise ValueError(f"config: {k} must be a {'non-negative' if k == 'steps' else 'positive'} "
-                             f"integer, got {v!r}")
-        out[k] = int(v)
-    if out["depth"] == 1:
-        out["width"] = 1   # no hidden layer: width is meaningless, keep the key unique
-    _check_fields(out)
-    return out
-
-
-def _number(v):
-    """v as a float if it is a real number (not a bool), else None."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return None
-    return float(v)
-
-
-def _check_fields(cfg) -> None:
-    """Every field a run would otherwise reject only when it runs (issue 11 item 7), so a
-    grid with one bad value fails before its first run, naming the field and the value."""
-    from .init import INITS
-
-    def bad(field, want):
-        return ValueError(f"config: {field} must be {want}, got {cfg[field]!r}")
-
-    for k in ("seed", "data_seed"):
-        v = cfg[k]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise bad(k, "an integer >= 0")
-        cfg[k] = int(v)
-    if cfg["init"] not in INITS:
-        raise ValueError(f"config: init must be one of {sorted(INITS)}, got {cfg['init']!r}")
-    lr = cfg["lr"]
-    if isinstance(lr, str):
-        if lr not in ("theory", "stable"):
-            raise bad("lr", "'theory', 'stable' or a positive finite number")
-    else:
-        x = _number(lr)
-        if x is None or not (x > 0 and math.isfinite(x)):
-            raise bad("lr", "'theory', 'stable' or a positive finite number")
-    x = _number(cfg["lr_scale"])
-    if x is None or not (x > 0 and math.isfinite(x)):
-        raise bad("lr_scale", "a positive finite number")
-    if cfg["tol"] is not None:
-        x = _number(cfg["tol"])
-        if x is None or not (x >= 0 and math.isfinite(x)):
-            raise bad("tol", "a finite number >= 0 (0 or null: run every step)")
-    r = cfg["rank"]
-    if r is not None:
-        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)) or r < 1:
-            raise bad("rank", "null or an integer >= 1")
-        if r > min(cfg["d_in"], cfg["n"]):
-            raise ValueError(f"config: rank must be <= min(d_in, n) = {min(cfg['d_in'], cfg['n'])}, got {r!r}")
-    if cfg["kappa"] is not None:
-        x = _number(cfg["kappa"])
-        if x is None or not (x >= 1 and math.isfinite(x)):
-            raise bad("kappa", "null or a finite number >= 1")
-    if cfg["escape"] is not None:
-        x = _number(cfg["escape"])
-        if x is None or not (x > 0 and math.isfinite(x)):
-            raise bad("escape", "null or a positive finite number (a fraction of ||Y||_F^2)")
-    if not isinstance(cfg["stop_at_escape"], (bool, np.bool_)):
-        raise bad("stop_at_escape", "true or false")
+           "run_sweep", "SweepSummary", "subsample_curve", "read_grid_file", "grid_file_configs", "cost_shapes",
+           "unfinished", "planned_workers"]
 
 
 def grid(**axes) -> list[dict]:
@@ -198,141 +108,81 @@ def _axis(name, v) -> list:
     return vals
 
 
-def widths_of(cfg: dict) -> list:
-    return [cfg["d_in"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["d_out"]]
+
+def read_grid_file(path):
+    """(name, parts) of a JSON grid file, each part a dict of axes for ``grid``:
+    {"name": "mygrid", "grid": {"init": ["gaussian", "orthogonal"], "width": [16, 64], ...}}, "grid"
+    also a list of such dicts ("configs" an older name of it), or the dict or list alone (its name
+    then the file's). ValueError for a file that is not such JSON."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"grid file {path!r} is not valid JSON: {exc}") from None
+    name = os.path.splitext(os.path.basename(path))[0]
+    if isinstance(spec, dict) and ("grid" in spec or "configs" in spec):
+        name = spec.get("name", name)
+        body = spec.get("grid", spec.get("configs"))
+    else:
+        body = spec
+    parts = body if isinstance(body, list) else [body]
+    if not parts or not all(isinstance(p, dict) for p in parts):
+        raise ValueError(f"grid file {path!r}: 'grid' must be a dict of fields (lists are crossed) "
+                         "or a list of such dicts")
+    return name, parts
 
 
-_PROBLEMS = {}
+def grid_file_configs(parts) -> list:
+    """The configs of a grid file's parts (``read_grid_file``), part after part, every one checked."""
+    return [c for part in parts for c in grid(**part)]
 
 
-def _problem(cfg):
-    """engine.Problem for the config's data, cached per process (workers reuse it)."""
-    import engine
-    key = (cfg["d_in"], cfg["n"], cfg["d_out"], cfg["data_seed"], cfg["rank"], cfg["kappa"])
-    prob = _PROBLEMS.get(key)
-    if prob is None:
-        X, Y = engine.synthetic(cfg["d_in"], cfg["n"], cfg["d_out"], seed=cfg["data_seed"],
-                                rank=cfg["rank"], kappa=cfg["kappa"])
-        prob = engine.Problem(X, Y)
-        if len(_PROBLEMS) > 16:
-            _PROBLEMS.clear()
-        _PROBLEMS[key] = prob
-    return prob
+def cost_shapes(parts):
+    """(configs, weights): one config per distinct cost of a grid's parts (engine.cost.COST_FIELDS),
+    weighted by how many cells it stands for; the axes that do not change the cost are never
+    expanded, so a grid of 10^7 cells is estimated from its few shapes."""
+    from .cost import COST_FIELDS
+    cells, weights = [], []
+    for part in parts:
+        shape, mult = {}, 1
+        for k, v in part.items():
+            vals = _axis(k, v)
+            if k in COST_FIELDS:
+                shape[k] = vals
+            else:
+                shape[k] = vals[:1]
+                mult *= len(vals)
+        for c in iter_grid(**shape):
+            cells.append(c)
+            weights.append(mult)
+    return cells, weights
 
 
-def subsample_curve(t, excess, points: int = CURVE_POINTS):
-    """At most ~``points`` (t, excess) pairs: log- and linearly spaced indices, first and last kept."""
-    t = np.asarray(t)
-    e = np.asarray(excess)
-    n = len(t)
-    if n <= points:
-        return t.tolist(), e.tolist()
-    half = points // 2
-    idx = np.unique(np.concatenate([
-        np.geomspace(1, n, half).astype(np.int64) - 1,
-        np.linspace(0, n - 1, points - half).astype(np.int64), [0, n - 1]]))
-    return t[idx].tolist(), e[idx].tolist()
-
-
-def run_config(config: dict, backend: str = "auto") -> dict:
-    """Train one config; returns {"result": {metric: value}, "curve": (t, excess)}.
-
-    Never raises for a diverging run (status "diverged", metrics of the last
-    finite state); raises for anything else (bad config, out of memory...).
-    """
-    import engine
-    from . import __version__
-    from .train import LearningRateWarning, stable_lr, theorem_init
-
-    cfg = normalize_config(config)
-    prob = _problem(cfg)
-    net = engine.init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"])
-    lr = cfg["lr"]
-    if lr == "theory":
-        lr = engine.theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
-    elif lr == "stable":   # 1 / lambda_max(P(0)) of this very network, before its first step
-        lr = stable_lr(net, prob)
-    lr = float(lr) * float(cfg["lr_scale"])
-    ysq = prob.y_norm_sq
-    tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
-    escape = cfg["escape"]
-    state = {"escape": None}
-
-    def callback(t, ex, _net):
-        if escape is not None and state["escape"] is None and prob.opt + ex <= escape * ysq:
-            state["escape"] = t
-            return bool(cfg["stop_at_escape"])
-        return False
-
-    status, error = "ok", None
+def unfinished(configs, db) -> tuple:
+    """(the configs a sweep into ``db`` would still run, how many it would skip): those not stored
+    as finished (ok or diverged) in the database ``db`` (a path; None or a missing or unreadable
+    file: none finished). Only reads ``db``."""
+    if not db or not os.path.exists(db):
+        return list(configs), 0
     try:
         with warnings.catch_warnings():
-            if cfg["lr"] == "stable":   # above the theorem's bound on purpose (engine.train's "stable" too)
-                warnings.simplefilter("ignore", LearningRateWarning)
-            run = engine.train(net, prob, lr=lr, steps=cfg["steps"], tol=tol, backend=backend,
-                               callback=callback if escape is not None else None)
-    except engine.DivergenceError as exc:
-        run, status, error = exc.result, "diverged", str(exc)
-    ex = np.asarray(run.excess, dtype=np.float64)
-    t = np.asarray(run.t)
-    if escape is not None and state["escape"] is None and len(ex) and prob.opt + ex[-1] <= escape * ysq:
-        state["escape"] = int(t[-1])   # the final state (not passed to the callback)
-    ex0, exf = float(ex[0]), float(ex[-1])
-    rel = exf / ex0 if ex0 > 0 else float("nan")
-    result = {
-        "init": cfg["init"], "depth": cfg["depth"], "width": cfg["width"], "seed": cfg["seed"],
-        "status": status, "excess0": ex0, "final_excess": exf, "rel_excess": rel,
-        "log10_rel_excess": math.log10(rel) if rel > 0 else float("-inf"),
-        "steps_run": int(run.steps), "steps_to_tol": int(run.steps) if run.converged else None,
-        "escape_steps": state["escape"], "converged": bool(run.converged), "rate": float(run.rate),
-        "predicted": float(run.predicted), "lr": float(lr), "wall_time": float(run.wall_time),
-        "backend": run.backend, "engine_version": __version__, "error": error,
-        "tol_excess": tol * ysq if tol else None,   # the absolute stop threshold (l - OPT units)
-    }
-    return {"result": result, "curve": subsample_curve(t, ex)}
+            warnings.simplefilter("ignore")   # another engine version: the sweep itself says so
+            with ResultsDB(db, readonly=True) as store:
+                done = {k for k, st in store.statuses().items() if st in ("ok", "diverged")}
+    except ResultsDBError:
+        done = set()
+    todo = [c for c in configs if run_key(c) not in done]
+    return todo, len(configs) - len(todo)
 
 
-def _failed(config, error, backend) -> dict:
-    from . import __version__
-    cfg = dict(config)
-    return {"result": {"init": cfg.get("init"), "depth": cfg.get("depth"), "width": cfg.get("width"),
-                       "seed": cfg.get("seed"), "status": "failed", "error": error,
-                       "backend": backend, "engine_version": __version__}, "curve": None}
-
-
-def _error_text(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"
-
-
-def _execute(func, config, backend, threads):
-    """Run one config with BLAS threads limited; exceptions become a failed payload."""
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-            limits = threadpool_limits(limits=threads) if threads else None
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            limits = None
-        nb, nb_old = sys.modules.get("numba"), None
-        if threads and nb is not None:   # the numba backend's parallel kernels, likewise
-            try:
-                nb_old = nb.get_num_threads()
-                nb.set_num_threads(max(1, min(int(threads), nb.config.NUMBA_NUM_THREADS)))
-            except Exception:  # pragma: no cover - a numba without threading control
-                nb_old = None
-        try:
-            out = func(config, backend)
-        finally:
-            if limits is not None:
-                limits.restore_original_limits()
-            if nb_old is not None:
-                nb.set_num_threads(nb_old)
-        if not isinstance(out, dict) or "result" not in out:
-            raise TypeError(f"run function returned {type(out).__name__}, expected a dict with 'result'")
-        return out
-    except Exception as exc:
-        return _failed(config, _error_text(exc), backend)
+def planned_workers(workers=None, scheduler=None) -> tuple:
+    """(number of workers, "serial" | "local" | "remote") a sweep with these arguments runs on,
+    without starting anything; a remote cluster's size is unknown before connecting: 1."""
+    if scheduler is not None:
+        return 1, "remote"
+    if workers == 0:
+        return 1, "serial"
+    return int(workers or os.cpu_count() or 1), "local"
 
 
 @dataclass
@@ -420,7 +270,7 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
 
         def record(k, c, out):
             res = out["result"]
-            res.setdefault("finished_utc", _utcnow())
+            res.setdefault("finished_utc", utcnow())
             store.put(k, c, res, out.get("curve"), experiment=experiment)
             st = res.get("status")
             if st == "failed":
@@ -466,11 +316,6 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
     finally:
         if own:
             store.close()
-
-
-def _utcnow():
-    from .results import _utcnow as f
-    return f()
 
 
 def _bar(total, enabled):
@@ -599,7 +444,7 @@ def dask_client(workers=None, scheduler=None):
         import logging
         lazy = _Lazy()
         if scheduler is None:
-            lazy.n_workers = int(workers if workers else (os.cpu_count() or 1))
+            lazy.n_workers = planned_workers(workers)[0]
 
         def start():
             # A task whose worker dies is retried once on another worker; if that one
@@ -692,7 +537,7 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
     if isinstance(client, _Serial):   # in grid order
         for k, text, _, _ in pending:
             c = json.loads(text)
-            record(k, c, _execute(func, c, backend, threads))
+            record(k, c, execute(func, c, backend, threads))
         return client.mode
     from dask.distributed import as_completed
     if isinstance(client, _Lazy):
@@ -727,7 +572,7 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
                 return
             k, text, need = item
             c = json.loads(text)
-            f = client.submit(_execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
+            f = client.submit(execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
             futs[f] = (k, c, need)
             held[0] += need
             ac.add(f)
@@ -747,7 +592,7 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
                     msg = f"worker died while running this config (KilledWorker: {exc})"
                 else:
                     msg = f"{name}: {exc}"
-                out = _failed(c, msg, backend)
+                out = failed_payload(c, msg, backend)
             record(k, c, out)
             f.release()
             admit()

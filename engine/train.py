@@ -41,9 +41,6 @@ from .stepper import Stepper
 __all__ = ["gd_step", "train", "stable_lr", "stable_lrs", "LR_RULES", "TrainResult", "DivergenceError", "fit_rate",
            "stop_threshold", "EngineWarning", "LearningRateWarning", "CheckpointWarning", "BottleneckWarning"]
 
-# Older private names other modules still import (bench/ and cli.py, other engineers' files).
-_log_every_value = log_every_value
-
 # Growth of the loss, relative to max(l(0), ||Y||_F^2 / 2), treated as divergence.
 # GD below the stability bound never increases the loss by more than a small
 # factor; 1e8 is far outside that, yet far below float64 overflow, so the
@@ -341,7 +338,7 @@ def _options(callback, progress, log_every, checkpoint, checkpoint_every) -> dic
         raise TypeError("callback: must be callable")
     if checkpoint is not None:
         checkpoint = _path_arg(checkpoint, "checkpoint")
-        _check_writable_dir(checkpoint)
+        ckpt.check_writable(checkpoint)
         if checkpoint_every is not None:
             checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     elif checkpoint_every is not None:
@@ -531,16 +528,6 @@ def _path_arg(p, name):
     if not p:
         raise ValueError(f"{name}: must be a non-empty file path")
     return p
-
-def _check_writable_dir(path):
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise ValueError(f"checkpoint: directory {d!r} does not exist")
-    if not os.access(d, os.W_OK):
-        raise PermissionError(f"checkpoint: directory {d!r} is not writable")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint: {path!r} is a directory, not a file path")
-
 
 # -- the loop --------------------------------------------------------------------------
 

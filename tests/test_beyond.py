@@ -256,17 +256,17 @@ def test_identity_theory_lr_cli_sweep_and_phase_panel(tmp_path):
             for init in ("gaussian", "orthogonal", "identity") for d in (2, 4) for wd in (8, 16)]
     assert ex.inits_of(rows) == ["gaussian", "orthogonal", "identity"]
     seen = {}
-    save = ex._save
+    save = ex.plotting.save
 
-    def spy(fig, path):
+    def spy(fig, path, dpi=90):
         seen["panels"] = sum(1 for a in fig.axes if a.get_title())   # colorbars have no title
-        return save(fig, path)
+        return save(fig, path, dpi)
 
-    ex._save = spy
+    ex.plotting.save = spy
     try:
         ex.plot_phase_diagram(rows, str(tmp_path / "pd.png"))
     finally:
-        ex._save = save
+        ex.plotting.save = save
     assert seen["panels"] == 3 and (tmp_path / "pd.png").stat().st_size > 0
 
 

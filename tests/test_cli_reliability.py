@@ -199,10 +199,10 @@ def test_ctrl_c_while_the_local_cluster_starts_is_not_lost(tmp_path):
 
 
 @pytest.mark.parametrize("argv,where", [
-    (["demo", "--width", "8", "--depth", "2", "--steps", "5", "--no-plot"], "engine.cli.run_demo"),
+    (["demo", "--width", "8", "--depth", "2", "--steps", "5", "--no-plot"], "engine.experiments.demo"),
     (["export", "--db", "DB", "--csv", "x.csv"], "engine.results.ResultsDB.export_csv"),
-    (["plot", "--db", "DB"], "engine.cli.plot_generic"),
-    (["theorycheck", "--steps", "5"], "engine.theorycheck.main"),
+    (["plot", "--db", "DB"], "engine.experiments.plot_db"),
+    (["theorycheck", "--steps", "5"], "engine.experiments.theory_check.run_check"),
     (["info"], "engine.kernels.availability"),
 ])
 def test_ctrl_c_in_any_command_prints_one_line(tmp_path, monkeypatch, capsys, argv, where):

@@ -19,12 +19,13 @@ def test_demo_and_train_share_the_seed_defaults():
 
 def test_demo_nets_are_trains_nets():
     """`demo` and `train` with their defaults train the same network on the same data."""
-    _, rows = engine.cli.run_demo(width=16, depth=3, steps=5, backend="numpy")
+    from engine import experiments as ex
+    _, rows = ex.demo(width=16, depth=3, steps=5, backend="numpy")
     gauss = next(r for r in rows if r["init"] == "gaussian")
-    assert gauss["status"] == "budget"
+    assert ex.outcome(gauss) == "budget"
     prob = engine.Problem(*engine.synthetic(1024, 16, 10, seed=0))
     ref = engine.train(engine.init.gaussian([1024, 16, 16, 10], seed=0), prob, steps=5, backend="numpy")
-    assert list(gauss["run"].excess) == list(ref.excess)
+    assert list(gauss["curve"][1]) == list(ref.excess)
 
 
 @pytest.mark.parametrize("cmd", [["train"] + SMALL[:-2], ["demo", "--no-plot"],

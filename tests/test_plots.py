@@ -29,7 +29,7 @@ def _rows(inits=("gaussian", "orthogonal"), lr_scales=(1.0,), seeds=(0,), diverg
 
 def _capture(monkeypatch):
     figs = []
-    monkeypatch.setattr(ex, "_save", lambda fig, path: figs.append(fig) or path)
+    monkeypatch.setattr(ex.plotting, "save", lambda fig, path, dpi=90: figs.append(fig) or path)
     return figs
 
 

@@ -90,12 +90,13 @@ def test_demo_printout_and_legend_mark_the_width_condition(tmp_path, capsys, mon
     for init in ("gaussian", "orthogonal"):
         line = [ln for ln in out.splitlines() if ln.startswith(f"{init} theorem factor")][0]
         assert "(width condition NOT met: m = 16 < required" in line
-    prob, rows = cli.run_demo(16, 3, 20)
+    from engine import experiments as ex
+    prob, rows = ex.demo(16, 3, 20)
     import matplotlib.pyplot as plt
     seen = []
     real_close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: (seen.append(fig), real_close(fig)))
-    cli.plot_demo(rows, str(tmp_path / "d.png"), 16, 3)
+    ex.plot_demo(rows, str(tmp_path / "d.png"))
     labels = [t.get_text() for t in seen[-1].axes[0].get_legend().get_texts()]
     bounds = [lb for lb in labels if "theorem bound" in lb]
     assert bounds and all("(width condition NOT met: m = 16 < required" in lb for lb in bounds)
@@ -104,6 +105,6 @@ def test_demo_printout_and_legend_mark_the_width_condition(tmp_path, capsys, mon
 def test_phase_diagram_title_says_widths_are_outside_hxp():
     from engine import experiments as ex
     rows = [{"init": "orthogonal", "depth": 4, "width": w, "d_in": 1024} for w in (10, 80)]
-    note = ex._outside_hxp_note(rows)
+    note = ex.outside_hxp_note(rows)
     assert "every orthogonal width < d_x = 1024" in note and "HXP Thm 3.1" in note
-    assert ex._outside_hxp_note([{"init": "orthogonal", "depth": 4, "width": 2048, "d_in": 1024}]) == ""
+    assert ex.outside_hxp_note([{"init": "orthogonal", "depth": 4, "width": 2048, "d_in": 1024}]) == ""
