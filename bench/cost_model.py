@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         return sweep_check(a)
     import warnings
     from engine import cost
-    from engine.sweep import _execute, run_config
+    from engine.runs import execute, run_config
     cfgs = sample(a.quick)
     model = cost.CostModel(a.backend, threads_per_run=1).calibrate(cfgs)
     print(f"{len(cfgs)} cells, backend {a.backend}, 1 thread per run; calibration {model.seconds:.1f} s "
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            res = _execute(run_config, c, a.backend, 1)["result"]
+            res = execute(run_config, c, a.backend, 1)["result"]
             meas = time.perf_counter() - t0
         if res.get("status") != "ok" or res.get("steps_run") != c["steps"]:
             skipped.append((c["init"], c["width"], c["depth"], res.get("status")))

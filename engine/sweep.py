@@ -50,7 +50,6 @@ from .results import ResultsDB, ResultsDBError, run_key, utcnow
 # a config's fields, checks and run live in engine.runs; sweep re-exports the public names
 from .runs import DEFAULT_CONFIG, execute, failed_payload, normalize_config, run_config, subsample_curve  # noqa: F401
 
-_execute = execute   # bench/cost_model.py imports it from here; drop once it imports engine.runs.execute
 
 __all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
            "run_sweep", "SweepSummary", "subsample_curve", "read_grid_file", "grid_file_configs", "cost_shapes",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import numpy_backend
 # thread control lives in ``threads``; these names are what backends and callers import
-from .threads import controller as _controller, thread_limits  # noqa: F401
+from .threads import thread_limits  # noqa: F401
 
 BACKEND_NAMES = ("auto", "numpy", "numba", "cblas")
 
