@@ -218,6 +218,18 @@ def _cached_rate(key, env, measure):
     return value
 
 
+def forget_cached_rates() -> None:
+    """Drop the temp-dir cache of machine rates, so the next bandwidth() / gemm_rate()
+    measure now: bench/compare.py's t_limit must come from rates of its own run (the
+    cache is for the asv processes of one run, which must agree on the rates)."""
+    try:
+        os.remove(_cache_path())
+    except OSError:
+        pass
+    bandwidth.cache_clear()
+    gemm_rate.cache_clear()
+
+
 @functools.lru_cache(maxsize=None)
 def bandwidth() -> float:
     """Streaming bandwidth (bytes/s): env ENGINE_BENCH_BANDWIDTH, else a fresh
