@@ -82,6 +82,7 @@ EXPERIMENTS = {
 COMMITTED_FIGURES = {
     "hxp": ("hxp", "quick"),
     "phase_diagram": ("phase_diagram", "default"),
+    "phase_diagram_stable": ("phase_diagram", "default"),
     "exponential_curse": ("exponential_curse", "quick"),
     "rate_vs_kappa": ("rate_vs_kappa", "quick"),
     "width_threshold": ("width_threshold", "quick"),

@@ -153,15 +153,19 @@ def precision_text(rows):
 def outside_hxp_note(rows):
     """A second title line when orthogonal cells have widths m < d_x: HXP Thm 3.1 assumes
     m >= max{d_x, d_y}, so those cells use engine's extension of eq. (4) and HXP's rate
-    there is the formula outside the theorem (it diverges left of the boundary)."""
+    there is the formula outside the theorem (it diverges left of the boundary); at
+    lr = "stable" no theorem's rate is used, and the line says so instead."""
     narrow = [r for r in rows if r.get("init") == "orthogonal" and r.get("depth", 1) > 1
               and r.get("d_in") is not None and r["width"] < r["d_in"]]
     if not narrow:
         return ""
     d_x = max(r["d_in"] for r in narrow)
     every = all(r["width"] < r["d_in"] for r in rows if r.get("init") == "orthogonal" and r.get("depth", 1) > 1)
-    return (f"\n{'every' if every else 'some'} orthogonal width < d_x = {d_x}: outside HXP Thm 3.1 (m >= d_x; "
-            "eq. 4 extended to m < d_x), so the flat boundary is largely where HXP's rate becomes unstable")
+    head = f"\n{'every' if every else 'some'} orthogonal width < d_x = {d_x}: outside HXP Thm 3.1 (m >= d_x"
+    if {r.get("lr_rule", r.get("lr")) for r in narrow} == {"stable"}:
+        # no theorem's rate here: eta = 1 / lambda_max(P(0)) of each run (engine.train.stable_lr)
+        return head + "); lr = 1 / lambda_max(P(0)) is stable for the linearization at init, not a theorem's rate"
+    return head + "; eq. 4 extended to m < d_x), so the flat boundary is largely where HXP's rate becomes unstable"
 
 
 def phase_into(fig, axes, rows, threshold=TRAINABLE_LOG10, inits=None):
