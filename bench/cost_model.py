@@ -3,6 +3,9 @@
     python bench/cost_model.py                 # default sample, ~1 minute on 2 cores
     python bench/cost_model.py --quick         # a smaller sample, ~15 s
     python bench/cost_model.py --check         # exit 1 if a cell or the total is off by more than 25%
+    python bench/cost_model.py --dtype float32 # the same sample in float32 (its own calibration)
+    python bench/cost_model.py --published     # calibrated on the published-range phase diagram, a few
+                                               # of its largest cells run for a few steps (~2 min)
 
 Calibrates a CostModel on the sample's grid exactly as a sweep does (run_config on truncated
 copies of its shape classes), then runs every sampled cell serially in this process with the
@@ -19,12 +22,30 @@ import sys
 import time
 
 
-def sample(quick: bool):
+def sample(quick: bool, dtype: str = "float64"):
     from engine.sweep import grid
     widths = [10, 40, 160] if quick else [10, 20, 40, 80, 160, 320]
     depths = [4, 16] if quick else [4, 16, 64]
     return grid(d_in=1024, n=16, d_out=10, init=["gaussian", "orthogonal"], width=widths, depth=depths,
-                seed=0, steps=100 if quick else 200, tol=0, lr_scale=0.1)
+                seed=0, steps=100 if quick else 200, tol=0, lr_scale=0.1, dtype=dtype)
+
+
+# Cells of the phase diagram's published grid (engine.experiments.PHASE_GRIDS["published"]), cut to a
+# few steps so the check takes minutes: the widest nets, where the weights stream from memory.
+PUBLISHED_CELLS = [("gaussian", 1000, 50, 20), ("gaussian", 1000, 200, 6), ("orthogonal", 640, 100, 20),
+                   ("gaussian", 320, 700, 20)]
+
+
+def published(dtype):
+    """(calibration configs, cells to run): the published grid as a sweep calibrates on it, and
+    PUBLISHED_CELLS of it with their steps cut."""
+    from engine.experiments import phase_configs
+    from engine.runs import normalize_config
+    grid = phase_configs(size="published", dtype=dtype)
+    base = dict(grid[0])
+    cells = [normalize_config(dict(base, init=i, width=w, depth=d, steps=n, tol=0, lr_scale=0.1))
+             for i, w, d, n in PUBLISHED_CELLS]
+    return grid, cells
 
 
 def main(argv=None) -> int:
@@ -33,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when a prediction is off by more than 25%%")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--min-seconds", type=float, default=0.1)
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    ap.add_argument("--published", action="store_true",
+                    help="calibrate on the published-range phase diagram, run a few of its largest cells")
     ap.add_argument("--sweep", type=int, default=0, metavar="WORKERS",
                     help="instead: the sample as one sweep on a LocalCluster of WORKERS processes, "
                          "predicted wall time (the estimate line) vs measured")
@@ -42,9 +66,9 @@ def main(argv=None) -> int:
     import warnings
     from engine import cost
     from engine.runs import execute, run_config
-    cfgs = sample(a.quick)
-    model = cost.CostModel(a.backend, threads_per_run=1).calibrate(cfgs)
-    print(f"{len(cfgs)} cells, backend {a.backend}, 1 thread per run; calibration {model.seconds:.1f} s "
+    calib, cfgs = published(a.dtype) if a.published else (sample(a.quick, a.dtype),) * 2
+    model = cost.CostModel(a.backend, threads_per_run=1).calibrate(calib)
+    print(f"{len(cfgs)} cells, {a.dtype}, backend {a.backend}, 1 thread per run; calibration {model.seconds:.1f} s "
           f"({len(model.steps)} shape classes timed)")
     print("| init | width | depth | steps | predicted s | measured s | measured / predicted |")
     print("|---|---|---|---|---|---|---|")
@@ -82,7 +106,7 @@ def sweep_check(a) -> int:
     import os
     import tempfile
     from engine.sweep import run_sweep
-    cfgs = sample(a.quick)
+    cfgs = sample(a.quick, a.dtype)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         s = run_sweep(cfgs, os.path.join(d, "c.db"), workers=a.sweep, backend=a.backend, progress=False,

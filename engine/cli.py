@@ -177,6 +177,33 @@ def _add_exec(p, workers_default_help="one worker process per core (dask LocalCl
                    help=f"run a grid of more than {MAX_GRID_CELLS} cells (refused without it)")
 
 
+_SIZES = ["tiny", "quick", "default", "full", "published"]
+
+
+def _add_variant(p, grid_files=False):
+    """--lr and --dtype of a named experiment (validated for phase_diagram only: engine.experiments.VALIDATED)."""
+    files = " (a grid file says it in its 'lr' field)" if grid_files else ""
+    p.add_argument("--lr", choices=["theory", "stable"], default="theory",
+                   help="phase_diagram only: 'theory' (default: each init's theorem rate) or 'stable' "
+                        "(1 / lambda_max(P(0)) of each run's network)" + files)
+    files = " (a grid file says it in its 'dtype' field)" if grid_files else ""
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="phase_diagram only: float64 (default) or float32 (stops at 1e-9 ||Y||^2, its "
+                        "classification checked equal to float64's on the default grid)" + files)
+
+
+def _variant(name, args, size):
+    """The experiment options of --lr / --dtype (only those off their defaults) and a checked
+    --size; _UsageError naming the argument where ``name`` was not validated with them."""
+    from engine import experiments as ex
+    if size == "published" and name != "phase_diagram":
+        raise _UsageError(f"--size published: only phase_diagram has the published-range grid (not {name})")
+    try:
+        return ex.check_options(name, lr=args.lr, dtype=args.dtype)
+    except ValueError as exc:
+        raise _UsageError(f"--{exc}") from None
+
+
 # A grid file with more cells than this is refused unless --yes: expanding 10^6 cells alone takes
 # ~30 s and ~0.7 GB before the first run, and is more often a typo than a plan.
 MAX_GRID_CELLS = 100_000
@@ -261,10 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/ at its committed grid size, with its table NAME.csv (use --out-dir)")
     r.add_argument("--out-dir", default=None, metavar="DIR",
                    help="with 'all': directory for the figures and their tables (default .)")
-    r.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
-                   help="grid size: tiny (smoke test), quick, default, full (default: 'default'; "
-                        "'quick' for hxp)")
+    r.add_argument("--size", choices=_SIZES, default=None,
+                   help="grid size: tiny (smoke test), quick, default, full; published (phase_diagram only: "
+                        "8 widths 10..1000 x 8 depths 1..700, 2 seeds) (default: 'default'; 'quick' for hxp)")
     r.add_argument("--full", action="store_true", help="the published grid (= --size full)")
+    _add_variant(r)
     r.add_argument("--db", default=None, help="results database (default engine-EXPERIMENT.db)")
     r.add_argument("--out", default=None, help="figure path (default EXPERIMENT.png)")
     _add_exec(r)
@@ -341,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw)
     s.add_argument("target", metavar="TARGET", help="experiment name or JSON grid file")
     s.add_argument("--db", required=True, help="results database (created if absent)")
-    s.add_argument("--size", choices=["tiny", "quick", "default", "full"], default=None,
-                   help="grid size of a named experiment (default 'default')")
+    s.add_argument("--size", choices=_SIZES, default=None,
+                   help="grid size of a named experiment (default 'default'; published: phase_diagram only)")
     s.add_argument("--full", action="store_true", help="the published grid (= --size full)")
+    _add_variant(s, grid_files=True)
     s.add_argument("--export", default=None, metavar="CSV", help="also export all rows to this CSV")
     s.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs stored as failed (grid files)")
     s.add_argument("--lock-timeout", type=_positive_float, default=10.0,
@@ -660,17 +689,18 @@ def cmd_reproduce(args) -> int:
                           "for the default and full grids)")
     if name == "hxp":
         size = args.size or "quick"
+    opts = _variant(name, args, size)
     db = args.db or f"engine-{name}.db"
-    out = args.out or f"{name}.png"
+    out = args.out or f"{ex.phase_name(**opts) if name == 'phase_diagram' else name}.png"
     t0 = time.perf_counter()
     kw = dict(workers=workers, scheduler=args.scheduler, backend=args.backend, progress=not args.no_progress,
-              threads_per_run=args.threads_per_run)
+              threads_per_run=args.threads_per_run, **opts)
     if args.estimate:
-        _announce(name, size, db, args, workers)
+        _announce(name, size, db, args, workers, options=opts)
         return 0
     from engine.results import ResultsDB
     ResultsDB(db).close()   # a locked, read-only or foreign database fails before anything else
-    _announce(name, size, db, args, workers)
+    _announce(name, size, db, args, workers, options=opts)
     print(f"{name}: {_EXPERIMENT_HELP[name]}")
     print(f"database {db} (re-run to resume), {'serial' if workers == 0 else 'dask'}; figure {out}")
     if name == "hxp":
@@ -703,13 +733,14 @@ def _failed_exit(failed, db) -> int:
     return 1
 
 
-def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
+def _announce(name, size, db, args, workers, cells=None, weights=None, note="", options=None):
     """The first line of a sweep (issue 15 item 2): runs to do, predicted wall time on this
-    machine, peak memory per worker. Runs already in ``db`` are not counted."""
+    machine, peak memory per worker. Runs already in ``db`` are not counted. ``options``: the
+    experiment's lr / dtype (``_variant``)."""
     from engine import cost, sweep
     from engine import experiments as ex
     if cells is None:
-        cells, note = ex.planned_configs(name, size)
+        cells, note = ex.planned_configs(name, size, **(options or {}))
         if cells is None:
             print(f"estimate: {name} is a serial loop of seconds, not a sweep: nothing to predict")
             return None
@@ -726,22 +757,23 @@ def _announce(name, size, db, args, workers, cells=None, weights=None, note=""):
 
 def _reproduce_all(args, workers) -> int:
     from engine import experiments as ex
-    if args.out or args.db or args.size or args.full:
-        raise _UsageError("reproduce all: --out, --db, --size and --full do not apply (each figure uses "
-                          "its committed grid; databases are engine-NAME.db here; use --out-dir)")
+    if args.out or args.db or args.size or args.full or args.lr != "theory" or args.dtype != "float64":
+        raise _UsageError("reproduce all: --out, --db, --size, --full, --lr and --dtype do not apply (each "
+                          "figure uses its committed grid and settings; databases are engine-NAME.db here; "
+                          "use --out-dir)")
     out_dir = args.out_dir or "."
     t0 = time.perf_counter()
     if args.estimate:
         for name, (exp, size) in ex.COMMITTED_FIGURES.items():
             print(f"{name}: ", end="")
-            _announce(exp, size, f"engine-{name}.db", args, workers)
+            _announce(exp, size, f"engine-{name}.db", args, workers, options=ex.FIGURE_OPTIONS.get(name))
         return 0
     print(f"every committed figure and its table into {out_dir}/ ({', '.join(ex.COMMITTED_FIGURES)}); "
           f"databases engine-NAME.db here (re-run to resume), {'serial' if workers == 0 else 'dask'}")
     for name in ex.COMMITTED_FIGURES:
         exp, size = ex.COMMITTED_FIGURES[name]
         print(f"{name}: ", end="")
-        _announce(exp, size, f"engine-{name}.db", args, workers)
+        _announce(exp, size, f"engine-{name}.db", args, workers, options=ex.FIGURE_OPTIONS.get(name))
         t1 = time.perf_counter()
         png, csv_path = ex.reproduce_all(out_dir, db_dir=".", names=[name], workers=workers,
                                          scheduler=args.scheduler, backend=args.backend,
@@ -827,19 +859,25 @@ def cmd_sweep(args) -> int:
     target = args.target
     from engine.results import ResultsDB
     if target in ex.EXPERIMENTS:
+        opts = _variant(target, args, size)
+        kw.update(opts)
         if args.estimate:
-            _announce(target, size, args.db, args, workers)
+            _announce(target, size, args.db, args, workers, options=opts)
             return 0
         # the database first: a locked, read-only or foreign one fails before anything else
         db = ResultsDB(args.db, allow_version_mismatch=args.allow_version_mismatch, lock_timeout=args.lock_timeout)
         try:
-            _announce(target, size, args.db, args, workers)
+            _announce(target, size, args.db, args, workers, options=opts)
             rows = ex.run(target, db, size=size, **kw)
         finally:
             db.close()
         failed = sum(r["status"] == "failed" for r in rows)
         print(f"{target}: {len(rows)} runs in {args.db} ({failed} failed); {time.perf_counter() - t0:.1f} s")
     elif os.path.exists(target):
+        for opt, default in (("lr", "theory"), ("dtype", "float64")):
+            if getattr(args, opt) != default:
+                raise _UsageError(f"--{opt}: for a named experiment only; a grid file gives it in its "
+                                  f"{opt!r} field, e.g. \"{opt}\": [\"{getattr(args, opt)}\"]")
         name, parts = sweep.read_grid_file(target)
         cells = sum(sweep.grid_size(**p) for p in parts)
         if cells > MAX_GRID_CELLS and not args.yes or args.estimate:

@@ -17,7 +17,7 @@ Model. One run of a config (engine.runs.DEFAULT_CONFIG) takes
                                      Gaussian draw and a QR for orthogonal), data binding,
                                      the learning-rate rule, bookkeeping
 
-R, s0, u0 and q are measured per *shape class* (data shape, rank, hidden width;
+R, s0, u0 and q are measured per *shape class* (data shape, rank, hidden width, dtype;
 u0 and q per init and lr rule too) by timing ``engine.runs.run_config``
 itself -- the code a worker runs, with the sweep's backend and thread limit
 -- on copies of the grid's cells cut to depths D1 = 2 and D2 (a few layers)
@@ -31,7 +31,11 @@ grids with a tolerance (checked to within 25% on cells that run their whole
 budget: ``python bench/cost_model.py``). The wall time is the makespan of the
 sweep's schedule (most expensive runs first, each to the least-loaded worker)
 plus ``CLUSTER_START`` for a local Dask cluster. Memory per worker is
-``engine.memory``'s estimate of the largest run plus its data.
+``engine.memory``'s estimate of the largest run (in its dtype) plus its data.
+
+float32 (issue 15 item 4) is measured, not assumed: a float32 class is timed in float32 (its
+step rate, up to ~2x float64's where the weights stream from memory, slower for tiny nets
+where the per-step costs dominate) and is predicted only from float32 classes.
 """
 from __future__ import annotations
 
@@ -64,7 +68,16 @@ _PROXY_STEP = 3.0e-5
 _PROXY_LAYER = 2.0e-6
 # Config fields that change a run's cost; the others (seeds, lr_scale, tol, escape) only
 # multiply the number of runs of each cost.
-COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr")
+COST_FIELDS = ("d_in", "n", "d_out", "rank", "kappa", "init", "width", "depth", "steps", "lr", "dtype")
+
+
+def _dtype(cfg) -> str:
+    """A config's dtype (engine.runs.OPTIONAL_FIELDS: absent means float64)."""
+    return cfg.get("dtype") or "float64"
+
+
+def _itemsize(cfg) -> int:
+    return 4 if _dtype(cfg) == "float32" else 8
 
 
 def _rank(cfg) -> int:
@@ -98,14 +111,15 @@ def fma_per_step(cfg, depth=None) -> float:
 
 
 def run_bytes(cfg) -> int:
-    """Peak bytes of one run: engine.memory's estimate of its network plus its data
-    (X, Y, and the reduced copies: U_r, Y V_r), float64."""
+    """Peak bytes of one run: engine.memory's estimate of its network in its dtype plus its data
+    (X, Y, and the reduced copies: U_r, Y V_r, S_r in float64; in float32 too for a float32 run)."""
     from . import memory
     L = int(cfg["depth"])
     runs = [(int(cfg["d_in"]), 1)] + ([(int(cfg["width"]), L - 1)] if L > 1 else []) + [(int(cfg["d_out"]), 1)]
     d_in, n, d_out, r = int(cfg["d_in"]), int(cfg["n"]), int(cfg["d_out"]), _rank(cfg)
-    data = 8 * (d_in * n + d_out * n + d_in * r + d_out * r + r * r)
-    return int(memory.estimate_runs(runs)) + data
+    red = d_in * r + d_out * r + r * r
+    data = 8 * (d_in * n + d_out * n + red) + (4 * red if _dtype(cfg) == "float32" else 0)
+    return int(memory.estimate_runs(runs, dtype=_dtype(cfg))) + data
 
 
 def _init_flops(cfg, depth=None) -> float:
@@ -141,9 +155,13 @@ def _layer_x(cfg) -> float:
     return math.log(max(1.0, fma_per_step(cfg, 3) - fma_per_step(cfg, 2)))
 
 
+# _step_key: (d_in, n, d_out, rank, kappa, width, dtype); _setup_key adds (init, lr rule).
+_WIDTH, _DTYPE, _INIT = 5, 6, 7
+
+
 def _step_key(cfg):
     return (int(cfg["d_in"]), int(cfg["n"]), int(cfg["d_out"]), cfg.get("rank"), cfg.get("kappa"),
-            int(cfg["width"]) if int(cfg["depth"]) > 1 else 0)
+            int(cfg["width"]) if int(cfg["depth"]) > 1 else 0, _dtype(cfg))
 
 
 def _setup_key(cfg):
@@ -217,7 +235,7 @@ class CostModel:
         if L == 1:
             return (1,)
         m = int(cfg["width"])
-        cap = max(3, int(CACHE_BYTES / (8.0 * m * m)))
+        cap = max(3, int(CACHE_BYTES / (_itemsize(cfg) * m * m)))
         cands = sorted({min(int(d), cap) for d in (depths or (L,)) if int(d) > 2} |
                        ({cap} if max(depths or (L,)) > cap else set()))
         if len(cands) > 3:
@@ -299,8 +317,10 @@ class CostModel:
         # most expensive classes first (per-layer FMA, then depth); then spread over the rest
         order = sorted(by_step, key=lambda k: -max(proxy_seconds(c) for c in by_step[k]))
         if len(order) > max_classes:
-            pick = sorted({round(i * (len(order) - 1) / (max_classes - 1)) for i in range(max_classes)})
-            order = [order[i] for i in pick]
+            pick = {round(i * (len(order) - 1) / (max_classes - 1)) for i in range(max_classes)}
+            # every dtype's most expensive class too: a dtype is predicted from its own timings only
+            pick |= {min(i for i, k in enumerate(order) if k[_DTYPE] == dt) for dt in {k[_DTYPE] for k in order}}
+            order = [order[i] for i in sorted(pick)]
         for k in order:
             if time.perf_counter() - t0 > budget and self.steps:
                 break
@@ -310,7 +330,7 @@ class CostModel:
                                                          sorted(depths[k]))
                 for c in by_step[k]:
                     sk = _setup_key(c)
-                    first = not any(s[6:] == sk[6:] for s in self.setups)   # this init and lr rule's first
+                    first = not any(s[_INIT:] == sk[_INIT:] for s in self.setups)   # this init and lr rule's first
                     if sk not in self.setups and (time.perf_counter() - t0 <= budget or first):
                         self.setups[sk] = self._calibrate_setup(c)
             except RuntimeError as exc:   # e.g. the memory guard refuses the cell: the sweep will say so
@@ -328,8 +348,11 @@ class CostModel:
             raise RuntimeError("cost model: not calibrated (call calibrate(cfgs) first)")
         deep = int(cfg["depth"]) > 1
         x = _layer_x(cfg) if deep else 0.0
-        pts = sorted(((f.x, f) for k, f in self.steps.items() if (k[5] > 0) == deep), key=lambda p: p[0]) or \
-            sorted(((f.x, f) for f in self.steps.values()), key=lambda p: p[0])
+        # the timed classes of this dtype (calibrate times each dtype's costliest class), others
+        # only if none of it was timed (a calibration run failed)
+        same = {k: f for k, f in self.steps.items() if k[_DTYPE] == _dtype(cfg)} or self.steps
+        pts = sorted(((f.x, f) for k, f in same.items() if (k[_WIDTH] > 0) == deep), key=lambda p: p[0]) or \
+            sorted(((f.x, f) for f in same.values()), key=lambda p: p[0])
         # log-rate linear in log FMA-per-layer between the timed classes, constant beyond
         lo = [p for p in pts if p[0] <= x]
         hi = [p for p in pts if p[0] >= x]
@@ -351,14 +374,14 @@ class CostModel:
         # the nearest timed class of the same init (and lr rule, if timed), its per-layer cost
         # scaled by the init's work per layer (m^2 draws; m^3 for a QR)
         key = _setup_key(cfg)
-        same = ([(k, f) for k, f in self.setups.items() if k[6:] == key[6:]]
-                or [(k, f) for k, f in self.setups.items() if k[6] == key[6]])
+        same = ([(k, f) for k, f in self.setups.items() if k[_INIT:] == key[_INIT:]]
+                or [(k, f) for k, f in self.setups.items() if k[_INIT] == key[_INIT]])
         scale = bool(same)
         same = same or list(self.setups.items())
         w = int(cfg["width"]) if L > 1 else 0
-        k, f = min(same, key=lambda kf: abs(math.log(max(kf[0][5], 1)) - math.log(max(w, 1))))
-        if L > 1 and k[5] > 0:
-            q = f.q * (_init_flops(cfg) / f.work if scale and f.work > 0 else (w / k[5]) ** 2)
+        k, f = min(same, key=lambda kf: abs(math.log(max(kf[0][_WIDTH], 1)) - math.log(max(w, 1))))
+        if L > 1 and k[_WIDTH] > 0:
+            q = f.q * (_init_flops(cfg) / f.work if scale and f.work > 0 else (w / k[_WIDTH]) ** 2)
         else:
             q = f.q
         return f.u + max(0, L - f.d1) * q

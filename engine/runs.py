@@ -25,8 +25,8 @@ from .kernels.threads import limit as threads_limit
 from .problem import Problem, synthetic
 from .train import stable_lr, theorem_init, train
 
-__all__ = ["DEFAULT_CONFIG", "CURVE_POINTS", "normalize_config", "widths_of", "problem_of", "subsample_curve",
-           "run_config", "failed_payload", "execute"]
+__all__ = ["DEFAULT_CONFIG", "OPTIONAL_FIELDS", "DTYPES", "CURVE_POINTS", "normalize_config", "widths_of", "problem_of", "subsample_curve",
+           "run_config", "failed_payload", "execute", "dtype_of"]
 
 # Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
 # rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
@@ -42,6 +42,14 @@ DEFAULT_CONFIG = {
     "escape": None, "stop_at_escape": False,
 }
 
+# Fields added after results databases (and the committed tables under docs/) were written:
+# name -> default. A field at its default is left out of the normalized config, so the config
+# and its key (engine.results.run_key, a hash of the config) are those of before the field
+# existed, and every stored run is still found. ``dtype``: the network's storage and step
+# dtype (float64; float32 where an experiment validated it, issue 15 item 4).
+OPTIONAL_FIELDS = {"dtype": "float64"}
+DTYPES = ("float64", "float32")
+
 # Points kept of each loss curve in the database.
 CURVE_POINTS = 200
 
@@ -51,9 +59,10 @@ def normalize_config(config: dict) -> dict:
     (ValueError / TypeError naming the field and the offending value)."""
     if not isinstance(config, dict):
         raise TypeError(f"config: must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise ValueError(f"config: unknown field(s) {unknown}; known fields are {sorted(DEFAULT_CONFIG)}")
+        raise ValueError(f"config: unknown field(s) {unknown}; known fields are "
+                         f"{sorted(set(DEFAULT_CONFIG) | set(OPTIONAL_FIELDS))}")
     out = dict(DEFAULT_CONFIG)
     out.update(config)
     for k in ("d_in", "n", "d_out", "width", "depth", "steps"):
@@ -65,6 +74,9 @@ def normalize_config(config: dict) -> dict:
     if out["depth"] == 1:
         out["width"] = 1   # no hidden layer: width is meaningless, keep the key unique
     _check_fields(out)
+    for k, default in OPTIONAL_FIELDS.items():
+        if out.get(k, default) == default:
+            out.pop(k, None)   # at its default: not in the config, so not in its key
     return out
 
 
@@ -120,7 +132,14 @@ def _check_fields(cfg) -> None:
             raise bad("escape", "null or a positive finite number (a fraction of ||Y||_F^2)")
     if not isinstance(cfg["stop_at_escape"], (bool, np.bool_)):
         raise bad("stop_at_escape", "true or false")
+    if "dtype" in cfg and (not isinstance(cfg["dtype"], str) or cfg["dtype"] not in DTYPES):
+        raise bad("dtype", f"one of {list(DTYPES)} (a string)")
 
+
+
+def dtype_of(cfg: dict) -> str:
+    """The dtype of a (normalized) config or a results row: "float64" unless it says float32."""
+    return cfg.get("dtype") or OPTIONAL_FIELDS["dtype"]
 
 
 def widths_of(cfg: dict) -> list:
@@ -166,7 +185,7 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     """
     cfg = normalize_config(config)
     prob = problem_of(cfg)
-    net = init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"])
+    net = init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"], dtype=np.dtype(dtype_of(cfg)))
     lr = cfg["lr"]
     if lr == "theory":
         lr = theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])

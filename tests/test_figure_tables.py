@@ -42,7 +42,7 @@ from engine import experiments as ex
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
 CHEAP = ["rate_vs_kappa", "theory-check", "lazy_gap", "sharpness", "lyapunov"]                  # seconds each
-SLOW = ["width_threshold", "exponential_curse", "hxp", "phase_diagram"]
+SLOW = ["width_threshold", "exponential_curse", "hxp", "phase_diagram", "phase_diagram_stable"]
 
 
 # Absolute tolerances of columns whose values sit at the float64 rounding floor (see above).

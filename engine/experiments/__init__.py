@@ -43,21 +43,21 @@ from ..sweep import dask_client
 from . import plotting, theory_check
 from .beyond import (LAZY_DATA, LAZY_GRIDS, LYAP_GRIDS, SHARP_DATA, SHARP_GRIDS, TABLE_FIELDS, lazy_gap,
                      lyapunov_spectra, plot_lazy_gap, plot_lyapunov_spectra, plot_sharpness_eos, sharpness_eos)
-from .common import HXP_DATA, INITS, TRAINABLE_LOG10, fit_line, fmt_line, inits_of
+from .common import HXP_DATA, INITS, STOP_TOL, TRAINABLE_LOG10, fit_line, fmt_line, inits_of
 from .curse import CURSE_GRIDS, curse_configs, curse_table, exponential_curse, plot_exponential_curse
 from .custom import MAX_FACETS, plot_custom, plot_grid
 from .hxp import (CURVE_GRIDS, curve_configs, demo, hxp_curves, hxp_demo, nan_for_none, outcome, plot_demo,
                   plot_hxp_demo)
 from .kappa import KAPPA_DATA, KAPPA_GRIDS, kappa_configs, kappa_table, plot_rate_vs_kappa, rate_vs_kappa
-from .phase import (PHASE_GRIDS, outside_hxp_note, phase_cells, phase_configs, phase_diagram, plot_phase_diagram,
-                    trainability_contour)
+from .phase import (PHASE_GRIDS, PHASE_LRS, outside_hxp_note, phase_cells, phase_configs, phase_diagram,
+                    phase_name, plot_phase_diagram, precision_text, trainability_contour)
 from .threshold import (THRESHOLD_GRIDS, plot_width_threshold, threshold_configs, threshold_table,
                         width_threshold)
 
 __all__ = ["EXPERIMENTS", "COMMITTED_FIGURES", "run", "plot", "configs", "planned_configs", "plot_db",
            "figure_table", "write_table", "read_table", "reproduce_figure", "reproduce_all",
-           "TRAINABLE_LOG10", "HXP_DATA", "INITS", "fit_line", "fmt_line", "inits_of",
-           "PHASE_GRIDS", "phase_configs", "phase_diagram", "trainability_contour", "phase_cells", "plot_phase_diagram",
+           "FIGURE_OPTIONS", "VALIDATED", "check_options", "TRAINABLE_LOG10", "STOP_TOL", "HXP_DATA", "INITS", "fit_line", "fmt_line", "inits_of",
+           "PHASE_GRIDS", "PHASE_LRS", "phase_name", "precision_text", "phase_configs", "phase_diagram", "trainability_contour", "phase_cells", "plot_phase_diagram",
            "outside_hxp_note", "CURVE_GRIDS", "curve_configs", "hxp_curves", "hxp_demo", "plot_hxp_demo", "demo",
            "plot_demo", "outcome", "nan_for_none", "CURSE_GRIDS", "curse_configs", "exponential_curse", "curse_table",
            "plot_exponential_curse", "KAPPA_GRIDS", "KAPPA_DATA", "kappa_configs", "rate_vs_kappa", "kappa_table",
@@ -82,6 +82,7 @@ EXPERIMENTS = {
 COMMITTED_FIGURES = {
     "hxp": ("hxp", "quick"),
     "phase_diagram": ("phase_diagram", "default"),
+    "phase_diagram_stable": ("phase_diagram", "default"),
     "exponential_curse": ("exponential_curse", "quick"),
     "rate_vs_kappa": ("rate_vs_kappa", "quick"),
     "width_threshold": ("width_threshold", "quick"),
@@ -90,6 +91,35 @@ COMMITTED_FIGURES = {
     "sharpness": ("sharpness", "quick"),
     "lyapunov": ("lyapunov_spectra", "quick"),
 }
+# A committed figure's experiment options beyond its size (the README shows the phase diagram at
+# the theorems' rates and at lr = 1 / lambda_max(P(0)) side by side, issue 15 item 5).
+FIGURE_OPTIONS = {"phase_diagram_stable": {"lr": "stable"}}
+
+# Experiment options and the experiments they were validated for: an option value off its
+# default is refused elsewhere (``check_options``). float32: the phase diagram's classification
+# of every cell equals float64's on the default grid (tests/test_float32.py); lr = "stable": the
+# phase diagram's second version. The defaults are what every experiment runs.
+VALIDATED = {"dtype": ("float64", {"float32": ("phase_diagram",)}),
+             "lr": ("theory", {"stable": ("phase_diagram",)})}
+
+
+def check_options(name, **options):
+    """ValueError naming the option when experiment ``name`` was not validated with its value
+    (VALIDATED); returns the options that differ from their defaults (what to pass on)."""
+    out = {}
+    for opt, value in options.items():
+        if opt not in VALIDATED:
+            raise ValueError(f"{opt}: not an experiment option; known: {sorted(VALIDATED)}")
+        default, allowed = VALIDATED[opt]
+        if value == default:
+            continue
+        if value not in allowed:
+            raise ValueError(f"{opt}: {value!r} is not one of {[default] + list(allowed)}")
+        if name not in allowed[value]:
+            raise ValueError(f"{opt}: {value} is validated only for {', '.join(allowed[value])} "
+                             f"(not for {name}); run {name} with {opt} {default}")
+        out[opt] = value
+    return out
 
 
 def _fmt_cell(x):
@@ -169,6 +199,7 @@ def reproduce_figure(name, out_dir, db=None, **kw):
         raise ValueError(f"name: unknown figure {name!r}; choose one of {sorted(COMMITTED_FIGURES)}")
     png, csv_path = os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.csv")
     exp, size = COMMITTED_FIGURES[name]
+    kw = dict(FIGURE_OPTIONS.get(name, {}), **kw)
     if exp == "theorycheck":
         res = theory_check.run_check()
         theory_check.figure(res, png)
@@ -202,8 +233,11 @@ def reproduce_all(out_dir="docs", db_dir=None, names=None, **kw):
 
 
 def run(name, db=None, **kw):
-    """Run the experiment called ``name`` (see EXPERIMENTS); returns its rows."""
-    return _get(name)[0](db, **kw)
+    """Run the experiment called ``name`` (see EXPERIMENTS); returns its rows. The options of
+    VALIDATED (lr, dtype) are refused off their defaults where not validated (``check_options``)."""
+    func = _get(name)[0]
+    opts = {k: kw.pop(k) for k in list(kw) if k in VALIDATED}
+    return func(db, **kw, **check_options(name, **opts))
 
 
 def plot(name, rows, path):
@@ -211,10 +245,12 @@ def plot(name, rows, path):
     return _get(name)[1](rows, path)
 
 
-def configs(name, size="default"):
-    """The config list of a grid experiment (width_threshold is adaptive: its widest probes)."""
+def configs(name, size="default", **options):
+    """The config list of a grid experiment (width_threshold is adaptive: its widest probes);
+    ``options``: the phase diagram's lr and dtype (``check_options``)."""
+    options = check_options(name, **options)
     if name == "phase_diagram":
-        return phase_configs(size=size)
+        return phase_configs(size=size, **options)
     if name == "exponential_curse":
         return curse_configs(size=size)
     if name == "rate_vs_kappa":
@@ -224,17 +260,18 @@ def configs(name, size="default"):
                      "run it with engine.experiments.run")
 
 
-def planned_configs(name, size="default"):
+def planned_configs(name, size="default", **options):
     """(configs, note): the runs experiment ``name`` (or "hxp", ``hxp_demo``) makes at ``size``,
     for its cost estimate. width_threshold's bisection is adaptive: every cell it may probe,
     an upper bound the note says; (None, "") for the serial loops (lazy_gap, sharpness,
-    lyapunov_spectra), which are not sweeps."""
+    lyapunov_spectra), which are not sweeps. ``options``: as ``configs``."""
+    options = check_options(name, **options)
     if name == "hxp":
         return phase_configs(size=size) + curve_configs(size), ""
     if name == "width_threshold":
         return threshold_configs(size=size), " (adaptive: every cell its bisection may probe, at most)"
     if name in ("phase_diagram", "exponential_curse", "rate_vs_kappa"):
-        return configs(name, size), ""
+        return configs(name, size, **options), ""
     return None, ""
 
 
@@ -262,6 +299,8 @@ def plot_db(store, names, out_dir="."):
             done |= {"phase_diagram", "hxp_demo_curves"}
         elif name in EXPERIMENTS:
             plot(name, rows, path)
+        elif name.startswith("phase_diagram_"):    # a variant: phase_name(lr, dtype)
+            plot_phase_diagram(rows, path)
         else:
             plot_custom(rows, path, store)
         done.add(name)
