@@ -19,16 +19,25 @@ Stored fields that differ from separate runs: ``wall_time`` (the batch's trainin
 divided by its size: the member's share) and ``finished_utc``; every other field and the
 curve are identical.
 
+Threads: a batch run serially (``workers=0``) may use the threads of the K runs it stands for,
+K x threads_per_run, up to the cores (nothing runs beside it; ``batch_threads``); on a cluster a
+batch is one task on one worker and keeps that worker's threads_per_run. A batch gains where
+its members' steps run in parallel (serially, on cores a one-run-at-a-time sweep leaves idle)
+or where per-step call overhead weighs (tiny networks); on one thread the C members kernel
+steps K networks in about the time of K separate steps.
+
 Whether a group is batched is measured, not ruled (``decide``): one GD step of every member
-is timed both ways -- K steppers one after another, as K separate runs step, and one stepper
-of the ensemble -- on the group's own networks under the sweep's thread limits, and the group
-is batched when the ensemble step is at least BATCH_GAIN times faster. Measurements are cached
-per process and class (hidden width and depth rounded to powers of two, data shape, K,
-backend, threads): a few ms for small networks, ~0.5 s for the largest of the default phase grid.
+is timed both ways -- K steppers one after another under the per-run thread limit, as K
+separate runs step, and one stepper of the ensemble under the batch's -- on Gaussian networks
+of the group's shape, and the group is batched when the ensemble step is at least BATCH_GAIN
+times faster. Measurements are cached per process and class (hidden width and depth rounded
+to powers of two, data shape, K, backend, threads): a few ms for small networks, up to
+~0.3 s for the largest of the default phase grid.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -97,21 +106,37 @@ def _pow2(x) -> int:
     return 1 << max(0, int(round(math.log2(max(1, int(x))))))
 
 
-def _class(cfgs, backend, threads):
+def _class(cfgs, backend, threads, together):
     c = cfgs[0]
     return (c["d_in"], c["n"], c["d_out"], c["rank"], c.get("dtype"), _pow2(c["width"]), _pow2(c["depth"]),
-            len(cfgs), backend, threads)
+            len(cfgs), backend, threads, together)
 
 
-def measure(cfgs, backend="auto", threads=1):
+def batch_threads(K, threads, mode):
+    """Threads a batch of K runs may use: on a cluster a worker's (``threads``, one run's: the
+    other workers hold the other cores); run serially, the share of the K runs it stands for,
+    K x ``threads``, at most the cores this process may use (nothing runs beside it). The C
+    kernel's bits do not depend on its thread count. 0 or None: thread settings left alone."""
+    if not threads or mode != "serial":
+        return threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(int(threads), min(K * int(threads), cores))
+
+
+def measure(cfgs, backend="auto", threads=1, together=1):
     """(separate, batched): seconds of one GD step of every member of the group ``cfgs``, stepped
     one network after another (K steppers, as K separate runs step) and as one ensemble (one
-    stepper), under the sweep's thread limits. The group's own networks at 1e-6 x their lr
-    (nothing diverges); each sample steps ``n`` times (about MEASURE_SECONDS in all), the two
-    ways interleaved, the fastest of MEASURE_ROUNDS samples kept (load only adds time)."""
+    stepper), under the sweep's thread limits (``threads`` per run, ``together`` for the batch). The group's shape with Gaussian members at
+    1e-6 x the theorem's rate (the step's cost does not depend on the init or the rate, and
+    nothing diverges; an orthogonal draw or lr "stable" would cost more than the timing); each sample steps ``n`` times (about MEASURE_SECONDS in all), the two
+    ways interleaved, the fastest of up to MEASURE_ROUNDS samples kept (load only adds time;
+    a round in which the batch is slower ends the measurement)."""
     from .stepper import Stepper
-    with _run_threads(threads):
-        prepared = [prepare(c) for c in cfgs]
+    with _run_threads(together):
+        prepared = [prepare(dict(c, init="gaussian", lr="theory", lr_scale=1.0)) for c in cfgs]
         prob = prepared[0][0]
         nets = [p[1] for p in prepared]
         lrs = [1e-6 * p[2] for p in prepared]
@@ -121,9 +146,10 @@ def measure(cfgs, backend="auto", threads=1):
         every = list(range(len(nets)))
 
         def separate(n):
-            for _ in range(n):
-                for st in alone:
-                    st.step()
+            with _run_threads(threads):
+                for _ in range(n):
+                    for st in alone:
+                        st.step()
 
         def batched(n):
             for _ in range(n):
@@ -140,10 +166,12 @@ def measure(cfgs, backend="auto", threads=1):
                 t0 = time.perf_counter()
                 run(n)
                 best[i] = min(best[i], (time.perf_counter() - t0) / n)
+            if best[0] < best[1]:
+                break                                 # no faster at all: more samples will not make it BATCH_GAIN
     return best[0], best[1]
 
 
-def decide(cfgs, backend="auto", threads=1, timer=None):
+def decide(cfgs, backend="auto", threads=1, together=None, timer=None):
     """True when the group ``cfgs`` (normalized, one ``group_key``) is to run as one batch: a
     separate run of each member would run ``cblas`` and ``timer`` (default ``measure``; cached
     per class) finds one step of the ensemble at least BATCH_GAIN times faster than one step
@@ -152,20 +180,22 @@ def decide(cfgs, backend="auto", threads=1, timer=None):
         return False
     if any(separate_backend(c, backend) != "cblas" for c in cfgs):
         return False
-    key = _class(cfgs, backend, threads)
+    together = threads if together is None else together
+    key = _class(cfgs, backend, threads, together)
     if key not in _MEASURED:
-        _MEASURED[key] = (timer or measure)(cfgs, backend, threads)
+        _MEASURED[key] = (timer or measure)(cfgs, backend, threads, together)
     separate, batched = _MEASURED[key]
     return separate >= BATCH_GAIN * batched
 
 
-def execute_batch(cfgs, backend, threads):
-    """``runs.execute`` for a batch: payloads of ``run_batch(cfgs)`` under the sweep's thread
-    limits; any failure of the batch as a whole reruns its members one by one."""
+def execute_batch(cfgs, backend, threads, together=None):
+    """``runs.execute`` for a batch: payloads of ``run_batch(cfgs)`` with ``together`` threads
+    (default ``threads``: see ``batch_threads``); any failure of the batch as a whole reruns
+    its members one by one, ``threads`` each."""
     if len(cfgs) == 1:
         return [execute(run_config, cfgs[0], backend, threads)]
     try:
-        with _run_threads(threads):
+        with _run_threads(threads if together is None else together):
             return run_batch(cfgs, backend)
     except Exception:
         return [execute(run_config, c, backend, threads) for c in cfgs]

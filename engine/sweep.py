@@ -537,19 +537,20 @@ def _kill_workers(cluster):
 
 
 def _tasks(pending, batch, backend, threads, n_workers, mode) -> list:
-    """``pending`` [(key, canonical config JSON, cost, bytes)] as tasks [(keys, texts, cost, bytes)]:
+    """``pending`` [(key, canonical config JSON, cost, bytes)] as tasks [(keys, texts, cost, bytes, threads)]:
     one run each, or a batch of runs trained as one ensemble (``engine.batch``; ``batch``: "auto",
     True or False as in ``run_sweep``). On a cluster, batches are split while there are fewer
-    tasks than workers (a batch runs on one worker). A batch's cost and bytes are its runs' sums."""
+    tasks than workers (a batch runs on one worker). A batch's cost and bytes are its runs' sums;
+    its threads ``batch.batch_threads`` (serially: the share of the runs it stands for)."""
     from . import batch as batching
     if not batch or len(pending) < 2:
-        return [_merged([p]) for p in pending]
+        return [_merged([p], threads) for p in pending]
     cfgs = [json.loads(p[1]) for p in pending]
     plan = []                                   # lists of indices into pending
     for idx in batching.groups(cfgs):
         group = [cfgs[i] for i in idx]
         if batch == "auto":
-            together = batching.decide(group, backend, threads)
+            together = batching.decide(group, backend, threads, batching.batch_threads(len(idx), threads, mode))
         else:
             together = len(idx) > 1 and all(batching.separate_backend(c, backend) == "cblas" for c in group)
         plan.extend([idx] if together else [[i] for i in idx])
@@ -559,31 +560,34 @@ def _tasks(pending, batch, backend, threads, n_workers, mode) -> list:
         if len(big) < 2:
             break
         plan[j:j + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
-    return [_merged([pending[i] for i in idx]) for idx in plan]
+    return [_merged([pending[i] for i in idx], batching.batch_threads(len(idx), threads, mode)) for idx in plan]
 
 
-def _merged(items) -> tuple:
-    """One task of the runs ``items`` [(key, text, cost, bytes)]. A batch's memory is counted
-    twice: its members' networks are drawn one by one, then copied into the ensemble."""
+def _merged(items, threads) -> tuple:
+    """One task (keys, texts, cost, bytes, threads) of the runs ``items`` [(key, text, cost, bytes)].
+    A batch's memory is counted twice: its members' networks are drawn one by one, then copied
+    into the ensemble."""
     need = sum(p[3] for p in items)
-    return [p[0] for p in items], [p[1] for p in items], sum(p[2] for p in items), need * (1 + (len(items) > 1))
+    return ([p[0] for p in items], [p[1] for p in items], sum(p[2] for p in items), need * (1 + (len(items) > 1)),
+            threads)
 
 
-def _run_task(func, cfgs, backend, threads) -> list:
-    """Payloads of one task: a run alone (``runs.execute``) or a batch (``batch.execute_batch``)."""
+def _run_task(func, cfgs, backend, threads, together=None) -> list:
+    """Payloads of one task: a run alone (``runs.execute``) or a batch (``batch.execute_batch``,
+    ``together`` threads)."""
     if len(cfgs) == 1:
         return [execute(func, cfgs[0], backend, threads)]
-    return execute_batch(cfgs, backend, threads)
+    return execute_batch(cfgs, backend, threads, together)
 
 
 def _run_on(client, tasks, record, func, backend, threads, n_workers=1, mode="serial",
             max_in_flight=None, memory_budget="auto") -> str:
-    """Run ``tasks`` [(keys, canonical config JSONs, cost, bytes)] on ``client``; ``record(key,
+    """Run ``tasks`` [(keys, canonical config JSONs, cost, bytes, threads)] on ``client``; ``record(key,
     config, out)`` stores each run's result as its task finishes."""
     if isinstance(client, _Serial):   # in grid order
-        for keys, texts, _, _ in tasks:
+        for keys, texts, _, _, together in tasks:
             cs = [json.loads(t) for t in texts]
-            for k, c, out in zip(keys, cs, _run_task(func, cs, backend, threads)):
+            for k, c, out in zip(keys, cs, _run_task(func, cs, backend, threads, together)):
                 record(k, c, out)
         return client.mode
     from dask.distributed import as_completed
@@ -594,7 +598,7 @@ def _run_on(client, tasks, record, func, backend, threads, n_workers=1, mode="se
         memory_budget = available_bytes() if mode == "local" else None
     limit = max(1, int(max_in_flight) if max_in_flight else 2 * n_workers)
     # most expensive first, so the makespan does not end on one big run started last (issue 15 item 3)
-    queue = deque((keys, texts, need) for keys, texts, _, need in sorted(tasks, key=lambda p: -p[2]))
+    queue = deque((keys, texts, need) for keys, texts, _, need, _ in sorted(tasks, key=lambda p: -p[2]))
     futs = {}
     held = [0]
     ac = as_completed()

@@ -161,7 +161,7 @@ def test_decision_follows_the_measurement(tmp_path, monkeypatch):
     seen = []
 
     def timer(times):
-        def t(cfgs, backend, threads):
+        def t(cfgs, backend, threads, together):
             seen.append(len(cfgs))
             return times
         return t
@@ -220,3 +220,13 @@ def test_dask_batch_is_one_task_with_rows_of_separate_runs(tmp_path, monkeypatch
     s = run_sweep(cfgs, tmp_path / "dask.db", workers=2, progress=False, batch=True)
     assert s.done == len(cfgs) and s.failed == 0 and "LocalCluster" in s.mode
     _same(_content(tmp_path / "alone.db"), _content(tmp_path / "dask.db"))
+
+
+def test_batch_threads_are_the_share_of_the_runs_it_stands_for(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert batch.batch_threads(2, 1, "serial") == 2
+    assert batch.batch_threads(8, 1, "serial") == 4          # at most the cores
+    assert batch.batch_threads(3, 2, "serial") == 4
+    assert batch.batch_threads(4, 1, "local") == 1           # a cluster's worker keeps its share
+    assert batch.batch_threads(4, 0, "serial") == 0          # thread settings left alone
