@@ -47,7 +47,7 @@ from . import kernels, stepper
 from .errors import LearningRateWarning
 from .network import Ensemble
 from .runs import (_error_text, _run_threads, execute, failed_payload, payload, prepare, run_config, tol_of,
-                   train_prepared)
+                   train_prepared, widths_of)
 from .train import separate_run_error, train
 
 __all__ = ["group_key", "groups", "decide", "measure", "run_batch", "execute_batch", "BATCH_FIELDS"]
@@ -97,9 +97,8 @@ def separate_backend(cfg, backend):
     """The backend a separate run of ``cfg`` reports (auto's choice for its shape)."""
     if backend != "auto":
         return backend
-    widths = [cfg["d_in"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["d_out"]]
-    r = min(cfg["rank"] or cfg["n"], cfg["d_in"], cfg["n"])
-    return kernels.auto_choice(widths, r, cfg.get("dtype", "float64"))[0]
+    r = min(cfg["rank"] or cfg["n"], cfg["d_in"], cfg["n"])   # the rank of the config's data
+    return kernels.auto_choice(widths_of(cfg), r, cfg.get("dtype", "float64"))[0]
 
 
 def _pow2(x) -> int:
