@@ -128,17 +128,18 @@ def batch_threads(K, threads, mode):
 def measure(cfgs, backend="auto", threads=1, together=1):
     """(separate, batched): seconds of one GD step of every member of the group ``cfgs``, stepped
     one network after another (K steppers, as K separate runs step) and as one ensemble (one
-    stepper), under the sweep's thread limits (``threads`` per run, ``together`` for the batch). The group's shape with Gaussian members at
-    1e-6 x the theorem's rate (the step's cost does not depend on the init or the rate, and
-    nothing diverges; an orthogonal draw or lr "stable" would cost more than the timing); each sample steps ``n`` times (about MEASURE_SECONDS in all), the two
-    ways interleaved, the fastest of up to MEASURE_ROUNDS samples kept (load only adds time;
-    a round in which the batch is slower ends the measurement)."""
+    stepper), under the sweep's thread limits (``threads`` per run, ``together`` for the batch).
+    The members are K copies of one Gaussian network of the group's shape at 1e-6 x the
+    theorem's rate: a step's cost depends on neither the init nor the rate, nothing diverges,
+    and K orthogonal draws (or lr "stable") would cost more than the timing. Each sample steps
+    ``n`` times (about MEASURE_SECONDS in all), the two ways interleaved, the fastest of up to
+    MEASURE_ROUNDS samples kept (load only adds time; a round in which the batch is slower ends
+    the measurement)."""
     from .stepper import Stepper
     with _run_threads(together):
-        prepared = [prepare(dict(c, init="gaussian", lr="theory", lr_scale=1.0)) for c in cfgs]
-        prob = prepared[0][0]
-        nets = [p[1] for p in prepared]
-        lrs = [1e-6 * p[2] for p in prepared]
+        prob, net, lr = prepare(dict(cfgs[0], init="gaussian", lr="theory", lr_scale=1.0))
+        nets = [net] + [net.copy() for _ in cfgs[1:]]   # K copies of one draw: the same work per step
+        lrs = [1e-6 * lr] * len(nets)
         ens = Ensemble.from_networks(nets)
         alone = [Stepper(net, prob, lr, backend) for net, lr in zip(nets, lrs)]
         together = Stepper(ens, prob, lrs, backend)
