@@ -10,6 +10,7 @@ that gives one row of a results database.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -25,8 +26,9 @@ from .kernels.threads import limit as threads_limit
 from .problem import Problem, synthetic
 from .train import stable_lr, theorem_init, train
 
-__all__ = ["DEFAULT_CONFIG", "OPTIONAL_FIELDS", "DTYPES", "CURVE_POINTS", "normalize_config", "widths_of", "problem_of", "subsample_curve",
-           "run_config", "failed_payload", "execute", "dtype_of"]
+__all__ = ["DEFAULT_CONFIG", "OPTIONAL_FIELDS", "DTYPES", "CURVE_POINTS", "normalize_config", "widths_of",
+           "problem_of", "subsample_curve", "run_config", "prepare", "train_prepared", "payload", "failed_payload",
+           "execute", "dtype_of"]
 
 # Every config field and its default. Data: engine.synthetic(d_in, n, d_out, seed=data_seed,
 # rank=, kappa=). Network: widths [d_in] + [width] * (depth - 1) + [d_out], init
@@ -184,6 +186,13 @@ def run_config(config: dict, backend: str = "auto") -> dict:
     finite state); raises for anything else (bad config, out of memory...).
     """
     cfg = normalize_config(config)
+    prob, net, lr = prepare(cfg)
+    return train_prepared(cfg, prob, net, lr, backend)
+
+
+def prepare(cfg):
+    """(problem, network at init, W-space lr) of the normalized config ``cfg``: lr "theory" is the
+    theorem's rate of the init, "stable" 1 / lambda_max(P(0)) of this very network; times lr_scale."""
     prob = problem_of(cfg)
     net = init.by_name(cfg["init"])(widths_of(cfg), seed=cfg["seed"], dtype=np.dtype(dtype_of(cfg)))
     lr = cfg["lr"]
@@ -191,9 +200,26 @@ def run_config(config: dict, backend: str = "auto") -> dict:
         lr = theory.lr_bound(theorem_init(cfg["init"]), prob, cfg["depth"])
     elif lr == "stable":   # 1 / lambda_max(P(0)) of this very network, before its first step
         lr = stable_lr(net, prob)
-    lr = float(lr) * float(cfg["lr_scale"])
+    return prob, net, float(lr) * float(cfg["lr_scale"])
+
+
+def tol_of(cfg):
+    """The relative stop tolerance engine.train takes (None: every step runs)."""
+    return float(cfg["tol"]) if cfg["tol"] else None
+
+
+@contextlib.contextmanager
+def quiet_lr(cfg):
+    """Warnings as a run of ``cfg`` trains: lr "stable" is above the theorem's bound on purpose."""
+    with warnings.catch_warnings():
+        if cfg["lr"] == "stable":
+            warnings.simplefilter("ignore", LearningRateWarning)
+        yield
+
+
+def train_prepared(cfg, prob, net, lr, backend="auto") -> dict:
+    """Train the prepared (``prepare``) run of ``cfg``; its payload (see ``run_config``)."""
     ysq = prob.y_norm_sq
-    tol = float(cfg["tol"]) if cfg["tol"] else None   # relative, as engine.train's tol
     escape = cfg["escape"]
     state = {"escape": None}
 
@@ -205,17 +231,22 @@ def run_config(config: dict, backend: str = "auto") -> dict:
 
     status, error = "ok", None
     try:
-        with warnings.catch_warnings():
-            if cfg["lr"] == "stable":   # above the theorem's bound on purpose (engine.train's "stable" too)
-                warnings.simplefilter("ignore", LearningRateWarning)
-            run = train(net, prob, lr=lr, steps=cfg["steps"], tol=tol, backend=backend,
-                               callback=callback if escape is not None else None)
+        with quiet_lr(cfg):
+            run = train(net, prob, lr=lr, steps=cfg["steps"], tol=tol_of(cfg), backend=backend,
+                        callback=callback if escape is not None else None)
     except DivergenceError as exc:
         run, status, error = exc.result, "diverged", str(exc)
-    ex = np.asarray(run.excess, dtype=np.float64)
-    t = np.asarray(run.t)
+    t, ex = np.asarray(run.t), np.asarray(run.excess, dtype=np.float64)
     if escape is not None and state["escape"] is None and len(ex) and prob.opt + ex[-1] <= escape * ysq:
         state["escape"] = int(t[-1])   # the final state (not passed to the callback)
+    return payload(cfg, prob, run, t, ex, status=status, error=error, escape=state["escape"],
+                   wall_time=float(run.wall_time))
+
+
+def payload(cfg, prob, run, t, ex, *, status, error, escape, wall_time) -> dict:
+    """The row and curve of a trained run: ``run`` a TrainResult (steps, converged, rate,
+    predicted, lr, backend), ``t``, ``ex`` its history (l - OPT)."""
+    tol = tol_of(cfg)
     ex0, exf = float(ex[0]), float(ex[-1])
     rel = exf / ex0 if ex0 > 0 else float("nan")
     result = {
@@ -223,10 +254,10 @@ def run_config(config: dict, backend: str = "auto") -> dict:
         "status": status, "excess0": ex0, "final_excess": exf, "rel_excess": rel,
         "log10_rel_excess": math.log10(rel) if rel > 0 else float("-inf"),
         "steps_run": int(run.steps), "steps_to_tol": int(run.steps) if run.converged else None,
-        "escape_steps": state["escape"], "converged": bool(run.converged), "rate": float(run.rate),
-        "predicted": float(run.predicted), "lr": float(lr), "wall_time": float(run.wall_time),
+        "escape_steps": escape, "converged": bool(run.converged), "rate": float(run.rate),
+        "predicted": float(run.predicted), "lr": float(run.lr), "wall_time": wall_time,
         "backend": run.backend, "engine_version": __version__, "error": error,
-        "tol_excess": tol * ysq if tol else None,   # the absolute stop threshold (l - OPT units)
+        "tol_excess": tol * prob.y_norm_sq if tol else None,   # the absolute stop threshold (l - OPT units)
     }
     return {"result": result, "curve": subsample_curve(t, ex)}
 

@@ -49,6 +49,7 @@ import numpy as np
 from .results import ResultsDB, ResultsDBError, run_key, utcnow
 # a config's fields, checks and run live in engine.runs; sweep re-exports the public names
 from .runs import DEFAULT_CONFIG, execute, failed_payload, normalize_config, run_config, subsample_curve  # noqa: F401
+from .batch import execute_batch
 
 
 __all__ = ["DEFAULT_CONFIG", "grid", "grid_size", "iter_grid", "dask_client", "normalize_config", "run_config",
@@ -209,7 +210,7 @@ class SweepSummary:
 def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, backend="auto",
               threads_per_run=1, progress=True, retry_failed=True, func=None, lock_timeout=10.0,
               allow_version_mismatch=False, client=None, estimate=False, max_in_flight=None,
-              memory_budget="auto") -> SweepSummary:
+              memory_budget="auto", batch="auto") -> SweepSummary:
     """Run every config not yet in the database ``db`` (a path or a ResultsDB).
 
     configs : normalized or partial configs (any iterable); all are checked before the
@@ -229,6 +230,11 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
                peak memory per worker (``engine.cost``, calibrated in ~0.1-3 s) -- and keep
                it as ``summary.estimate`` (the CLI prints its own line, for the whole command).
     max_in_flight : runs submitted to Dask and not yet finished, at most (default 2 x workers).
+    batch : "auto" -- configs that differ only in seed, init or lr (``engine.batch.group_key``) run
+            as one ensemble (one task) where that gives each of them the row a separate run
+            gives and a measurement (``engine.batch.decide``) predicts it faster; True: wherever
+            the rows are the same, unmeasured; False: every run alone. Only with the default
+            ``func``.
     memory_budget : bytes the runs in flight may need together (engine.cost.run_bytes);
                     "auto": the machine's available memory (engine.memory.available_bytes,
                     ENGINE_MEMORY_LIMIT) on a local cluster, no limit on a remote one; None: no limit.
@@ -291,7 +297,8 @@ def run_sweep(configs, db, *, experiment=None, workers=None, scheduler=None, bac
                 summary.estimate = est
                 print(f"sweep: {est}", flush=True)
             bar = _bar(len(pending), progress)
-            return _run_on(cl, pending, record, func, backend, threads_per_run, W, mode,
+            tasks = _tasks(pending, batch if func is run_config else False, backend, threads_per_run, W, mode)
+            return _run_on(cl, tasks, record, func, backend, threads_per_run, W, mode,
                            max_in_flight, memory_budget)
 
         try:
@@ -529,14 +536,59 @@ def _kill_workers(cluster):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="serial",
+def _tasks(pending, batch, backend, threads, n_workers, mode) -> list:
+    """``pending`` [(key, canonical config JSON, cost, bytes)] as tasks [(keys, texts, cost, bytes, threads)]:
+    one run each, or a batch of runs trained as one ensemble (``engine.batch``; ``batch``: "auto",
+    True or False as in ``run_sweep``). On a cluster, batches are split while there are fewer
+    tasks than workers (a batch runs on one worker). A batch's cost and bytes are its runs' sums;
+    its threads ``batch.batch_threads`` (serially: the share of the runs it stands for)."""
+    from . import batch as batching
+    if not batch or len(pending) < 2:
+        return [_merged([p], threads) for p in pending]
+    cfgs = [json.loads(p[1]) for p in pending]
+    plan = []                                   # lists of indices into pending
+    for idx in batching.groups(cfgs):
+        group = [cfgs[i] for i in idx]
+        if batch == "auto":
+            together = batching.decide(group, backend, threads, batching.batch_threads(len(idx), threads, mode))
+        else:
+            together = len(idx) > 1 and all(batching.separate_backend(c, backend) == "cblas" for c in group)
+        plan.extend([idx] if together else [[i] for i in idx])
+    while mode != "serial" and len(plan) < n_workers:
+        j = max(range(len(plan)), key=lambda i: len(plan[i]))
+        big = plan[j]
+        if len(big) < 2:
+            break
+        plan[j:j + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
+    return [_merged([pending[i] for i in idx], batching.batch_threads(len(idx), threads, mode)) for idx in plan]
+
+
+def _merged(items, threads) -> tuple:
+    """One task (keys, texts, cost, bytes, threads) of the runs ``items`` [(key, text, cost, bytes)].
+    A batch's memory is counted twice: its members' networks are drawn one by one, then copied
+    into the ensemble."""
+    need = sum(p[3] for p in items)
+    return ([p[0] for p in items], [p[1] for p in items], sum(p[2] for p in items), need * (1 + (len(items) > 1)),
+            threads)
+
+
+def _run_task(func, cfgs, backend, threads, together=None) -> list:
+    """Payloads of one task: a run alone (``runs.execute``) or a batch (``batch.execute_batch``,
+    ``together`` threads)."""
+    if len(cfgs) == 1:
+        return [execute(func, cfgs[0], backend, threads)]
+    return execute_batch(cfgs, backend, threads, together)
+
+
+def _run_on(client, tasks, record, func, backend, threads, n_workers=1, mode="serial",
             max_in_flight=None, memory_budget="auto") -> str:
-    """Run ``pending`` [(key, canonical config JSON, cost, bytes)] on ``client``; ``record(key,
-    config, out)`` stores each result as it arrives."""
+    """Run ``tasks`` [(keys, canonical config JSONs, cost, bytes, threads)] on ``client``; ``record(key,
+    config, out)`` stores each run's result as its task finishes."""
     if isinstance(client, _Serial):   # in grid order
-        for k, text, _, _ in pending:
-            c = json.loads(text)
-            record(k, c, execute(func, c, backend, threads))
+        for keys, texts, _, _, together in tasks:
+            cs = [json.loads(t) for t in texts]
+            for k, c, out in zip(keys, cs, _run_task(func, cs, backend, threads, together)):
+                record(k, c, out)
         return client.mode
     from dask.distributed import as_completed
     if isinstance(client, _Lazy):
@@ -546,13 +598,13 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
         memory_budget = available_bytes() if mode == "local" else None
     limit = max(1, int(max_in_flight) if max_in_flight else 2 * n_workers)
     # most expensive first, so the makespan does not end on one big run started last (issue 15 item 3)
-    queue = deque((k, text, need) for k, text, _, need in sorted(pending, key=lambda p: -p[2]))
+    queue = deque((keys, texts, need) for keys, texts, _, need, _ in sorted(tasks, key=lambda p: -p[2]))
     futs = {}
     held = [0]
     ac = as_completed()
 
     def pick():
-        """The next run (in cost order) whose memory fits beside those in flight; a run larger
+        """The next task (in cost order) whose memory fits beside those in flight; a task larger
         than the whole budget goes alone (its worker's memory guard then decides)."""
         if memory_budget is None:
             return queue.popleft()
@@ -569,30 +621,32 @@ def _run_on(client, pending, record, func, backend, threads, n_workers=1, mode="
             item = pick()
             if item is None:
                 return
-            k, text, need = item
-            c = json.loads(text)
-            f = client.submit(execute, func, c, backend, threads, key=f"engine-run-{k}", pure=False)
-            futs[f] = (k, c, need)
+            keys, texts, need = item
+            cs = [json.loads(t) for t in texts]
+            name = "run" if len(keys) == 1 else "batch"
+            f = client.submit(_run_task, func, cs, backend, threads, key=f"engine-{name}-{keys[0]}", pure=False)
+            futs[f] = (keys, cs, need)
             held[0] += need
             ac.add(f)
 
     try:
         admit()
         for f in ac:
-            k, c, need = futs.pop(f)
+            keys, cs, need = futs.pop(f)
             held[0] -= need
             try:
                 # result() rather than the status: a finished result can be lost with a
                 # worker that dies later; the scheduler then recomputes it and this waits
-                out = f.result()
+                outs = f.result()
             except Exception as exc:
                 name = type(exc).__name__
                 if name == "KilledWorker":
                     msg = f"worker died while running this config (KilledWorker: {exc})"
                 else:
                     msg = f"{name}: {exc}"
-                out = failed_payload(c, msg, backend)
-            record(k, c, out)
+                outs = [failed_payload(c, msg, backend) for c in cs]
+            for k, c, out in zip(keys, cs, outs):
+                record(k, c, out)
             f.release()
             admit()
     finally:

@@ -679,11 +679,9 @@ class _Loop:
                 f"{_lr_verdict(self.nets[j], self.cfg.prob, self.cfg.lrs[j])}")
         self.diverged[j], self.stop_t[j] = True, t
         if self.single:
-            raise DivergenceError(
-                f"{head}. The history and the network at step {good} (the last finite state below the "
-                "threshold) are attached (.result, .net).",
-                result=self._member_result(0, t, predict=False), net=self.cfg.model, step=t, net_step=good)
-        self.messages[j] = f"{head}; weights kept from step {good}"
+            raise DivergenceError(_divergence_text(head, good), result=self._member_result(0, t, predict=False),
+                                  net=self.cfg.model, step=t, net_step=good)
+        self.messages[j] = f"{head}{_KEPT}{good}"
 
     def _snapshot(self, j, t):
         """Keep a copy of member j's (checked) state t and its schedule state."""
@@ -813,6 +811,23 @@ def _copy(model):
     if isinstance(model, Network):
         return model.copy()
     return Ensemble(Storage.collect([(model._store, k) for k in range(model.size)]))
+
+
+# -- divergence messages -----------------------------------------------------------------
+
+_KEPT = "; weights kept from step "
+
+
+def _divergence_text(head, good) -> str:
+    return (f"{head}. The history and the network at step {good} (the last finite state below the "
+            "threshold) are attached (.result, .net).")
+
+
+def separate_run_error(message: str) -> str:
+    """The DivergenceError message a separate run of a diverged ensemble member raises, from
+    the member's ``EnsembleResult.messages`` entry (same head, same step kept)."""
+    head, _, good = message.rpartition(_KEPT)
+    return _divergence_text(head, good)
 
 
 # -- learning-rate warnings and verdicts -----------------------------------------------

@@ -552,3 +552,52 @@ def test_state_api_on_two_pass_and_bad_state():
     ws1 = cblas.workspace(layers, len(xs), yred.shape[0], np.float64, schedule="single-pass")
     with pytest.raises(ValueError, match="state: expected"):
         cblas.set_state(ws1, {"phase": 7})
+
+
+# -- the cffi declarations come from the C header ---------------------------------
+
+def _build_script():
+    import runpy
+    import os
+    return runpy.run_path(os.path.join(os.path.dirname(engine.__file__), "kernels", "_cblas_build.py"))
+
+
+def test_cdef_is_generated_from_the_header():
+    """Every prototype and integer #define of csrc/dln_step.h, nothing else (comments, the
+    include guard), in a form cffi parses."""
+    import re
+    from cffi import FFI
+    build = _build_script()
+    with open(build["HEADER"]) as fh:
+        header = fh.read()
+    code = re.sub(r"/\*.*?\*/", " ", header, flags=re.S)
+    funcs = set(re.findall(r"\b(dln_\w+)\s*\(", code))
+    consts = dict(re.findall(r"#define\s+(DLN_\w+)\s+(\d+)", code))
+    assert len(funcs) >= 11 and consts == {"DLN_FORM_P": "0", "DLN_FORM_T": "1", "DLN_SINGLE": "2"}
+    cdef = build["cdef_from_header"](header)
+    assert "/*" not in cdef and "DLN_STEP_H" not in cdef and "#endif" not in cdef
+    ffi = FFI()
+    ffi.cdef(cdef)
+    declared = {k.split(" ", 1)[1] for k in ffi._parser._declarations}
+    assert declared == funcs | set(consts)
+
+
+@needs_cblas
+def test_built_module_declares_what_the_header_declares():
+    """The built extension's functions and constants are the header's, with the header's types
+    (a stale build after editing the header fails here): the header's declarations are bound
+    to the built library's symbols and compared to the module's, one by one."""
+    from cffi import FFI
+    from engine.kernels import _cblas
+    build = _build_script()
+    ffi = FFI()
+    ffi.cdef(build["header_cdef"]())
+    lib = ffi.dlopen(_cblas.__file__)
+    names = {k.split(" ", 1)[1] for k in ffi._parser._declarations}
+    assert set(dir(_cblas.lib)) == names
+    for name in sorted(names):
+        got, want = getattr(_cblas.lib, name), getattr(lib, name)
+        if isinstance(want, int):
+            assert got == want, name
+        else:
+            assert _cblas.ffi.typeof(got).cname == ffi.typeof(want).cname, name

@@ -87,3 +87,18 @@ def test_members_must_share_shapes():
     other._bind(prob)
     with pytest.raises(ValueError, match=r"members\[1\]"):
         cblas.members([nets[0]._layers, other._layers], prob.rank, prob.d_out, np.float64)
+
+
+@pytest.mark.skipif(not cblas.openmp_threads or cblas.openmp_threads < 2, reason="needs an OpenMP build, 2+ threads")
+def test_members_keep_within_the_openmp_limit_in_force():
+    """Inside a sweep's run limit (threads.limit(openmp=1)) the members kernel runs one thread,
+    as a single network's step does; outside it, up to min(K, OpenMP threads) again."""
+    from engine.kernels import threads
+    prob, nets, red, cs = _setup("two-pass", np.float64)
+    ms = cblas.members([net._layers for net in nets], prob.rank, prob.d_out, np.float64)
+    step = lambda: ms.step([net._layers for net in nets], cs, [net.beta for net in nets], red.s, red.targets)
+    with threads.limit(openmp=1):
+        step()
+        assert ms.chooser.max_threads == 1
+    step()
+    assert ms.chooser.max_threads == min(K, cblas.openmp_threads)

@@ -11,9 +11,13 @@ carries it: setup.py needs it to run at all. The C sources in csrc/ travel
 as the extension's ``sources`` and ``depends``.
 
 The kernel calls no BLAS: its products are register-blocked micro-kernels
-(csrc/dln_step_impl.h), vectorized for the CPU it is built on.
+(csrc/dln_step_impl.h), vectorized for the CPU it is built on. Its declarations
+(``cdef``) are generated from the C header csrc/dln_step.h (``cdef_from_header``), so
+the header is the one place the interface is written down
+(tests/test_backend_cblas.py checks the built module against it).
 """
 import os
+import re
 import shlex
 import subprocess
 import sysconfig
@@ -80,42 +84,39 @@ def _compiles(flags):
 
 NATIVE_FLAGS = _native_flags()
 
+# The header, relative to the repository root where setup.py runs (cffi executes this script
+# without __file__; run directly or imported, it is found from the script's own path).
+HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                      if "__file__" in globals() else ".", "csrc", "dln_step.h")
+
+
+def cdef_from_header(text: str) -> str:
+    """The declarations of a C header as cffi's ``cdef`` takes them: comments removed,
+    preprocessor lines dropped except ``#define NAME <integer>`` (cffi's integer constants;
+    an include guard's bare ``#define`` goes), blank lines dropped."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text)
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            if re.fullmatch(r"#\s*define\s+\w+\s+-?\d+", stripped):
+                out.append(re.sub(r"\s+", " ", stripped))
+            continue
+        out.append(line.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def header_cdef(path=HEADER) -> str:
+    """``cdef_from_header`` of csrc/dln_step.h, the kernel's one declaration of its interface."""
+    with open(path) as fh:
+        return cdef_from_header(fh.read())
+
+
 ffibuilder = FFI()
-ffibuilder.cdef("""
-#define DLN_FORM_P 0
-#define DLN_FORM_T 1
-#define DLN_SINGLE 2
-int dln_openmp_threads(void);
-const char *dln_build_isa(void);
-int dln_vector_bytes(void);
-int dln_cpu_ok(void);
-long long dln_work_size(int L, const int *widths, int form, int nthreads,
-                        long long block_bytes);
-int dln_step_f64(int L, const int *widths, double **layers, const double *c, double beta,
-                 const double *xs, const double *yred, int form, long long block_bytes,
-                 int nthreads, double *work, double lo, double hi, int do_update,
-                 double *excess);
-int dln_step_f32(int L, const int *widths, float **layers, const double *c, double beta,
-                 const float *xs, const float *yred, int form, long long block_bytes,
-                 int nthreads, float *work, double lo, double hi, int do_update,
-                 double *excess);
-int dln_step1_f64(int L, const int *widths, double **layers, const double *c, double beta,
-                  const double *xs, const double *yred, long long block_bytes, int nthreads,
-                  double *work, double lo, double hi, int do_update, int *state,
-                  double *excess);
-int dln_step1_f32(int L, const int *widths, float **layers, const double *c, double beta,
-                  const float *xs, const float *yred, long long block_bytes, int nthreads,
-                  float *work, double lo, double hi, int do_update, int *state,
-                  double *excess);
-void dln_members_f64(int K, int L, const int *widths, double ***layers, const double **c,
-                     const double *beta, const double *xs, const double *yred, int form,
-                     long long block_bytes, int nthreads, double **work, int *state, double lo,
-                     const double *hi, const int *active, double *excess, int *applied);
-void dln_members_f32(int K, int L, const int *widths, float ***layers, const double **c,
-                     const double *beta, const float *xs, const float *yred, int form,
-                     long long block_bytes, int nthreads, float **work, int *state, double lo,
-                     const double *hi, const int *active, double *excess, int *applied);
-""")
+ffibuilder.cdef(header_cdef())
 
 # Paths relative to the repository root, where setup.py runs (setuptools
 # wants relative source paths). -ffp-contract=fast: a*b+c is one FMA

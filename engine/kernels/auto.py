@@ -26,7 +26,7 @@ kernel whose per-layer barrier waits for a descheduled thread (issue 14:
 
 Overrides, strongest first: an explicit ``backend=`` name (never auto);
 ``ENGINE_BACKEND=<name>``; ``ENGINE_AUTO=rule`` (the fixed rule of
-``kernels._auto_order``, no calibration, no cache); ``ENGINE_AUTO=measure``
+``kernels.registry._auto_order``, no calibration, no cache); ``ENGINE_AUTO=measure``
 (calibrate also below ``MIN_CALIBRATE_BYTES``). By default networks with
 fewer than ``MIN_CALIBRATE_BYTES`` of weights use the rule: their steps
 take microseconds, where per-call overhead, not the kernel, decides and a
@@ -170,7 +170,7 @@ def _save_cache(path, classes) -> None:
 def candidates(ncpu=None):
     """[(backend name, threads)] to calibrate: each available backend at 1
     thread and at ``ncpu`` threads (numpy: as its BLAS is set, threads None)."""
-    from . import availability, _REGISTRY
+    from .registry import _REGISTRY, availability
     ncpu = ncpu or (os.cpu_count() or 1)
     out = []
     for name, (ok, _) in availability().items():
@@ -226,7 +226,8 @@ class _Candidate:
         # the backend's own step, as engine.train runs it (layer 1 held as B_1,
         # A-space steps eta / s_i^2), without importing the stepper: kernels sit
         # below stepper and train in the import graph
-        from . import get, thread_limits
+        from .registry import get
+        from .threads import thread_limits
         net, prob, lr = _calibration_net(widths, r, dtype)
         self.backend = backend = get(name)
         net._bind(prob)
@@ -303,7 +304,7 @@ def calibrate(widths, r, dtype, measure=None, cands=None) -> dict:
 # -- the choice ------------------------------------------------------------------
 
 def _rule(widths, r):
-    from . import _REGISTRY, _auto_order
+    from .registry import _REGISTRY, _auto_order
     for nm in _auto_order((widths, r)):
         mod = _REGISTRY.get(nm)
         if mod is not None and mod.available:
@@ -319,7 +320,7 @@ def auto_choice(widths, r, dtype="float64", *, measure=None, cpus=None, path=Non
     (widths, r, dtype, name, threads) -> seconds and ``cpus`` (cores available
     now) inject measurements for tests; ``path`` moves the cache file.
     """
-    from . import BACKEND_NAMES, get
+    from .registry import BACKEND_NAMES, get
     widths = [int(w) for w in widths]
     dtype = np.dtype(dtype).name
     env = os.environ.get("ENGINE_BACKEND", "").strip()
@@ -358,7 +359,7 @@ def auto_choice(widths, r, dtype="float64", *, measure=None, cpus=None, path=Non
 def adapts_threads(name) -> bool:
     """Does backend ``name`` choose each step's thread count itself
     (``engine.kernels._threads``)? Then ``auto`` leaves the count to it."""
-    from . import _REGISTRY
+    from .registry import _REGISTRY
     if name == "numba":
         return True
     return name == "cblas" and bool(getattr(_REGISTRY.get("cblas"), "openmp_threads", 0))

@@ -347,7 +347,8 @@ class Members:
     are spread over the threads (``dln_members`` in csrc: a dynamic
     schedule, no barrier inside a member's step), and ``ThreadChooser``
     picks the thread count of each call from the times of the previous ones
-    (unless ``threads`` is set). For ensembles: K small networks give two
+    (unless ``threads`` is set), at most the OpenMP limit in force at the call
+    (``kernels.threads.limit(openmp=...)``, as a single network's step). For ensembles: K small networks give two
     cores twice the work of one, where one network's layers are too small to
     split.
     """
@@ -411,9 +412,12 @@ class Members:
             self._beta[k] = beta
         self._hi[:] = his
         self._active[:] = active
+        cap = max(1, min(self.K, openmp_threads or 1, int(lib.dln_openmp_threads())))
         if self.threads is not None:
-            nt, adaptive = max(1, int(self.threads)), False
+            nt, adaptive = max(1, min(cap, int(self.threads))), False
         else:
+            if cap != self.chooser.max_threads:     # the OpenMP limit changed since (a sweep's run limit)
+                self.chooser = ThreadChooser(cap)
             nt, adaptive = self.chooser.pick(self._code), True
         t0 = time.perf_counter()
         self._fn(K, self.workspaces[0].L, self.workspaces[0]._widths, self._layers, self._c,

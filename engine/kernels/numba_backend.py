@@ -252,7 +252,7 @@ def step(layers, c, beta, xs, yred, ws, lo=-1.0, hi=np.inf):
     """
     if ws.parallel:
         # BLAS pools limited to 1 thread while Numba's threads run (restored after)
-        from . import thread_limits
+        from .threads import thread_limits
         with thread_limits(name):
             return ws.run(layers, c, beta, xs, yred, lo, hi, True)
     return ws.run(layers, c, beta, xs, yred, lo, hi, True)

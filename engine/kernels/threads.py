@@ -20,6 +20,11 @@ import sys
 __all__ = ["limit", "thread_limits", "controller"]
 
 _CONTROLLER = None          # (len(sys.modules) when built, ThreadpoolController)
+# {"blas" | "openmp": the count the innermost enclosing ``limit`` set}: a nested limit asking
+# for the same count changes nothing and is skipped (a stepper limits every step; inside a
+# sweep's run limit that cost ~20 us a step, more than a small network's step). All of the
+# package's thread control goes through ``limit``, so this is the count in force.
+_ACTIVE = {}
 
 
 def controller():
@@ -37,10 +42,12 @@ def limit(blas=None, openmp=None, numba=None):
     """Inside the block at most ``blas`` BLAS threads, ``openmp`` OpenMP threads and
     ``numba`` Numba threads (None: that pool is left as it is)."""
     with contextlib.ExitStack() as stack:
-        if blas is not None:
-            stack.enter_context(controller().limit(limits=int(blas), user_api="blas"))
-        if openmp is not None:
-            stack.enter_context(controller().limit(limits=int(openmp), user_api="openmp"))
+        for api, n in (("blas", blas), ("openmp", openmp)):
+            if n is None or _ACTIVE.get(api) == int(n):
+                continue              # already so inside an enclosing limit: nothing to change
+            stack.enter_context(controller().limit(limits=int(n), user_api=api))
+            stack.callback(_ACTIVE.__setitem__, api, _ACTIVE.get(api))
+            _ACTIVE[api] = int(n)
         if numba is not None:
             import numba as _numba
             old = _numba.get_num_threads()
