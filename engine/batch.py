@@ -50,7 +50,7 @@ from .runs import (_error_text, _run_threads, execute, failed_payload, payload, 
                    train_prepared, widths_of)
 from .train import separate_run_error, train
 
-__all__ = ["group_key", "groups", "decide", "measure", "run_batch", "execute_batch", "BATCH_FIELDS"]
+__all__ = ["group_key", "groups", "decide", "measure", "measured_depth", "run_batch", "execute_batch", "BATCH_FIELDS"]
 
 # Config fields that may differ between the members of one batch (resolved per member).
 BATCH_FIELDS = ("seed", "init", "lr", "lr_scale")
@@ -60,6 +60,9 @@ BATCH_FIELDS = ("seed", "init", "lr", "lr_scale")
 MEASURE_SECONDS = 0.005
 MEASURE_MAX_STEPS = 32
 MEASURE_ROUNDS = 3
+# The measurement's networks (K members and the ensemble's copies) hold at most this many
+# weight bytes: deeper groups are timed on fewer layers of the same widths (see ``measure``).
+MEASURE_BYTES = 64 << 20
 
 # A group is batched when its members' steps are measured at least this much faster as one
 # ensemble: closer than that is within the noise of a few samples, and a batch is one coarse
@@ -134,10 +137,15 @@ def measure(cfgs, backend="auto", threads=1, together=1):
     and K orthogonal draws (or lr "stable") would cost more than the timing. Each sample steps
     ``n`` times (about MEASURE_SECONDS in all), the two ways interleaved, the fastest of up to
     MEASURE_ROUNDS samples kept (load only adds time; a round in which the batch is slower ends
-    the measurement)."""
+    the measurement). A group whose 2K networks would hold more than MEASURE_BYTES of weights is
+    timed on the fewest hidden layers that keep it under that (at least one m x m layer): every
+    m x m layer costs the same in a step, both ways, so the ratio is that of the full depth,
+    and planning a grid of 5 GiB networks (HXP's published range) allocates megabytes, not
+    K x 5 GiB in the driver."""
     from .stepper import Stepper
     with _run_threads(together):
-        prob, net, lr = prepare(dict(cfgs[0], init="gaussian", lr="theory", lr_scale=1.0))
+        prob, net, lr = prepare(dict(cfgs[0], init="gaussian", lr="theory", lr_scale=1.0,
+                                     depth=measured_depth(cfgs[0], len(cfgs))))
         nets = [net] + [net.copy() for _ in cfgs[1:]]   # K copies of one draw: the same work per step
         lrs = [1e-6 * lr] * len(nets)
         ens = Ensemble.from_networks(nets)
@@ -169,6 +177,20 @@ def measure(cfgs, backend="auto", threads=1, together=1):
             if best[0] < best[1]:
                 break                                 # no faster at all: more samples will not make it BATCH_GAIN
     return best[0], best[1]
+
+
+def measured_depth(cfg, K) -> int:
+    """The depth ``measure`` times for a group of K members of ``cfg``'s shape: the config's
+    depth, or fewer layers (at least 2: one m x m layer) where 2K networks of it would hold more
+    than MEASURE_BYTES of weights (K members and the ensemble's copies)."""
+    L, m = cfg["depth"], cfg["width"]
+    if L <= 2:
+        return L
+    item = np.dtype(cfg.get("dtype", "float64")).itemsize
+    outer = (cfg["d_in"] + cfg["d_out"]) * m * item          # the first and last layers
+    hidden = m * m * item                                      # each of the L - 2 hidden layers
+    fit = (MEASURE_BYTES / (2 * K) - outer) // hidden
+    return int(min(L, max(2, 2 + fit)))
 
 
 def decide(cfgs, backend="auto", threads=1, together=None, timer=None):

@@ -190,6 +190,29 @@ def test_measure_times_both_ways():
     assert 0 < separate < math.inf and 0 < together < math.inf
 
 
+def test_measuring_a_group_of_huge_networks_allocates_megabytes():
+    """Planning HXP's published grid (width 1000, depth 700: 2.6 GiB per float32 net) must not
+    draw K full networks in the driver: the group is timed on a few layers of its widths."""
+    import tracemalloc
+    cfgs = [normalize_config(dict(d_in=1024, n=16, d_out=10, init=i, width=1000, depth=700, seed=s,
+                                  dtype="float32"))
+            for i in ("gaussian", "orthogonal") for s in (0, 1)]
+    L = batch.measured_depth(cfgs[0], len(cfgs))
+    assert 2 <= L < 700
+    per_net = 4 * (1024 * 1000 + (L - 2) * 1000 * 1000 + 1000 * 10)
+    assert 2 * len(cfgs) * per_net <= batch.MEASURE_BYTES
+    small = normalize_config(dict(d_in=32, n=8, d_out=3, width=16, depth=12))
+    assert batch.measured_depth(small, 4) == 12          # small groups are timed at their depth
+    tracemalloc.start()
+    try:
+        separate, together = batch.measure(cfgs, "cblas")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0 < separate < math.inf and 0 < together < math.inf
+    assert peak < 3 * batch.MEASURE_BYTES
+
+
 def test_groups_split_only_on_shared_fields():
     cfgs = [normalize_config(c) for c in
             grid(d_in=24, n=6, d_out=2, init=["gaussian", "orthogonal"], width=[8, 9], depth=[3], seed=[0, 1],
